@@ -1,0 +1,373 @@
+"""PyTorch back end: one readable, deterministic Python function per diagram, imports only torch."""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from pathlib import PurePath
+
+import sympy
+
+from tncompiler.backend.names import Namespace, comment_text, docstring, safe_identifier, size_code
+from tncompiler.backend.runtime import helper_source
+from tncompiler.errors import TncError
+from tncompiler.ir.network import Argument, Diagram, Network, Program
+from tncompiler.ir.values import Factor, Size
+from tncompiler.order import Plan, plan_network
+
+__all__ = ["generate", "public_names"]
+
+_LETTERS = string.ascii_lowercase + string.ascii_uppercase
+
+
+def public_names(program: Program) -> dict[str, str]:
+    """Diagram name -> the generated function's name (the same, unless it would shadow Python)."""
+    namespace = Namespace()
+    return {diagram.name: namespace.create(diagram.name) for diagram in program.diagrams}
+
+
+def generate(program: Program) -> str:
+    """The source of a module with one function per diagram of `program`."""
+    names = public_names(program)
+    helpers: set[str] = set()
+    blocks: list[str] = []
+    for diagram in program.diagrams:
+        writer = _FunctionWriter(program, diagram, names[diagram.name], set(names.values()), helpers)
+        blocks.extend(writer.write())
+    source = PurePath(program.filename).name
+    head = [
+        f'"""Tensor-network functions compiled by tnc from {comment_text(source)}: '
+        f"{comment_text(', '.join(names.values()))}.",
+        "",
+        'Generated code: edit the .tnd file and recompile."""',
+        "",
+    ]
+    imports = ["import functools", ""] if "functools" in helpers else []
+    imports += ["import torch", "", f"__all__ = [{', '.join(repr(n) for n in names.values())}]"]
+    parts = ["\n".join(head + imports)] + helper_source(helpers - {"functools"}) + blocks
+    return "\n\n\n".join(part.rstrip("\n") for part in parts) + "\n"
+
+
+class _FunctionWriter:
+    """Writes the function of one diagram: checks, size binding, constants, contractions, assembly."""
+
+    def __init__(self, program: Program, diagram: Diagram, name: str, public: set[str], helpers: set[str]) -> None:
+        self.program, self.diagram, self.name, self.helpers = program, diagram, name, helpers
+        self.namespace = Namespace(public | {"functools"})
+        self.args = {arg.name: self.namespace.create(arg.name) for arg in diagram.arguments}
+        self.symbols: dict[sympy.Symbol, str] = {}
+        self.body: list[str] = []
+        self.module_level: list[str] = []
+        self.operands: dict[tuple[str, str, tuple[str, ...]], str] = {}
+
+    # -- the whole function ------------------------------------------------------------------------------
+    def write(self) -> list[str]:
+        params = ", ".join(self.args.values())
+        lines = [f"def {self.name}({params}):", docstring(self._doc(), "    ")]
+        self._checks()
+        self._device()
+        term_vars = [self._term(k, term) for k, term in enumerate(self.diagram.terms)]
+        self._assemble(term_vars)
+        return self.module_level + ["\n".join(lines + self.body)]
+
+    def emit(self, line: str) -> None:
+        self.body.append("    " + line)
+
+    def size(self, expr: Size) -> str:
+        return size_code(expr, self.symbols)
+
+    # -- docstring ---------------------------------------------------------------------------------------
+    def _doc(self) -> str:
+        d = self.diagram
+        lines = [
+            f"{d.name}{d.layout.text()}: compiled from {_location(self.program, d)}.",
+            "",
+            "    " + "\n    ".join(d.source.splitlines()),
+            "",
+        ]
+        if d.arguments:
+            lines.append("Args:")
+            lines += [
+                f"    {self.args[a.name]}: {a.layout.text()}, sizes {self._shape_text(a.layout.axes)}"
+                for a in d.arguments
+            ]
+        lines += ["", "Returns:", f"    {d.layout.text()}, sizes {self._shape_text(d.layout.axes)}"]
+        patterns = {f.name: f for t in d.terms for f in t.factors if f.kind == "pattern"}
+        if patterns:
+            lines += ["", "Index patterns:"]
+            lines += [
+                f"    {name}: {f.pattern.describe()}, (I, O, K) = "  # type: ignore[union-attr]
+                f"({f.pattern.in_size}, {f.pattern.out_size}, {f.pattern.kernel_size})"  # type: ignore[union-attr]
+                for name, f in sorted(patterns.items())
+            ]
+        return "\n".join(lines)
+
+    def _shape_text(self, axes: tuple[tuple[str, ...], ...]) -> str:
+        sizes = [sympy.Mul(*[sympy.sympify(self.program.sizes[leg]) for leg in axis]) for axis in axes]
+        return "[" + ", ".join(str(s) for s in sizes) + "]"
+
+    # -- argument checks and call-time sizes ---------------------------------------------------------------
+    def _checks(self) -> None:
+        d = self.diagram
+        if not d.arguments:
+            return
+        self.helpers.add("_check_arguments")
+        self.emit(f"_check_arguments({self.name!r}, (")
+        for a in d.arguments:
+            axes = tuple(a.layout.axis_text(k) for k in range(len(a.layout.axes)))
+            self.emit(f"    ({a.name!r}, {self.args[a.name]}, {axes!r}),")
+        self.emit("))")
+        binders = self._bind_plan()
+        for arg, axis in self._axes():
+            if (arg.name, axis) not in binders:
+                self._check_axis(arg, axis)
+        self._require_bound()
+
+    def _axes(self) -> list[tuple[Argument, int]]:
+        return [(arg, k) for arg in self.diagram.arguments for k in range(len(arg.layout.axes))]
+
+    def _axis_size(self, arg: Argument, axis: int) -> sympy.Expr:
+        return sympy.Mul(*[sympy.sympify(self.program.sizes[leg]) for leg in arg.layout.axes[axis]])
+
+    def _bind_plan(self) -> set[tuple[str, int]]:
+        """Bind each call-time size from the first axis that holds it alone (times known sizes)."""
+        binders: set[tuple[str, int]] = set()
+        progress = True
+        while progress:
+            progress = False
+            for arg, axis in self._axes():
+                expr = self._axis_size(arg, axis)
+                unbound = [s for s in sorted(expr.free_symbols, key=str) if s not in self.symbols]
+                if len(unbound) != 1 or (arg.name, axis) in binders:
+                    continue
+                known = sympy.simplify(expr / unbound[0])
+                if known.free_symbols - set(self.symbols) or not (expr - known * unbound[0]).equals(0):
+                    continue
+                self._bind(arg, axis, unbound[0], known)
+                binders.add((arg.name, axis))
+                progress = True
+        return binders
+
+    def _bind(self, arg: Argument, axis: int, symbol: sympy.Symbol, known: sympy.Expr) -> None:
+        var = self.namespace.create(str(symbol))
+        actual = f"{self.args[arg.name]}.shape[{axis}]"
+        if known == 1:
+            self.emit(f"{var} = {actual}  # index {symbol}, bound at call time")
+        else:
+            self.helpers.add("_bind_size")
+            self.emit(
+                f"{var} = _bind_size({self.name!r}, {arg.name!r}, {axis}, {arg.layout.axis_text(axis)!r}, "
+                f"{actual}, {self.size(known)})"
+            )
+        self.symbols[symbol] = var
+
+    def _check_axis(self, arg: Argument, axis: int) -> None:
+        expr = self._axis_size(arg, axis)
+        if expr.free_symbols - set(self.symbols):
+            return  # reported by _require_bound
+        self.helpers.add("_check_size")
+        self.emit(
+            f"_check_size({self.name!r}, {arg.name!r}, {axis}, {arg.layout.axis_text(axis)!r}, "
+            f"{self.args[arg.name]}.shape[{axis}], {self.size(expr)})"
+        )
+
+    def _require_bound(self) -> None:
+        needed: set[sympy.Symbol] = set()
+        for size in list(self.diagram.sizes.values()) + [self._axis_size(a, k) for a, k in self._axes()]:
+            needed |= sympy.sympify(size).free_symbols
+        missing = sorted(str(s) for s in needed if s not in self.symbols)
+        if missing:
+            raise TncError(
+                f"the size of index {missing[0]!r} is not given in the file and no argument of "
+                f"{self.diagram.name!r} carries it on an axis of its own",
+                self.diagram.span,
+                f"declare it with a size: index {missing[0]} = ...",
+            )
+
+    def _device(self) -> None:
+        if self.diagram.arguments:
+            first = self.args[self.diagram.arguments[0].name]
+            self.emit(f"device, dtype = {first}.device, {first}.dtype")
+        else:
+            self.emit("device, dtype = torch.device('cpu'), torch.get_default_dtype()")
+        self.namespace.create("device")
+        self.namespace.create("dtype")
+
+    # -- operands ----------------------------------------------------------------------------------------
+    def _operand(self, factor: Factor, network: Network) -> str:
+        sizes = tuple(self.size(network.size(leg)) for leg in factor.legs)
+        key = (factor.kind, factor.name, sizes)
+        if key not in self.operands:
+            self.operands[key] = self._build_operand(factor, sizes)
+        return self.operands[key]
+
+    def _build_operand(self, factor: Factor, sizes: tuple[str, ...]) -> str:
+        if factor.kind == "input":
+            arg = self.args[factor.name]
+            layout = next(a.layout for a in self.diagram.arguments if a.name == factor.name)
+            if len(factor.legs) == len(layout.axes):
+                return arg
+            var = self.namespace.create(f"{factor.name}_legs")
+            self.emit(f"{var} = {arg}.reshape({', '.join(sizes)})  # [{', '.join(factor.legs)}]")
+            return var
+        if factor.kind == "pattern":
+            p = factor.pattern
+            assert p is not None
+            self.helpers.add("_conv_pattern")
+            var = self.namespace.create(factor.name)
+            self.emit(
+                f"{var} = _conv_pattern({', '.join(sizes)}, {p.stride}, {p.pad_left}, {p.dilation}, device, "
+                f"dtype)  # {p.describe()}"
+            )
+            return var
+        self.helpers.add("_delta")
+        var = self.namespace.create("delta")
+        self.emit(f"{var} = _delta({sizes[0]}, {len(sizes)}, device, dtype)  # copy tensor")
+        return var
+
+    # -- one term ----------------------------------------------------------------------------------------
+    def _term(self, position: int, term: Network) -> str:
+        total = len(self.diagram.terms)
+        label = f"term {position + 1} of {total}: " if total > 1 else ""
+        self.emit(f"# {label}{comment_text(_term_text(term))}")
+        operands = [self._operand(f, term) for f in term.factors]
+        target = tuple(leg for leg in self.diagram.layout.legs if leg in term.outputs)
+        var = self.namespace.create("result" if total == 1 else f"term{position + 1}")
+        plans = plan_network(term)
+        if len(plans) == 1:
+            self._contract(term, plans[0], operands, target, var, "")
+        else:
+            chooser = self._chooser(position, plans)
+            for k, plan in enumerate(plans):
+                keyword = "if" if k == 0 else ("else" if k == len(plans) - 1 else "elif")
+                condition = "" if keyword == "else" else f" {chooser} == {k}"
+                self.emit(f"{keyword}{condition}:  # plan {k + 1}: {self.size(plan.flops)} multiply-adds")
+                self._contract(term, plan, operands, target, var, "    ")
+        self._scale(term, var)
+        return var
+
+    def _chooser(self, position: int, plans: tuple[Plan, ...]) -> str:
+        """A cached module-level function that picks the cheapest plan for the call-time sizes."""
+        self.helpers.add("functools")
+        symbols = sorted(set().union(*(p.flops.free_symbols for p in plans)), key=str)
+        names = {s: safe_identifier(str(s)) for s in symbols}
+        function = f"_{self.name}_plan{position + 1}"
+        costs = ", ".join(size_code(p.flops, names) for p in plans)
+        self.module_level.append(
+            "\n".join(
+                [
+                    "@functools.lru_cache(maxsize=None)",
+                    f"def {function}({', '.join(names.values())}):",
+                    f'    """The cheapest order for {self.name} term {position + 1}, chosen once per shape."""',
+                    f"    costs = ({costs},)",
+                    "    return costs.index(min(costs))",
+                ]
+            )
+        )
+        return f"{function}({', '.join(self.symbols[s] for s in symbols)})"
+
+    def _contract(
+        self, term: Network, plan: Plan, operands: list[str], target: tuple[str, ...], var: str, indent: str
+    ) -> None:
+        letters = {leg: _LETTERS[k] for k, leg in enumerate(term.indices)} if len(term.indices) <= 52 else None
+        if letters is None:
+            raise TncError(f"a term of {self.diagram.name!r} has more than 52 indices", self.diagram.span)
+        names, legs = list(operands), [f.legs for f in term.factors]
+        for k, step in enumerate(plan.steps):
+            last = k == len(plan.steps) - 1
+            result_legs = target if last else step.legs
+            result = var if last else self.namespace.create(f"t{len(names) - len(operands) + 1}")
+            call = _pairwise([names[i] for i in step.operands], [legs[i] for i in step.operands], result_legs, letters)
+            self.emit(f"{indent}{result} = {call}  # [{', '.join(result_legs)}]")
+            names.append(result)
+            legs.append(result_legs)
+        if not plan.steps:
+            self._single(term, operands, target, var, letters, indent)
+
+    def _single(
+        self,
+        term: Network,
+        operands: list[str],
+        target: tuple[str, ...],
+        var: str,
+        letters: dict[str, str],
+        indent: str,
+    ) -> None:
+        if not operands:
+            self.emit(f"{indent}{var} = torch.ones((), device=device, dtype=dtype)")
+        elif term.factors[0].legs == target:
+            self.emit(f"{indent}{var} = {operands[0]}")
+        else:
+            self.emit(
+                f"{indent}{var} = {_einsum([operands[0]], [term.factors[0].legs], target, letters)}"
+                f"  # [{', '.join(target)}]"
+            )
+
+    def _scale(self, term: Network, var: str) -> None:
+        coefficient = term.coefficient
+        if coefficient == 1:
+            return
+        if coefficient == -1:
+            self.emit(f"{var} = -{var}")
+            return
+        self.emit(f"{var} = {var} * {self.size(coefficient)}")
+
+    # -- the result --------------------------------------------------------------------------------------
+    def _assemble(self, term_vars: list[str]) -> None:
+        legs = self.diagram.layout.legs
+        full = [self.size(self.diagram.sizes[leg]) for leg in legs]
+        for var, term in zip(term_vars, self.diagram.terms):
+            if len(term.outputs) != len(legs) and len(term_vars) > 1:
+                shape = [s if leg in term.outputs else "1" for leg, s in zip(legs, full)]
+                self.emit(f"{var} = {var}.reshape({', '.join(shape) or '()'})  # broadcast over the missing legs")
+        result = term_vars[0]
+        if len(term_vars) > 1:
+            result = self.namespace.create("result")
+            self.emit(f"{result} = {' + '.join(term_vars)}")
+        covered = set().union(*(t.outputs for t in self.diagram.terms))
+        if covered != set(legs):
+            if len(term_vars) == 1:
+                shape = [s if leg in covered else "1" for leg, s in zip(legs, full)]
+                self.emit(f"{result} = {result}.reshape({', '.join(shape) or '()'})")
+            self.emit(f"{result} = {result}.expand({', '.join(full)})")
+        axes = self.diagram.layout.axes
+        if any(len(axis) != 1 for axis in axes):
+            shape = [" * ".join(full[legs.index(leg)] for leg in axis) for axis in axes]
+            self.emit(f"{result} = {result}.reshape({', '.join(shape) or '()'})  # {self.diagram.layout.text()}")
+        self.emit(f"return {result}")
+
+
+def _pairwise(names: list[str], legs: list[tuple[str, ...]], result: tuple[str, ...], letters: dict[str, str]) -> str:
+    """tensordot where the step is a plain contraction in the natural order, einsum otherwise."""
+    if len(names) == 2 and all(len(set(x)) == len(x) for x in legs):
+        a, b = legs
+        shared = [leg for leg in a if leg in b]
+        natural = tuple(leg for leg in a if leg not in shared) + tuple(leg for leg in b if leg not in shared)
+        if natural == result:
+            dims = ([a.index(leg) for leg in shared], [b.index(leg) for leg in shared])
+            return f"torch.tensordot({names[0]}, {names[1]}, dims=({dims[0]}, {dims[1]}))"
+    return _einsum(names, legs, result, letters)
+
+
+def _einsum(names: list[str], legs: list[tuple[str, ...]], result: tuple[str, ...], letters: Mapping[str, str]) -> str:
+    inputs = ",".join("".join(letters[leg] for leg in x) for x in legs)
+    output = "".join(letters[leg] for leg in result)
+    return f'torch.einsum("{inputs}->{output}", {", ".join(names)})'
+
+
+def _term_text(term: Network) -> str:
+    factors = []
+    for f in term.factors:
+        legs = ", ".join(f.legs)
+        factors.append(
+            f"{f.name}({legs})"
+            if f.kind == "pattern"
+            else (f"delta({legs})" if f.kind == "delta" else f"{f.name}[{legs}]")
+        )
+    body = " * ".join(factors) or "1"
+    return body if term.coefficient == 1 else f"{term.coefficient} * {body}"
+
+
+def _location(program: Program, diagram: Diagram) -> str:
+    line = f":{diagram.span.line}" if diagram.span else ""
+    return f"{PurePath(program.filename).name}{line}"

@@ -1,0 +1,94 @@
+"""Helper functions copied into generated modules, only those a module uses. They need only torch."""
+
+from __future__ import annotations
+
+__all__ = ["HELPERS", "helper_source"]
+
+_CONSTANTS = """
+# Index patterns and copy tensors, built once per shape, device and dtype, then reused.
+_CONSTANTS = {}
+"""
+
+_CONV_PATTERN = '''
+def _conv_pattern(I, O, K, stride, pad_left, dilation, device, dtype):
+    """Pi[i, o, k] = 1 iff i = o*stride + k*dilation - pad_left, as a dense (I, O, K) tensor."""
+    key = ("conv", I, O, K, stride, pad_left, dilation, device, dtype)
+    pattern = _CONSTANTS.get(key)
+    if pattern is None:
+        o = torch.arange(O, device=device).view(1, O, 1)
+        k = torch.arange(K, device=device).view(1, 1, K)
+        i = torch.arange(I, device=device).view(I, 1, 1)
+        pattern = (i == o * stride + k * dilation - pad_left).to(dtype)
+        _CONSTANTS[key] = pattern
+    return pattern
+'''
+
+_DELTA = '''
+def _delta(size, legs, device, dtype):
+    """The copy tensor: 1 where all of its `legs` indices (each of `size` entries) are equal."""
+    key = ("delta", size, legs, device, dtype)
+    delta = _CONSTANTS.get(key)
+    if delta is None:
+        delta = torch.zeros((size,) * legs, device=device, dtype=dtype)
+        diagonal = torch.arange(size, device=device)
+        delta[(diagonal,) * legs] = 1
+        _CONSTANTS[key] = delta
+    return delta
+'''
+
+_CHECK_ARGUMENTS = '''
+def _check_arguments(function, arguments):
+    """Each argument is a tensor of the declared rank; all share one floating dtype and one device."""
+    first = None
+    for name, value, layout in arguments:
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+        if value.dim() != len(layout):
+            raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
+                             f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
+        if not (value.is_floating_point() or value.is_complex()):
+            raise ValueError(f"{function}(): argument {name!r} must have a floating dtype, got {value.dtype}")
+        if first is None:
+            first = (name, value)
+        elif value.dtype != first[1].dtype:
+            raise ValueError(f"{function}(): argument {name!r} has dtype {value.dtype}, "
+                             f"but {first[0]!r} has {first[1].dtype}")
+        elif value.device != first[1].device:
+            raise ValueError(f"{function}(): argument {name!r} is on {value.device}, "
+                             f"but {first[0]!r} is on {first[1].device}")
+'''
+
+_CHECK_SIZE = '''
+def _check_size(function, argument, axis, index, actual, expected):
+    """An axis has the size the file gives its index (or that an earlier argument bound)."""
+    if actual != expected:
+        raise ValueError(f"{function}(): argument {argument!r} axis {axis} ({index}) has size {actual}, "
+                         f"expected {expected}")
+'''
+
+_BIND_SIZE = '''
+def _bind_size(function, argument, axis, index, actual, known):
+    """The size of the one call-time index in an axis whose other indices hold `known` entries."""
+    if actual % known:
+        raise ValueError(f"{function}(): argument {argument!r} axis {axis} ({index}) has size {actual}, "
+                         f"which is not a multiple of {known}")
+    return actual // known
+'''
+
+HELPERS = {
+    "_CONSTANTS": _CONSTANTS,
+    "_conv_pattern": _CONV_PATTERN,
+    "_delta": _DELTA,
+    "_check_arguments": _CHECK_ARGUMENTS,
+    "_check_size": _CHECK_SIZE,
+    "_bind_size": _BIND_SIZE,
+}
+_NEEDS = {"_conv_pattern": ("_CONSTANTS",), "_delta": ("_CONSTANTS",)}
+
+
+def helper_source(used: set[str]) -> list[str]:
+    """Source blocks of the used helpers and what they need, in a fixed order."""
+    closure = set(used)
+    for name in used:
+        closure.update(_NEEDS.get(name, ()))
+    return [HELPERS[name].strip("\n") for name in HELPERS if name in closure]

@@ -1,0 +1,156 @@
+"""The `tnc` command line: compile, check and draw `.tnd` files."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import sympy
+
+from tncompiler.api import build_program, compile_source, read_source
+from tncompiler.backend.pytorch import public_names
+from tncompiler.dot import diagram_dot
+from tncompiler.errors import TncError
+from tncompiler.ir.network import Diagram, Program
+from tncompiler.stages import diagram_stages
+
+__all__ = ["main", "write_atomic"]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file and a rename, so a failure never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _dot_files(program: Program) -> dict[str, str]:
+    """File name -> DOT text, one per diagram and rewrite stage."""
+    files = {}
+    for diagram in program.diagrams:
+        for stage, staged in diagram_stages(diagram):
+            files[f"{diagram.name}.{stage}.dot"] = diagram_dot(staged, stage)
+    return files
+
+
+def _compile(args: argparse.Namespace) -> int:
+    source = read_source(args.file)
+    code = compile_source(source, str(args.file))
+    dots = _dot_files(build_program(source, str(args.file))) if args.dot else {}
+    output = args.output or Path(args.file).with_suffix(".py")
+    write_atomic(output, code)
+    for name, text in dots.items():
+        write_atomic(args.dot / name, text)
+    print(f"wrote {output}" + (f" and {len(dots)} DOT files in {args.dot}" if dots else ""), file=sys.stderr)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    source = read_source(args.file)
+    program = build_program(source, str(args.file))
+    compile_source(source, str(args.file))  # also checks what only code generation can (call-time sizes)
+    names = public_names(program)
+    for diagram in program.diagrams:
+        print(_signature(program, diagram, names[diagram.name]))
+    return 0
+
+
+def _signature(program: Program, diagram: Diagram, name: str) -> str:
+    def shape(axes: tuple[tuple[str, ...], ...]) -> str:
+        return (
+            "[" + ", ".join(str(sympy.Mul(*[sympy.sympify(program.sizes[leg]) for leg in axis])) for axis in axes) + "]"
+        )
+
+    params = ", ".join(a.name for a in diagram.arguments)
+    lines = [f"{name}({params}) -> {diagram.layout.text()} = {shape(diagram.layout.axes)}"]
+    lines += [f"    {a.name}: {a.layout.text()} = {shape(a.layout.axes)}" for a in diagram.arguments]
+    lines.append(f"    {len(diagram.terms)} term{'s' if len(diagram.terms) != 1 else ''}")
+    return "\n".join(lines)
+
+
+def _dot(args: argparse.Namespace) -> int:
+    program = build_program(read_source(args.file), str(args.file))
+    chosen = [d for d in program.diagrams if args.diagram in (None, d.name)]
+    if not chosen:
+        names = ", ".join(d.name for d in program.diagrams) or "none"
+        raise TncError(f"no diagram named {args.diagram!r}; diagrams: {names}").located(str(args.file), "")
+    texts = []
+    for diagram in chosen:
+        stages = dict(diagram_stages(diagram))
+        if args.stage not in stages:
+            raise TncError(f"unknown stage {args.stage!r}; stages: {', '.join(stages)}").located(str(args.file), "")
+        texts.append(diagram_dot(stages[args.stage], args.stage))
+    text = "".join(texts)
+    if args.output is None:
+        sys.stdout.write(text)
+    elif args.output.suffix in (".svg", ".png", ".pdf"):
+        _render(text, args.output)
+    else:
+        write_atomic(args.output, text)
+    return 0
+
+
+def _render(text: str, output: Path) -> None:
+    program = shutil.which("dot")
+    if program is None:
+        raise TncError("rendering needs Graphviz's `dot` program; write a .dot file instead, or install graphviz")
+    done = subprocess.run([program, f"-T{output.suffix[1:]}"], input=text.encode(), capture_output=True, check=False)
+    if done.returncode != 0:
+        raise TncError(f"graphviz failed: {done.stderr.decode(errors='replace').strip()}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_bytes(done.stdout)
+    os.replace(tmp, output)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tnc", description="Compile tensor-network diagrams (.tnd) to PyTorch.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    compile_ = commands.add_parser("compile", help="write the Python module of a .tnd file")
+    compile_.add_argument("file", type=Path, metavar="FILE.tnd")
+    compile_.add_argument("-o", "--output", type=Path, help="output module (default: FILE.py beside FILE.tnd)")
+    compile_.add_argument("--dot", type=Path, metavar="DIR", help="also write one DOT file per diagram and stage")
+    compile_.set_defaults(run=_compile)
+    check = commands.add_parser("check", help="parse and validate; print each diagram's signature and sizes")
+    check.add_argument("file", type=Path, metavar="FILE.tnd")
+    check.set_defaults(run=_check)
+    dot = commands.add_parser("dot", help="print a diagram as DOT (or render .svg/.png/.pdf with Graphviz)")
+    dot.add_argument("file", type=Path, metavar="FILE.tnd")
+    dot.add_argument("diagram", nargs="?", help="one diagram (default: all)")
+    dot.add_argument("--stage", default="built", help="rewrite stage to draw (default: built)")
+    dot.add_argument("-o", "--output", type=Path, help="write here instead of printing; .svg/.png/.pdf renders")
+    dot.set_defaults(run=_dot)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `tnc`; errors in the input are reported as FILE:LINE:COL with exit status 1."""
+    args = _parser().parse_args(argv)
+    try:
+        status: int = args.run(args)
+        return status
+    except TncError as error:
+        print(error, file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"tnc: error: {error}", file=sys.stderr)
+        return 1
+    except RecursionError:
+        print("tnc: error: the input is nested too deeply", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,450 @@
+"""Semantic analysis: check a parsed file and build the IR `Program` (one `Diagram` per definition)."""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sympy
+
+from tncompiler.errors import Span, TncError
+from tncompiler.frontend import ast
+from tncompiler.ir.network import Argument, Diagram, Network, Program
+from tncompiler.ir.values import ConvPattern, Factor, Layout, Size, out_size, size_symbol
+
+__all__ = ["resolve", "MAX_TERMS"]
+
+# Products of sums expand into sums of products; past this many terms a file is rejected.
+MAX_TERMS = 256
+_PATTERN_KINDS = ("conv",)
+_CONV_ARGS = ("stride", "padding", "dilation")
+_TRANSFORMS = ("vjp", "jvp", "jacobian", "kfac", "kfac_grad", "slice", "sample")
+
+
+@dataclass(frozen=True)
+class _Pattern:
+    legs: tuple[str, str, str]
+    value: ConvPattern
+
+
+@dataclass
+class _Expanded:
+    """One term of a definition after inlining and distribution: coefficient times factors."""
+
+    coefficient: sympy.Expr
+    factors: list[Factor]
+
+
+@dataclass
+class _Scope:
+    """What the file has declared so far."""
+
+    filename: str
+    source: str
+    sizes: dict[str, Size] = field(default_factory=dict)
+    declared_at: dict[str, tuple[str, Span]] = field(default_factory=dict)
+    patterns: dict[str, _Pattern] = field(default_factory=dict)
+    inputs: dict[str, Argument] = field(default_factory=dict)
+    definitions: dict[str, Diagram] = field(default_factory=dict)
+    later: dict[str, Span] = field(default_factory=dict)
+    fresh: itertools.count = field(default_factory=itertools.count)  # type: ignore[type-arg]
+
+    def declare(self, name: ast.Name, kind: str) -> None:
+        if name.text in self.declared_at:
+            other_kind, span = self.declared_at[name.text]
+            raise TncError(
+                f"{name.text!r} is already declared as {_article(other_kind)} at line {span.line}",
+                name.span,
+                "every index, pattern, input and definition needs its own name",
+            )
+        self.declared_at[name.text] = (kind, name.span)
+
+    def index(self, name: ast.Name) -> Size:
+        if name.text not in self.sizes:
+            raise TncError(
+                f"undeclared index {name.text!r}",
+                name.span,
+                _suggest(name.text, self.sizes, "declare it first: index " + name.text),
+            )
+        return self.sizes[name.text]
+
+
+def _article(kind: str) -> str:
+    return ("an " if kind[0] in "aeiou" else "a ") + kind
+
+
+def _suggest(word: str, choices: object, fallback: str) -> str:
+    options = sorted(choices)  # type: ignore[call-overload]
+    close = difflib.get_close_matches(word, options, n=1)
+    return f"did you mean {close[0]!r}?" if close else fallback
+
+
+def resolve(module: ast.Module, filename: str, source: str) -> Program:
+    """Check every statement in order and build the program; errors carry the file and position."""
+    scope = _Scope(filename, source)
+    for statement in module.statements:
+        if isinstance(statement, ast.Definition | ast.TransformDef):
+            scope.later.setdefault(statement.name.text, statement.span)
+    try:
+        for statement in module.statements:
+            _STATEMENTS[type(statement)](scope, statement)
+    except TncError as error:
+        raise error.located(filename, source) from None
+    return Program(filename, dict(scope.sizes), tuple(scope.definitions.values()))
+
+
+def _index_decl(scope: _Scope, decl: ast.IndexDecl) -> None:
+    for item in decl.items:
+        scope.declare(item.name, "index")
+        scope.sizes[item.name.text] = _declared_size(scope, item)
+
+
+def _declared_size(scope: _Scope, item: ast.IndexItem) -> Size:
+    if item.size is None:
+        return size_symbol(item.name.text)
+    if isinstance(item.size, ast.Name):
+        return scope.index(item.size)
+    if item.size < 1:
+        raise TncError(f"index {item.name.text!r} must have a positive size, got {item.size}", item.size_span)
+    return item.size
+
+
+def _pattern_decl(scope: _Scope, decl: ast.PatternDecl) -> None:
+    scope.declare(decl.name, "pattern")
+    if decl.kind.text not in _PATTERN_KINDS:
+        raise TncError(
+            f"unknown pattern kind {decl.kind.text!r}", decl.kind.span, "valid kinds: " + ", ".join(_PATTERN_KINDS)
+        )
+    if len(decl.legs) != 3:
+        raise TncError(
+            f"pattern {decl.name.text!r} has {len(decl.legs)} legs; a conv pattern has three: (i, o, k)",
+            decl.span,
+            "write pattern p(i, o, k) = conv(...)",
+        )
+    i, o, k = decl.legs
+    if len({i.text, o.text, k.text}) < 3:
+        raise TncError(f"pattern {decl.name.text!r} needs three different indices", decl.span)
+    args = _conv_args(decl.args)
+    in_size, kernel = scope.index(i), scope.index(k)
+    if not isinstance(kernel, int):
+        raise TncError(
+            f"the kernel index {k.text!r} needs a size known in the file",
+            k.span,
+            f"declare it with a size: index {k.text} = 3",
+        )
+    stride, dilation = int(args.get("stride", 1)), int(args.get("dilation", 1))  # type: ignore[arg-type]
+    left, right = _padding(args.get("padding", 0), stride, dilation, kernel, decl)
+    value = ConvPattern(
+        in_size, out_size(in_size, kernel, stride, left, right, dilation), kernel, stride, left, right, dilation
+    )
+    value = _output_size(scope, o, value, decl)
+    scope.patterns[decl.name.text] = _Pattern((i.text, o.text, k.text), value)
+
+
+def _conv_args(args: tuple[ast.PatternArg, ...]) -> dict[str, int | tuple[int, int] | str]:
+    seen: dict[str, int | tuple[int, int] | str] = {}
+    for arg in args:
+        key = arg.key.text
+        if key not in _CONV_ARGS:
+            raise TncError(
+                f"unknown argument {key!r} of conv", arg.key.span, "valid arguments: " + ", ".join(_CONV_ARGS)
+            )
+        if key in seen:
+            raise TncError(f"argument {key!r} is given twice", arg.key.span)
+        if key != "padding" and not isinstance(arg.value, int):
+            raise TncError(f"{key} must be an integer", arg.value_span)
+        if key != "padding" and isinstance(arg.value, int) and arg.value < 1:
+            raise TncError(f"{key} must be at least 1, got {arg.value}", arg.value_span)
+        _check_padding_value(arg) if key == "padding" else None
+        seen[key] = arg.value
+    return seen
+
+
+def _check_padding_value(arg: ast.PatternArg) -> None:
+    values = arg.value if isinstance(arg.value, tuple) else (arg.value,)
+    if isinstance(arg.value, str) and arg.value not in ("same", "valid"):
+        raise TncError(
+            f"unknown padding {arg.value!r}",
+            arg.value_span,
+            "padding is an integer, a pair (left, right), same or valid",
+        )
+    if any(isinstance(v, int) and v < 0 for v in values):
+        raise TncError("padding must not be negative", arg.value_span)
+
+
+def _padding(
+    padding: int | tuple[int, int] | str, stride: int, dilation: int, kernel: int, decl: ast.PatternDecl
+) -> tuple[int, int]:
+    if padding == "valid":
+        return 0, 0
+    if padding == "same":
+        if stride != 1:
+            raise TncError("padding=same needs stride 1 (as in PyTorch)", decl.span)
+        total = dilation * (kernel - 1)
+        return total // 2, total - total // 2  # PyTorch puts the odd one on the right
+    if isinstance(padding, tuple):
+        return padding
+    assert isinstance(padding, int)
+    return padding, padding
+
+
+def _output_size(scope: _Scope, o: ast.Name, value: ConvPattern, decl: ast.PatternDecl) -> ConvPattern:
+    inferred = value.out_size
+    if isinstance(inferred, int) and inferred < 1:
+        raise TncError(
+            f"pattern {decl.name.text!r} has output size {inferred}: the kernel (dilated extent "
+            f"{value.dilation * (value.kernel_size - 1) + 1}) is larger than the padded input "
+            f"({value.in_size} + {value.pad_left + value.pad_right})",
+            decl.span,
+        )
+    if o.text not in scope.sizes:
+        scope.declare(o, "index")
+        scope.sizes[o.text] = inferred
+        return value
+    declared = scope.sizes[o.text]
+    if sympy.simplify(sympy.sympify(declared) - inferred) != 0:
+        raise TncError(
+            f"size clash: pattern {decl.name.text!r} gives {o.text!r} size {inferred}, but it is "
+            f"declared with size {declared}",
+            o.span,
+        )
+    return ConvPattern(
+        value.in_size, declared, value.kernel_size, value.stride, value.pad_left, value.pad_right, value.dilation
+    )
+
+
+def _input_decl(scope: _Scope, decl: ast.InputDecl) -> None:
+    scope.declare(decl.name, "input")
+    layout = _layout(scope, decl.axes, f"input {decl.name.text!r}")
+    scope.inputs[decl.name.text] = Argument(decl.name.text, layout, decl.span)
+
+
+def _layout(scope: _Scope, axes: tuple[ast.Axis, ...], what: str) -> Layout:
+    names: list[tuple[str, ...]] = []
+    seen: set[str] = set()
+    for axis in axes:
+        if isinstance(axis, ast.SliceSpec):
+            raise TncError(f"the axes of {what} must be indices, not a slice", axis.span)
+        for name in axis.names:
+            scope.index(name)
+            if name.text in seen:
+                raise TncError(f"index {name.text!r} appears twice in {what}", name.span)
+            seen.add(name.text)
+        names.append(tuple(n.text for n in axis.names))
+    return Layout(tuple(names))
+
+
+def _definition(scope: _Scope, decl: ast.Definition) -> None:
+    scope.declare(decl.name, "definition")
+    layout = _layout(scope, decl.axes, f"the left side of {decl.name.text!r}")
+    expanded = _sum(scope, decl.body, decl.name.text)
+    terms = []
+    for product in expanded:
+        _check_free_indices(product, layout, decl)
+        sizes = {leg: _leg_size(scope, leg) for f in product.factors for leg in f.legs}
+        outputs = tuple(leg for leg in layout.legs if leg in sizes)
+        terms.append(Network(product.factors, outputs, sizes, product.coefficient, {"span": decl.span}))
+    used = {f.name for t in terms for f in t.factors if f.kind == "input"}
+    arguments = tuple(arg for name, arg in scope.inputs.items() if name in used)
+    sizes = {leg: scope.sizes[leg] for leg in layout.legs}
+    for term in terms:
+        sizes.update(term.sizes)
+    diagram = Diagram(decl.name.text, layout, tuple(terms), arguments, sizes, decl.span, _text(scope, decl.span))
+    scope.definitions[decl.name.text] = diagram
+
+
+def _leg_size(scope: _Scope, leg: str) -> Size:
+    return scope.sizes[leg.split("~")[0]]
+
+
+def _text(scope: _Scope, span: Span) -> str:
+    lines = scope.source.splitlines()[span.line - 1 : (span.end_line or span.line)]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _check_free_indices(term: _Expanded, layout: Layout, decl: ast.Definition) -> None:
+    counts: dict[str, int] = {}
+    spans: dict[str, Span | None] = {}
+    for factor in term.factors:
+        for leg in factor.legs:
+            counts[leg] = counts.get(leg, 0) + 1
+            spans.setdefault(leg, factor.span)
+    for leg, count in counts.items():
+        if count == 1 and leg not in layout.legs:
+            raise TncError(
+                f"index {leg!r} appears once on the right and not on the left of {decl.name.text!r}",
+                spans[leg],
+                f"add {leg!r} to the left side, or multiply by delta({leg}) to sum over it",
+            )
+
+
+def _sum(scope: _Scope, body: ast.Sum, owner: str) -> list[_Expanded]:
+    result: list[_Expanded] = []
+    for term in body.terms:
+        for expanded in _term(scope, term, owner):
+            if term.negative:
+                expanded.coefficient = -expanded.coefficient
+            result.append(expanded)
+    return result
+
+
+def _term(scope: _Scope, term: ast.Term, owner: str) -> list[_Expanded]:
+    products = [_Expanded(sympy.Integer(1), [])]
+    for op, factor in zip(("*",) + term.ops, term.factors):
+        options = _factor(scope, factor, owner)
+        if op == "/":
+            products = [_Expanded(p.coefficient / _divisor(options, factor), p.factors) for p in products]
+            continue
+        products = [_Expanded(p.coefficient * o.coefficient, p.factors + o.factors) for p in products for o in options]
+        if len(products) > MAX_TERMS:
+            raise TncError(f"expanding this product gives more than {MAX_TERMS} terms", term.span)
+    return products
+
+
+def _divisor(options: list[_Expanded], factor: ast.Factor) -> sympy.Expr:
+    if any(option.factors for option in options):
+        raise TncError(
+            "only a number or size(...) can divide", factor.span, "divide by scalars: x[n] / size(n) or x[n] / 2"
+        )
+    divisor = sympy.Add(*[option.coefficient for option in options])
+    if divisor == 0:
+        raise TncError("division by zero", factor.span)
+    return divisor
+
+
+def _factor(scope: _Scope, factor: ast.Factor, owner: str) -> list[_Expanded]:
+    if isinstance(factor, ast.Number):
+        return [
+            _Expanded(sympy.nsimplify(factor.value) if isinstance(factor.value, int) else sympy.Float(factor.value), [])
+        ]
+    if isinstance(factor, ast.Paren):
+        return _sum(scope, factor.body, owner)
+    if isinstance(factor, ast.CallFactor):
+        return [_call_factor(scope, factor)]
+    return _tensor_ref(scope, factor, owner)
+
+
+def _call_factor(scope: _Scope, call: ast.CallFactor) -> _Expanded:
+    name = call.name.text
+    if name == "size":
+        if len(call.args) != 1:
+            raise TncError("size(...) takes exactly one index", call.span)
+        return _Expanded(sympy.sympify(scope.index(call.args[0])), [])
+    if name == "delta":
+        if not call.args:
+            raise TncError("delta(...) needs at least one index", call.span)
+        _same_sizes(scope, call.args, "the legs of a delta")
+        return _Expanded(sympy.Integer(1), [Factor("delta", "", tuple(a.text for a in call.args), call.span)])
+    if name not in scope.patterns:
+        known = ", ".join(sorted(scope.patterns)) or "none declared"
+        raise TncError(f"unknown pattern {name!r}", call.name.span, f"patterns: {known}; also delta(...) and size(...)")
+    pattern = scope.patterns[name]
+    if len(call.args) != 3:
+        raise TncError(f"pattern {name!r} takes three indices (i, o, k), got {len(call.args)}", call.span)
+    expected = (pattern.value.in_size, pattern.value.out_size, pattern.value.kernel_size)
+    for arg, size, role in zip(call.args, expected, pattern.legs):
+        _expect_size(scope.index(arg), size, arg.span, f"index {arg.text!r} used as {role!r} of pattern {name!r}")
+    return _Expanded(
+        sympy.Integer(1), [Factor("pattern", name, tuple(a.text for a in call.args), call.span, pattern.value)]
+    )
+
+
+def _same_sizes(scope: _Scope, names: tuple[ast.Name, ...], what: str) -> None:
+    first = scope.index(names[0])
+    for name in names[1:]:
+        _expect_size(scope.index(name), first, name.span, f"{what} ({names[0].text!r} and {name.text!r})")
+
+
+def _expect_size(actual: Size, expected: Size, span: Span, what: str) -> None:
+    if sympy.simplify(sympy.sympify(actual) - sympy.sympify(expected)) != 0:
+        raise TncError(f"size clash: {what} has size {actual}, expected {expected}", span)
+
+
+def _tensor_ref(scope: _Scope, ref: ast.TensorRef, owner: str) -> list[_Expanded]:
+    name = ref.name.text
+    if name in scope.inputs:
+        legs = _ref_legs(scope, ref, scope.inputs[name].layout, f"input {name!r}")
+        return [_Expanded(sympy.Integer(1), [Factor("input", name, legs, ref.span)])]
+    if name in scope.definitions:
+        return _inline(scope, ref, scope.definitions[name])
+    if name == owner:
+        raise TncError(f"{name!r} refers to itself", ref.name.span, "a definition can only use earlier ones")
+    if name in scope.later:
+        raise TncError(
+            f"{name!r} is defined later, at line {scope.later[name].line}",
+            ref.name.span,
+            "a definition can only use inputs and earlier definitions (no cycles)",
+        )
+    known = list(scope.inputs) + list(scope.definitions)
+    hint = _suggest(name, known, "inputs and definitions so far: " + (", ".join(known) or "none"))
+    raise TncError(f"unknown tensor {name!r}", ref.name.span, hint)
+
+
+def _ref_legs(scope: _Scope, ref: ast.TensorRef, layout: Layout, what: str) -> tuple[str, ...]:
+    if len(ref.axes) != len(layout.axes):
+        raise TncError(f"{what} has {len(layout.axes)} axes {layout.text()}, got {len(ref.axes)}", ref.span)
+    legs: list[str] = []
+    for position, (axis, declared) in enumerate(zip(ref.axes, layout.axes)):
+        names = _axis_names(axis)
+        expected = sympy.Mul(*[sympy.sympify(scope.sizes[n]) for n in declared])
+        actual = sympy.Mul(*[sympy.sympify(scope.index(n)) for n in names])
+        _expect_size(actual, expected, axis.span, f"axis {position} {layout.axis_text(position)} of {what}")
+        legs.extend(n.text for n in names)
+    return tuple(legs)
+
+
+def _inline(scope: _Scope, ref: ast.TensorRef, diagram: Diagram) -> list[_Expanded]:
+    """Substitute an earlier definition: its result legs become the reference's, its summed ones fresh."""
+    names = [name for axis in ref.axes for name in _axis_names(axis)]
+    if len(names) != len(diagram.layout.legs):
+        raise TncError(
+            f"a reference to {diagram.name!r} must name its {len(diagram.layout.legs)} legs one by one, "
+            f"as its left side {diagram.layout.text()} does; got {len(names)}",
+            ref.span,
+        )
+    for leg, name in zip(diagram.layout.legs, names):
+        _expect_size(scope.index(name), diagram.sizes[leg], name.span, f"leg {name.text!r} of {diagram.name!r}")
+    legs = tuple(name.text for name in names)
+    result = []
+    for term in diagram.terms:
+        mapping = dict(zip(diagram.layout.legs, legs))
+        mapping.update({leg: f"{leg.split('~')[0]}~{next(scope.fresh)}" for leg in term.summed()})
+        factors = [f.renamed(mapping) for f in term.factors]
+        factors += [
+            Factor("delta", "", (mapping[leg],), ref.span) for leg in diagram.layout.legs if leg not in term.outputs
+        ]  # a broadcast leg is a product with ones
+        result.append(_Expanded(term.coefficient, factors))
+    return result
+
+
+def _axis_names(axis: ast.Axis) -> tuple[ast.Name, ...]:
+    if isinstance(axis, ast.SliceSpec):
+        raise TncError(
+            "slices in index lists are not supported yet",
+            axis.span,
+            "index the full axis; sub-tensor slicing arrives with the rewrite passes",
+        )
+    return axis.names
+
+
+def _transform_def(scope: _Scope, decl: ast.TransformDef) -> None:
+    name = decl.call.name.text
+    if name not in _TRANSFORMS:
+        raise TncError(f"unknown transform {name!r}", decl.call.name.span, "transforms: " + ", ".join(_TRANSFORMS))
+    raise TncError(
+        f"transform {name!r} is not supported yet",
+        decl.call.name.span,
+        "this compiler release builds plain definitions only",
+    )
+
+
+_STATEMENTS: dict[type, Callable[[_Scope, Any], None]] = {
+    ast.IndexDecl: _index_decl,
+    ast.PatternDecl: _pattern_decl,
+    ast.InputDecl: _input_decl,
+    ast.Definition: _definition,
+    ast.TransformDef: _transform_def,
+}

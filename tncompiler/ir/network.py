@@ -1,0 +1,201 @@
+"""The network: one product of tensors over a networkx graph, and the diagram that sums such products."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import sympy
+
+from tncompiler.errors import Span
+from tncompiler.ir.values import Factor, Layout, Size
+
+__all__ = ["Network", "Argument", "Diagram", "Program", "LintError", "tensor_node", "index_node"]
+
+
+class LintError(Exception):
+    """An IR invariant is broken; the message names the node at fault."""
+
+
+def tensor_node(position: int) -> tuple[str, int]:
+    return ("tensor", position)
+
+
+def index_node(name: str) -> tuple[str, str]:
+    return ("index", name)
+
+
+class Network:
+    """`coefficient · Π factors`, with `outputs` the open legs and every other index summed.
+
+    The graph is bipartite: tensor nodes `("tensor", k)` carry their `Factor`; index nodes `("index", name)`
+    carry the `size`. An index joined to three or more tensors (a hyperedge) is just an index node of higher
+    degree. Networks are immutable: passes build new ones.
+    """
+
+    def __init__(
+        self,
+        factors: Iterable[Factor],
+        outputs: Iterable[str],
+        sizes: Mapping[str, Size],
+        coefficient: sympy.Expr | int = 1,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        graph = nx.Graph()
+        self._factors = tuple(factors)
+        self._outputs = tuple(outputs)
+        self.coefficient: sympy.Expr = sympy.sympify(coefficient)
+        self.meta: dict[str, Any] = dict(meta or {})
+        for name in self._index_order():
+            if name not in sizes:
+                raise LintError(f"index {name!r} has no size")
+            graph.add_node(index_node(name), size=sizes[name], output=name in self._outputs)
+        for position, factor in enumerate(self._factors):
+            graph.add_node(tensor_node(position), factor=factor)
+            for axis, leg in enumerate(factor.legs):
+                edge = graph.get_edge_data(tensor_node(position), index_node(leg))
+                axes = (edge["axes"] if edge else ()) + (axis,)
+                graph.add_edge(tensor_node(position), index_node(leg), axes=axes)
+        self.graph = graph
+
+    def _index_order(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for factor in self._factors:
+            seen.update(dict.fromkeys(factor.legs))
+        seen.update(dict.fromkeys(self._outputs))
+        return list(seen)
+
+    @property
+    def factors(self) -> tuple[Factor, ...]:
+        return self._factors
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return self._outputs
+
+    @property
+    def indices(self) -> tuple[str, ...]:
+        """Every index, in order of first appearance (factors first, then outputs)."""
+        return tuple(node[1] for node in self.graph if node[0] == "index")
+
+    def size(self, name: str) -> Size:
+        size: Size = self.graph.nodes[index_node(name)]["size"]
+        return size
+
+    @property
+    def sizes(self) -> dict[str, Size]:
+        return {name: self.size(name) for name in self.indices}
+
+    def summed(self) -> tuple[str, ...]:
+        return tuple(name for name in self.indices if name not in self._outputs)
+
+    def tensors_on(self, name: str) -> tuple[int, ...]:
+        """Positions of the factors that carry index `name`."""
+        return tuple(sorted(node[1] for node in self.graph.neighbors(index_node(name))))
+
+    def replace(
+        self,
+        factors: Iterable[Factor] | None = None,
+        outputs: Iterable[str] | None = None,
+        coefficient: sympy.Expr | int | None = None,
+        sizes: Mapping[str, Size] | None = None,
+    ) -> Network:
+        """A new network with some parts swapped; `meta` is carried over."""
+        return Network(
+            self._factors if factors is None else factors,
+            self._outputs if outputs is None else outputs,
+            {**self.sizes, **(sizes or {})},
+            self.coefficient if coefficient is None else coefficient,
+            self.meta,
+        )
+
+    def lint(self) -> None:
+        """Check the invariants; raise `LintError` naming the node at fault."""
+        if len(set(self._outputs)) != len(self._outputs):
+            raise LintError(f"outputs repeat an index: {self._outputs}")
+        for name in self.indices:
+            _lint_size(name, self.size(name))
+        for position, factor in enumerate(self._factors):
+            _lint_factor(position, factor, self)
+
+    def __repr__(self) -> str:
+        body = " * ".join(f"{f.name or f.kind}[{', '.join(f.legs)}]" for f in self._factors) or "1"
+        return f"Network({self.coefficient} * {body} -> [{', '.join(self._outputs)}])"
+
+
+def _lint_size(name: str, size: Size) -> None:
+    if isinstance(size, int):
+        if size < 1:
+            raise LintError(f"index {name!r} has size {size} < 1")
+    elif not isinstance(size, sympy.Expr):
+        raise LintError(f"index {name!r} has a size of type {type(size).__name__}")
+
+
+def _lint_factor(position: int, factor: Factor, network: Network) -> None:
+    where = f"tensor {position} ({factor.kind} {factor.name!r})"
+    if factor.kind == "pattern":
+        pattern = factor.pattern
+        if pattern is None or len(factor.legs) != 3:
+            raise LintError(f"{where}: a pattern needs a ConvPattern and three legs")
+        expected = (pattern.in_size, pattern.out_size, pattern.kernel_size)
+        actual = tuple(network.size(leg) for leg in factor.legs)
+        if any(sympy.simplify(a - e) != 0 for a, e in zip(actual, expected)):
+            raise LintError(f"{where}: leg sizes {actual} differ from the pattern's (I, O, K) = {expected}")
+    elif factor.kind == "delta":
+        if len({sympy.sympify(network.size(leg)) for leg in factor.legs}) > 1:
+            raise LintError(f"{where}: a copy tensor's legs must have one size")
+    elif factor.kind != "input":
+        raise LintError(f"{where}: unknown kind")
+
+
+@dataclass(frozen=True)
+class Argument:
+    """An argument of a generated function: its name and axis layout."""
+
+    name: str
+    layout: Layout
+    span: Span | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, eq=False)
+class Diagram:
+    """A named result: `layout` of the result, the sum of `terms`, and the arguments it takes, in order."""
+
+    name: str
+    layout: Layout
+    terms: tuple[Network, ...]
+    arguments: tuple[Argument, ...]
+    sizes: Mapping[str, Size]
+    span: Span | None = None
+    source: str = ""
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def lint(self) -> None:
+        legs = self.layout.legs
+        if len(set(legs)) != len(legs):
+            raise LintError(f"diagram {self.name!r}: result legs repeat an index: {legs}")
+        names = {argument.name for argument in self.arguments}
+        for position, term in enumerate(self.terms):
+            term.lint()
+            if not set(term.outputs) <= set(legs):
+                raise LintError(f"diagram {self.name!r} term {position}: open legs {term.outputs} not in {legs}")
+            unknown = {f.name for f in term.factors if f.kind == "input"} - names
+            if unknown:
+                raise LintError(f"diagram {self.name!r} term {position}: factors {sorted(unknown)} are no arguments")
+
+
+@dataclass(frozen=True, eq=False)
+class Program:
+    """Everything a file defines: index sizes and the diagrams to generate, in file order."""
+
+    filename: str
+    sizes: Mapping[str, Size]
+    diagrams: tuple[Diagram, ...]
+
+    def diagram(self, name: str) -> Diagram:
+        for diagram in self.diagrams:
+            if diagram.name == name:
+                return diagram
+        raise KeyError(name)

@@ -1,0 +1,102 @@
+"""Contraction order: cotengra plans each network at compile time, once per regime of the call-time sizes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cotengra as ctg
+import sympy
+
+from tncompiler.ir.network import Network
+from tncompiler.ir.values import Size
+
+__all__ = ["Step", "Plan", "plan_network", "REGIMES", "OPTIMAL_UP_TO"]
+
+# Call-time sizes are unknown when planning; we plan at these values and keep every distinct order, so that
+# the generated code can pick the cheapest one once per shape.
+REGIMES = (1, 32, 1024)
+# Exhaustive search up to this many tensors; cotengra's (deterministic) greedy search beyond.
+OPTIMAL_UP_TO = 12
+
+
+@dataclass(frozen=True)
+class Step:
+    """Contract the operands with ids `operands` into a new operand with `legs` (id = number of earlier ids)."""
+
+    operands: tuple[int, ...]
+    legs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Pairwise steps in order, with the cost of the plan as expressions of the sizes."""
+
+    steps: tuple[Step, ...]
+    flops: sympy.Expr
+    largest: sympy.Expr
+
+
+def plan_network(network: Network) -> tuple[Plan, ...]:
+    """Every distinct optimal plan over the size regimes, cheapest first at the middle regime."""
+    inputs = [factor.legs for factor in network.factors]
+    plans: dict[tuple[Step, ...], Plan] = {}
+    for regime in REGIMES:
+        sizes = {name: _at(size, regime) for name, size in network.sizes.items()}
+        steps = _steps(network, _path(inputs, network.outputs, sizes))
+        if steps not in plans:
+            plans[steps] = _costed(network, steps)
+    middle = {s: REGIMES[len(REGIMES) // 2] for s in _symbols(network)}
+    return tuple(sorted(plans.values(), key=lambda p: (float(p.flops.subs(middle)), p.steps)))
+
+
+def _symbols(network: Network) -> set[sympy.Symbol]:
+    found: set[sympy.Symbol] = set()
+    for size in network.sizes.values():
+        if isinstance(size, sympy.Expr):
+            found |= size.free_symbols
+    return found
+
+
+def _at(size: Size, regime: int) -> int:
+    if isinstance(size, int):
+        return size
+    value = size.subs({s: regime for s in size.free_symbols})
+    return max(int(value), 1)
+
+
+def _path(inputs: list[tuple[str, ...]], outputs: tuple[str, ...], sizes: dict[str, int]) -> list[tuple[int, ...]]:
+    if len(inputs) < 2:
+        return []
+    method = "optimal" if len(inputs) <= OPTIMAL_UP_TO else "greedy"
+    path = ctg.array_contract_path(inputs, outputs, size_dict=sizes, optimize=method, cache=False)
+    return [tuple(int(i) for i in step) for step in path]
+
+
+def _steps(network: Network, path: list[tuple[int, ...]]) -> tuple[Step, ...]:
+    """Turn cotengra's linear path (positions in a shrinking list) into steps over operand ids."""
+    alive = list(range(len(network.factors)))
+    legs = {k: f.legs for k, f in enumerate(network.factors)}
+    steps = []
+    for contraction in path:
+        ids = tuple(alive[p] for p in contraction)
+        for p in sorted(contraction, reverse=True):
+            del alive[p]
+        needed = set(network.outputs).union(*(legs[k] for k in alive))
+        new_id = len(legs)
+        legs[new_id] = tuple(dict.fromkeys(leg for k in ids for leg in legs[k] if leg in needed))
+        alive.append(new_id)
+        steps.append(Step(ids, legs[new_id]))
+    return tuple(steps)
+
+
+def _costed(network: Network, steps: tuple[Step, ...]) -> Plan:
+    legs = {k: f.legs for k, f in enumerate(network.factors)}
+    flops: sympy.Expr = sympy.Integer(0)
+    largest: sympy.Expr = sympy.Integer(0)
+    for step in steps:
+        involved = set().union(*(legs[k] for k in step.operands))
+        flops += sympy.Mul(*[network.size(leg) for leg in sorted(involved)])
+        result = sympy.Mul(*[network.size(leg) for leg in step.legs])
+        largest = result if largest == 0 else sympy.Max(largest, result)
+        legs[len(legs)] = step.legs
+    return Plan(steps, sympy.expand(flops), largest)

@@ -1,0 +1,12 @@
+"""The stages a diagram goes through on its way to code, each one drawable."""
+
+from __future__ import annotations
+
+from tncompiler.ir.network import Diagram
+
+__all__ = ["diagram_stages"]
+
+
+def diagram_stages(diagram: Diagram) -> list[tuple[str, Diagram]]:
+    """(stage name, diagram) pairs in pipeline order; `built` is the network as the file wrote it."""
+    return [("built", diagram)]
