@@ -103,7 +103,7 @@ class _FunctionWriter:
         return "\n".join(lines)
 
     def _shape_text(self, axes: tuple[tuple[str, ...], ...]) -> str:
-        sizes = [sympy.Mul(*[sympy.sympify(self.program.sizes[leg]) for leg in axis]) for axis in axes]
+        sizes = [sympy.Mul(*[sympy.sympify(self.diagram.sizes[leg]) for leg in axis]) for axis in axes]
         return "[" + ", ".join(str(s) for s in sizes) + "]"
 
     # -- argument checks and call-time sizes ---------------------------------------------------------------
@@ -127,7 +127,7 @@ class _FunctionWriter:
         return [(arg, k) for arg in self.diagram.arguments for k in range(len(arg.layout.axes))]
 
     def _axis_size(self, arg: Argument, axis: int) -> sympy.Expr:
-        return sympy.Mul(*[sympy.sympify(self.program.sizes[leg]) for leg in arg.layout.axes[axis]])
+        return sympy.Mul(*[sympy.sympify(self.diagram.sizes[leg]) for leg in arg.layout.axes[axis]])
 
     def _bind_plan(self) -> set[tuple[str, int]]:
         """Bind each call-time size from the first axis that holds it alone (times known sizes)."""
@@ -316,6 +316,13 @@ class _FunctionWriter:
     def _assemble(self, term_vars: list[str]) -> None:
         legs = self.diagram.layout.legs
         full = [self.size(self.diagram.sizes[leg]) for leg in legs]
+        if not term_vars:
+            shape = [" * ".join(full[legs.index(leg)] for leg in axis) for axis in self.diagram.layout.axes]
+            self.emit("# no term depends on the argument: the result is zero")
+            self.emit(
+                f"return torch.zeros(({', '.join(shape)}{',' if len(shape) == 1 else ''}), device=device, dtype=dtype)"
+            )
+            return
         for var, term in zip(term_vars, self.diagram.terms):
             if len(term.outputs) != len(legs) and len(term_vars) > 1:
                 shape = [s if leg in term.outputs else "1" for leg, s in zip(legs, full)]

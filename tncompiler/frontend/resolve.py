@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sympy
@@ -14,6 +14,7 @@ from tncompiler.errors import Span, TncError
 from tncompiler.frontend import ast
 from tncompiler.ir.network import Argument, Diagram, Network, Program
 from tncompiler.ir.values import ConvPattern, Factor, Layout, Size, out_size, size_symbol
+from tncompiler.passes import autodiff, kfac
 
 __all__ = ["resolve", "MAX_TERMS"]
 
@@ -48,6 +49,7 @@ class _Scope:
     declared_at: dict[str, tuple[str, Span]] = field(default_factory=dict)
     patterns: dict[str, _Pattern] = field(default_factory=dict)
     inputs: dict[str, Argument] = field(default_factory=dict)
+    arguments: dict[str, Argument] = field(default_factory=dict)
     definitions: dict[str, Diagram] = field(default_factory=dict)
     later: dict[str, Span] = field(default_factory=dict)
     fresh: itertools.count = field(default_factory=itertools.count)  # type: ignore[type-arg]
@@ -219,7 +221,7 @@ def _output_size(scope: _Scope, o: ast.Name, value: ConvPattern, decl: ast.Patte
 def _input_decl(scope: _Scope, decl: ast.InputDecl) -> None:
     scope.declare(decl.name, "input")
     layout = _layout(scope, decl.axes, f"input {decl.name.text!r}")
-    scope.inputs[decl.name.text] = Argument(decl.name.text, layout, decl.span)
+    scope.inputs[decl.name.text] = scope.arguments[decl.name.text] = Argument(decl.name.text, layout, decl.span)
 
 
 def _layout(scope: _Scope, axes: tuple[ast.Axis, ...], what: str) -> Layout:
@@ -248,8 +250,8 @@ def _definition(scope: _Scope, decl: ast.Definition) -> None:
         outputs = tuple(leg for leg in layout.legs if leg in sizes)
         terms.append(Network(product.factors, outputs, sizes, product.coefficient, {"span": decl.span}))
     used = {f.name for t in terms for f in t.factors if f.kind == "input"}
-    arguments = tuple(arg for name, arg in scope.inputs.items() if name in used)
-    sizes = {leg: scope.sizes[leg] for leg in layout.legs}
+    arguments = tuple(arg for name, arg in scope.arguments.items() if name in used)
+    sizes = {leg: scope.sizes[leg] for leg in layout.legs + tuple(leg for a in arguments for leg in a.layout.legs)}
     for term in terms:
         sizes.update(term.sizes)
     diagram = Diagram(decl.name.text, layout, tuple(terms), arguments, sizes, decl.span, _text(scope, decl.span))
@@ -365,8 +367,8 @@ def _expect_size(actual: Size, expected: Size, span: Span, what: str) -> None:
 
 def _tensor_ref(scope: _Scope, ref: ast.TensorRef, owner: str) -> list[_Expanded]:
     name = ref.name.text
-    if name in scope.inputs:
-        legs = _ref_legs(scope, ref, scope.inputs[name].layout, f"input {name!r}")
+    if name in scope.arguments:
+        legs = _ref_legs(scope, ref, scope.arguments[name].layout, f"input {name!r}")
         return [_Expanded(sympy.Integer(1), [Factor("input", name, legs, ref.span)])]
     if name in scope.definitions:
         return _inline(scope, ref, scope.definitions[name])
@@ -378,7 +380,7 @@ def _tensor_ref(scope: _Scope, ref: ast.TensorRef, owner: str) -> list[_Expanded
             ref.name.span,
             "a definition can only use inputs and earlier definitions (no cycles)",
         )
-    known = list(scope.inputs) + list(scope.definitions)
+    known = list(scope.arguments) + list(scope.definitions)
     hint = _suggest(name, known, "inputs and definitions so far: " + (", ".join(known) or "none"))
     raise TncError(f"unknown tensor {name!r}", ref.name.span, hint)
 
@@ -431,14 +433,162 @@ def _axis_names(axis: ast.Axis) -> tuple[ast.Name, ...]:
 
 
 def _transform_def(scope: _Scope, decl: ast.TransformDef) -> None:
-    name = decl.call.name.text
-    if name not in _TRANSFORMS:
-        raise TncError(f"unknown transform {name!r}", decl.call.name.span, "transforms: " + ", ".join(_TRANSFORMS))
-    raise TncError(
-        f"transform {name!r} is not supported yet",
-        decl.call.name.span,
-        "this compiler release builds plain definitions only",
-    )
+    scope.declare(decl.name, "definition")
+    diagram = _evaluate(scope, decl.call, decl.name.text, _text(scope, decl.span))
+    scope.definitions[decl.name.text] = replace(diagram, span=decl.span)
+
+
+@dataclass(frozen=True)
+class _CallArgs:
+    """A transform call's arguments: the diagram it acts on, its other positional names and its keywords."""
+
+    diagram: Diagram
+    names: tuple[ast.Name, ...]
+    keywords: dict[str, ast.KwArg]
+
+    def word(self, key: str, default: str | None, choices: tuple[str, ...] | None = None) -> str:
+        if key not in self.keywords:
+            if default is None:
+                raise TncError(f"missing keyword {key}=", None)
+            return default
+        kwarg = self.keywords[key]
+        if not isinstance(kwarg.value, ast.Name):
+            raise TncError(f"{key}= takes a name", kwarg.span)
+        if choices is not None and kwarg.value.text not in choices:
+            raise TncError(f"unknown {key} {kwarg.value.text!r}", kwarg.value.span, "valid: " + ", ".join(choices))
+        return kwarg.value.text
+
+
+# Each transform: its positional arguments after the diagram, and its keywords.
+_SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "vjp": (("input",), ("cotangent",)),
+    "jvp": (("input",), ("tangent",)),
+    "jacobian": (("input",), ()),
+    "kfac": (("weight",), ("batch", "approx")),
+    "kfac_grad": (("weight",), ("batch", "approx", "cotangent")),
+}
+
+
+def _evaluate(scope: _Scope, call: ast.Call, name: str, source: str) -> Diagram:
+    transform = call.name.text
+    if transform not in _TRANSFORMS:
+        raise TncError(f"unknown transform {transform!r}", call.name.span, "transforms: " + ", ".join(_TRANSFORMS))
+    if transform not in _SIGNATURES:
+        raise TncError(
+            f"transform {transform!r} is not supported yet", call.name.span, "supported: " + ", ".join(_SIGNATURES)
+        )
+    args = _call_args(scope, call, _SIGNATURES[transform], name)
+    try:
+        diagram = _DERIVE[transform](scope, args, name, call.span, source)
+    except TncError as error:
+        raise error if error.span else TncError(error.message, call.span, error.hint) from None
+    _register_new_arguments(scope, diagram, call.span)
+    return diagram
+
+
+def _call_args(
+    scope: _Scope, call: ast.Call, signature: tuple[tuple[str, ...], tuple[str, ...]], name: str
+) -> _CallArgs:
+    positional = [a for a in call.args if not isinstance(a, ast.KwArg)]
+    keywords = {a.key.text: a for a in call.args if isinstance(a, ast.KwArg)}
+    wanted, allowed = signature
+    if len(positional) != 1 + len(wanted):
+        what = ", ".join(("diagram",) + wanted)
+        raise TncError(
+            f"{call.name.text}() takes ({what}) and keywords, got {len(positional)} positional arguments", call.span
+        )
+    for key, kwarg in keywords.items():
+        if key not in allowed:
+            raise TncError(
+                f"unknown keyword {key!r} of {call.name.text}",
+                kwarg.key.span,
+                "keywords: " + (", ".join(allowed) or "none"),
+            )
+    target, *rest = positional
+    if isinstance(target, ast.Call):
+        inner = f"{target.name.text}_{name}"
+        diagram = _evaluate(scope, target, inner, source="")
+    else:
+        diagram = _diagram(scope, target)
+    names = tuple(_plain_name(a) for a in rest)
+    return _CallArgs(diagram, names, keywords)
+
+
+def _plain_name(arg: ast.CallArg) -> ast.Name:
+    if not isinstance(arg, ast.Name):
+        raise TncError("expected the name of an input here", arg.span)
+    return arg
+
+
+def _diagram(scope: _Scope, name: ast.Name) -> Diagram:
+    if name.text in scope.definitions:
+        return scope.definitions[name.text]
+    known = list(scope.definitions)
+    hint = _suggest(name.text, known, "diagrams so far: " + (", ".join(known) or "none"))
+    raise TncError(f"unknown diagram {name.text!r}", name.span, hint)
+
+
+def _new_name(args: _CallArgs, key: str, default: str) -> str:
+    chosen = args.word(key, default)
+    if any(a.name == chosen for a in args.diagram.arguments):
+        span = args.keywords[key].span if key in args.keywords else None
+        raise TncError(
+            f"{chosen!r} is already an argument of {args.diagram.name!r}", span, f"choose another name with {key}=NAME"
+        )
+    return chosen
+
+
+def _register_new_arguments(scope: _Scope, diagram: Diagram, span: Span) -> None:
+    """New arguments (cotangents, tangents) can be used by later definitions, like inputs."""
+    for argument in diagram.arguments:
+        known = scope.arguments.get(argument.name)
+        if known is not None and known.layout != argument.layout:
+            raise TncError(
+                f"argument name {argument.name!r} already stands for a tensor laid out {known.layout.text()}",
+                span,
+                "choose another name with cotangent= or tangent=",
+            )
+        scope.arguments.setdefault(argument.name, argument)
+
+
+def _derive_vjp(scope: _Scope, args: _CallArgs, name: str, span: Span, source: str) -> Diagram:
+    cotangent = _new_name(args, "cotangent", f"grad_{args.diagram.name}")
+    return autodiff.vjp(args.diagram, args.names[0].text, cotangent, name, args.names[0].span, source)
+
+
+def _derive_jvp(scope: _Scope, args: _CallArgs, name: str, span: Span, source: str) -> Diagram:
+    tangent = _new_name(args, "tangent", f"tangent_{args.names[0].text}")
+    return autodiff.jvp(args.diagram, args.names[0].text, tangent, name, args.names[0].span, source)
+
+
+def _derive_jacobian(scope: _Scope, args: _CallArgs, name: str, span: Span, source: str) -> Diagram:
+    return autodiff.jacobian(args.diagram, args.names[0].text, name, args.names[0].span, source)
+
+
+def _kfac_options(args: _CallArgs) -> tuple[str, kfac.Approx]:
+    batch = args.word("batch", None)
+    approx = args.word("approx", "expand", kfac.APPROXIMATIONS)
+    return batch, "reduce" if approx == "reduce" else "expand"
+
+
+def _derive_kfac(scope: _Scope, args: _CallArgs, name: str, span: Span, source: str) -> Diagram:
+    batch, approx = _kfac_options(args)
+    return kfac.kfac_input(args.diagram, args.names[0].text, batch, approx, name, args.names[0].span, source)
+
+
+def _derive_kfac_grad(scope: _Scope, args: _CallArgs, name: str, span: Span, source: str) -> Diagram:
+    batch, approx = _kfac_options(args)
+    cotangent = _new_name(args, "cotangent", f"grad_{args.diagram.name}")
+    return kfac.kfac_grad(args.diagram, args.names[0].text, batch, approx, cotangent, name, args.names[0].span, source)
+
+
+_DERIVE: dict[str, Callable[[_Scope, _CallArgs, str, Span, str], Diagram]] = {
+    "vjp": _derive_vjp,
+    "jvp": _derive_jvp,
+    "jacobian": _derive_jacobian,
+    "kfac": _derive_kfac,
+    "kfac_grad": _derive_kfac_grad,
+}
 
 
 _STATEMENTS: dict[type, Callable[[_Scope, Any], None]] = {

@@ -1,0 +1,39 @@
+# tnc: the two commands a newcomer needs are `make demo` and `make test`; each sets everything up first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast lint format golden clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv with torch (CPU), the compiler and the test tools
+
+demo: setup  ## compile every example and check it against PyTorch
+	$(PY) examples/demo.py
+
+test: setup  ## the whole test suite
+	$(PY) -m pytest -q
+
+test-fast: setup  ## the suite without the slow tests
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup  ## ruff and mypy (strict on the package)
+	$(PY) -m ruff check tncompiler tests examples
+	$(PY) -m ruff format --check tncompiler
+	$(PY) -m mypy
+
+format: setup
+	$(PY) -m ruff format tncompiler
+	$(PY) -m ruff check --fix tncompiler tests examples
+
+golden: setup  ## regenerate the golden files of examples/golden after an intended change
+	$(PY) -m pytest -q tests/test_golden.py --regen-golden
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

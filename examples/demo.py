@@ -1,0 +1,144 @@
+"""Compile every `examples/*.tnd` with tncompiler and check each generated function against PyTorch.
+
+Run as `python examples/demo.py`. For each definition it builds random arguments from the argument
+layouts that the compiler reports, calls the generated function and its plain-PyTorch reference
+(`references.py`), and prints the relative error (max |generated - reference| / max |reference|)
+in float64 and in float32; the float32 output is compared with the float64 reference. The exit status
+is 1 if any check fails or an example has no reference.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import sympy
+import torch
+
+import tncompiler
+
+if TYPE_CHECKING:
+    from tncompiler.ir.network import Diagram
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from references import CALL_TIME_SIZES, REFERENCES, Reference  # noqa: E402
+
+EXAMPLES = Path(__file__).resolve().parent
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+# Examples left out because of a known compiler bug: file name -> why (printed, never silently skipped).
+SKIPPED: dict[str, str] = {}
+
+
+@dataclass(frozen=True)
+class Row:
+    example: str
+    function: str
+    shape: str
+    error64: float
+    error32: float
+    status: str
+
+
+def concrete(size: object) -> int:
+    """An index size as an int, with the call-time sizes substituted."""
+    expr = sympy.sympify(size)
+    values = {symbol: CALL_TIME_SIZES[str(symbol)] for symbol in expr.free_symbols}
+    return int(expr.subs(values))
+
+
+def argument_shapes(diagram: Diagram, sizes: dict[str, object]) -> list[tuple[int, ...]]:
+    """One shape per argument: each axis holds the product of its indices' sizes."""
+    return [
+        tuple(math.prod(concrete(sizes[leg]) for leg in axis) for axis in argument.layout.axes)
+        for argument in diagram.arguments
+    ]
+
+
+def relative_error(result: torch.Tensor, reference: torch.Tensor) -> float:
+    """max |result - reference| / max |reference|, infinite on a shape mismatch."""
+    if result.shape != reference.shape:
+        return math.inf
+    scale = reference.abs().max().item() or 1.0
+    return (result.double() - reference.double()).abs().max().item() / scale
+
+
+def check_function(
+    example: str, name: str, function: Reference, reference: Reference, shapes: list[tuple[int, ...]]
+) -> Row:
+    """Compare one generated function with its reference, in float64 and float32."""
+    arguments = [torch.randn(shape, dtype=torch.float64) for shape in shapes]
+    expected = reference(*arguments)
+    result64 = function(*arguments)
+    result32 = function(*[a.float() for a in arguments])
+    error64, error32 = relative_error(result64, expected), relative_error(result32, expected)
+    dtypes_ok = result64.dtype == torch.float64 and result32.dtype == torch.float32
+    passed = error64 <= TOLERANCE[torch.float64] and error32 <= TOLERANCE[torch.float32] and dtypes_ok
+    shape = "x".join(str(s) for s in result64.shape)
+    return Row(example, name, shape, error64, error32, "PASS" if passed else "FAIL")
+
+
+def check_example(path: Path) -> list[Row]:
+    """Compile one example and check every function it defines; a missing reference is a failure."""
+    if path.name not in REFERENCES:
+        return [Row(path.name, "-", "-", math.nan, math.nan, "FAIL (no entry in references.py)")]
+    references = REFERENCES[path.name]
+    program = tncompiler.build_program(path.read_text(encoding="utf-8"), str(path))
+    module = tncompiler.load(path)
+    rows = []
+    for diagram in program.diagrams:
+        if diagram.name not in references:
+            rows.append(Row(path.name, diagram.name, "-", math.nan, math.nan, "FAIL (no reference)"))
+            continue
+        shapes = argument_shapes(diagram, dict(program.sizes))
+        function = getattr(module, diagram.name)
+        rows.append(check_function(path.name, diagram.name, function, references[diagram.name], shapes))
+    return rows
+
+
+def run_example(path: Path) -> list[Row]:
+    """`check_example`, with any error reported as a failed row."""
+    try:
+        return check_example(path)
+    except Exception as error:  # the demo reports every failure and goes on
+        traceback.print_exc()
+        message = str(error).splitlines()[0] if str(error) else ""
+        return [Row(path.name, "-", "-", math.nan, math.nan, f"FAIL ({type(error).__name__}: {message})")]
+
+
+def print_table(rows: list[Row]) -> None:
+    """One line per function, columns padded to their widest cell."""
+    header = ("example", "function", "output shape", "rel. error f64", "rel. error f32", "status")
+    cells = [header] + [
+        (r.example, r.function, r.shape, f"{r.error64:.2e}", f"{r.error32:.2e}", r.status) for r in rows
+    ]
+    widths = [max(len(row[k]) for row in cells) for k in range(len(header) - 1)]
+    for k, row in enumerate(cells):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+        if k == 0:
+            print("  ".join("-" * width for width in widths) + "  " + "-" * len(header[-1]))
+
+
+def main() -> int:
+    """Check every example; 1 if anything fails."""
+    torch.manual_seed(0)
+    paths = sorted(EXAMPLES.glob("*.tnd"))
+    rows: list[Row] = []
+    for path in paths:
+        if path.name in SKIPPED:
+            print(f"SKIPPED {path.name}: {SKIPPED[path.name]}")
+            continue
+        rows.extend(run_example(path))
+    for name in sorted(set(REFERENCES) - {path.name for path in paths}):
+        print(f"note: references.py has {name}, but there is no such example file")
+    print_table(rows)
+    failed = [row for row in rows if row.status != "PASS"]
+    print(f"\n{len(rows) - len(failed)} of {len(rows)} functions pass; {len(SKIPPED)} example(s) skipped")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Transformations of diagrams: derivatives (`autodiff`) and Kronecker factors (`kfac`)."""
