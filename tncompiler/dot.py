@@ -33,16 +33,16 @@ def diagram_dot(diagram: Diagram, stage: str = "built") -> str:
         "  node [fontname=Helvetica]; edge [fontname=Helvetica, fontsize=10];",
     ]
     for position, term in enumerate(diagram.terms):
-        lines += _term_cluster(f"t{position}", position, term)
+        lines += _term_cluster(f"t{position}", position, term, diagram.meta.get("new_arguments", ()))
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
-def _term_cluster(prefix: str, position: int, term: Network) -> list[str]:
+def _term_cluster(prefix: str, position: int, term: Network, new: tuple[str, ...]) -> list[str]:
     title = f"term {position + 1}" + ("" if term.coefficient == 1 else f": coefficient {term.coefficient}")
     lines = [f"  subgraph cluster_{prefix} {{", f'    label="{escape(title)}"; style=rounded; color=gray;']
     for k, factor in enumerate(term.factors):
-        lines.append(f"    {prefix}_f{k} {_node_style(factor)};")
+        lines.append(f"    {prefix}_f{k} {_node_style(factor, factor.name in new)};")
     lines.append(f'    {prefix}_out [label="result", shape=doublecircle, fontsize=10];')
     for index in term.indices:
         lines += _index_edges(prefix, term, index)
@@ -50,12 +50,14 @@ def _term_cluster(prefix: str, position: int, term: Network) -> list[str]:
     return lines
 
 
-def _node_style(factor: Factor) -> str:
+def _node_style(factor: Factor, new: bool) -> str:
     if factor.kind == "delta":
         return '[label="", shape=point, width=0.12]'
     label = escape(factor.name)
     if factor.kind == "pattern" and factor.pattern is not None:
         label += "\\n" + escape(factor.pattern.describe())
+    if new:  # the argument a derivation added (cotangent, tangent): bold and dashed
+        return f'[label="{label}", shape=box, style="filled,dashed,bold", fillcolor="#ffffff", penwidth=2]'
     return f'[label="{label}", shape={_SHAPES[factor.kind]}, style=filled, fillcolor="{_colour(factor.name)}40"]'
 
 

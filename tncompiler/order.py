@@ -19,7 +19,7 @@ REGIMES = (1, 32, 1024)
 OPTIMAL_UP_TO = 12
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Step:
     """Contract the operands with ids `operands` into a new operand with `legs` (id = number of earlier ids)."""
 

@@ -1,0 +1,131 @@
+"""A wrong argument raises a ValueError that names the function, the argument and the index or axis."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from tests.helpers import load_cached
+
+CONV = """
+index n
+index g = 2, c = 2, d = 3
+index i1 = 6, i2 = 5, k1 = 3, k2 = 2
+pattern p1(i1, o1, k1) = conv(stride=2, padding=1)
+pattern p2(i2, o2, k2) = conv()
+input x[n, (g c), i1, i2]
+input w[(g d), c, k1, k2]
+input b[(g d)]
+z[n, (g d), o1, o2] = x[n, (g c), i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[(g d), c, k1, k2] + b[(g d)]
+"""
+
+# Two inputs share the call-time index n, and m is bound from inside the grouped axis (m c).
+SHARED = """
+index n, m, c = 3, i = 4
+input a[n, (m c)]
+input u[n, c, i]
+v[n, m, i] = a[n, (m c)] * u[n, c, i]
+"""
+
+
+def conv_arguments(**changes: object) -> dict[str, object]:
+    arguments: dict[str, object] = {"x": torch.randn(2, 4, 6, 5, dtype=torch.float64),
+                                    "w": torch.randn(6, 2, 3, 2, dtype=torch.float64),
+                                    "b": torch.randn(6, dtype=torch.float64)}
+    arguments.update(changes)
+    return arguments
+
+
+def shared_arguments(**changes: object) -> dict[str, object]:
+    arguments: dict[str, object] = {"a": torch.randn(2, 6), "u": torch.randn(2, 3, 4)}
+    arguments.update(changes)
+    return arguments
+
+
+def raises_naming(call: object, arguments: dict[str, object], *fragments: str) -> str:
+    """Call with `arguments` (positionally, in file order); the ValueError's message holds every fragment."""
+    assert callable(call)
+    with pytest.raises(ValueError) as caught:
+        call(*arguments.values())
+    message = str(caught.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    return message
+
+
+def test_good_arguments_pass() -> None:
+    module = load_cached(CONV)
+    assert module.z(**conv_arguments()).shape == (2, 6, 3, 4)
+    assert load_cached(SHARED).v(**shared_arguments()).shape == (2, 2, 4)
+
+
+RANK_CASES = {
+    "x-too-few-axes": ({"x": torch.randn(4, 6, 5, dtype=torch.float64)}, "'x'", "4 axes", "[n, (g c), i1, i2]"),
+    "x-too-many-axes": ({"x": torch.randn(1, 2, 4, 6, 5, dtype=torch.float64)}, "'x'", "4 axes", "(1, 2, 4, 6, 5)"),
+    "w-too-few-axes": ({"w": torch.randn(6, 2, 3, dtype=torch.float64)}, "'w'", "4 axes", "[(g d), c, k1, k2]"),
+    "b-scalar": ({"b": torch.tensor(1.0, dtype=torch.float64)}, "'b'", "1 axes", "[(g d)]"),
+}
+
+
+@pytest.mark.parametrize(("changes", "fragments"), [(c, f) for c, *f in RANK_CASES.values()], ids=list(RANK_CASES))
+def test_wrong_rank(changes: dict[str, object], fragments: list[str]) -> None:
+    raises_naming(load_cached(CONV).z, conv_arguments(**changes), "z()", *fragments)
+
+
+SIZE_CASES = {
+    "x-grouped-channels": ({"x": torch.randn(2, 5, 6, 5, dtype=torch.float64)}, "'x'", "axis 1", "(g c)", "5", "4"),
+    "x-first-spatial": ({"x": torch.randn(2, 4, 7, 5, dtype=torch.float64)}, "'x'", "axis 2", "(i1)", "7", "6"),
+    "x-second-spatial": ({"x": torch.randn(2, 4, 6, 6, dtype=torch.float64)}, "'x'", "axis 3", "(i2)", "6", "5"),
+    "w-out-channels": ({"w": torch.randn(4, 2, 3, 2, dtype=torch.float64)}, "'w'", "axis 0", "(g d)"),
+    "w-in-channels": ({"w": torch.randn(6, 4, 3, 2, dtype=torch.float64)}, "'w'", "axis 1", "(c)"),
+    "w-kernel": ({"w": torch.randn(6, 2, 3, 3, dtype=torch.float64)}, "'w'", "axis 3", "(k2)", "3", "2"),
+    "b-channels": ({"b": torch.randn(3, dtype=torch.float64)}, "'b'", "axis 0", "(g d)", "3", "6"),
+}
+
+
+@pytest.mark.parametrize(("changes", "fragments"), [(c, f) for c, *f in SIZE_CASES.values()], ids=list(SIZE_CASES))
+def test_wrong_size(changes: dict[str, object], fragments: list[str]) -> None:
+    raises_naming(load_cached(CONV).z, conv_arguments(**changes), "z()", *fragments)
+
+
+def test_call_time_index_disagrees_between_arguments() -> None:
+    message = raises_naming(load_cached(SHARED).v, shared_arguments(u=torch.randn(3, 3, 4)),
+                            "v()", "'u'", "axis 0", "(n)")
+    assert re.search(r"\b3\b", message) and re.search(r"\b2\b", message), message
+
+
+def test_call_time_index_in_a_group_must_divide() -> None:
+    raises_naming(load_cached(SHARED).v, shared_arguments(a=torch.randn(2, 7)),
+                  "v()", "'a'", "axis 1", "(m c)", "7", "multiple of 3")
+
+
+def test_call_time_index_in_a_group_must_agree_with_the_file() -> None:
+    raises_naming(load_cached(SHARED).v, shared_arguments(u=torch.randn(2, 2, 4)), "v()", "'u'", "axis 1", "(c)")
+
+
+def test_mixed_dtypes() -> None:
+    arguments = conv_arguments(w=torch.randn(6, 2, 3, 2, dtype=torch.float32))
+    raises_naming(load_cached(CONV).z, arguments, "z()", "'w'", "'x'", "torch.float32", "torch.float64")
+
+
+def test_integer_dtype() -> None:
+    arguments = conv_arguments(x=torch.ones(2, 4, 6, 5, dtype=torch.int64))
+    raises_naming(load_cached(CONV).z, arguments, "z()", "'x'", "torch.int64")
+
+
+def test_mixed_devices() -> None:
+    """A tensor on the meta device stands in for a second device on machines without a GPU."""
+    arguments = conv_arguments(b=torch.empty(6, dtype=torch.float64, device="meta"))
+    raises_naming(load_cached(CONV).z, arguments, "z()", "'b'", "'x'", "meta")
+
+
+NON_TENSORS = {"list": [[0.0] * 5] * 6, "float": 1.0, "none": None, "string": "x"}
+
+
+@pytest.mark.parametrize("value", list(NON_TENSORS.values()), ids=list(NON_TENSORS))
+@pytest.mark.parametrize("argument", ["x", "w", "b"])
+def test_non_tensor(argument: str, value: object) -> None:
+    raises_naming(load_cached(CONV).z, conv_arguments(**{argument: value}), "z()", f"'{argument}'", "torch.Tensor",
+                  type(value).__name__)
