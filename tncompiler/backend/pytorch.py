@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import string
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import PurePath
 
 import sympy
 
-from tncompiler.backend.names import Namespace, comment_text, docstring, safe_identifier, size_code
+from tncompiler.backend.names import Namespace, comment_text, docstring, docstring_text, safe_identifier, size_code
 from tncompiler.backend.runtime import helper_source
 from tncompiler.errors import TncError
 from tncompiler.ir.network import Argument, Diagram, Network, Program
-from tncompiler.ir.values import Factor, Size
+from tncompiler.ir.values import (
+    ConvPattern,
+    Factor,
+    MergeOp,
+    Select,
+    Size,
+    SliceOp,
+    SplitOp,
+    SqueezeOp,
+    ViewOp,
+    slice_length,
+)
 from tncompiler.order import Plan, plan_network
+from tncompiler.passes.pipeline import run_pipeline
 
 __all__ = ["generate", "public_names"]
 
@@ -26,17 +39,20 @@ def public_names(program: Program) -> dict[str, str]:
     return {diagram.name: namespace.create(diagram.name) for diagram in program.diagrams}
 
 
-def generate(program: Program) -> str:
-    """The source of a module with one function per diagram of `program`."""
+def generate(program: Program, rewrite: bool = True) -> str:
+    """The source of a module with one function per diagram of `program`, each rewritten by the pipeline."""
     names = public_names(program)
     helpers: set[str] = set()
     blocks: list[str] = []
-    for diagram in program.diagrams:
+    for built in program.diagrams:
+        stages = run_pipeline(built, rewrite)
+        meta = {**built.meta, "rewrites": [c for s in stages for c in s.changes], "layout": built.layout}
+        diagram = replace(stages[-1].diagram, meta=meta)
         writer = _FunctionWriter(program, diagram, names[diagram.name], set(names.values()), helpers)
         blocks.extend(writer.write())
     source = PurePath(program.filename).name
     head = [
-        f'"""Tensor-network functions compiled by tnc from {comment_text(source)}: '
+        f'"""Tensor-network functions compiled by tnc from {docstring_text(comment_text(source))}: '
         f"{comment_text(', '.join(names.values()))}.",
         "",
         'Generated code: edit the .tnd file and recompile."""',
@@ -53,12 +69,13 @@ class _FunctionWriter:
 
     def __init__(self, program: Program, diagram: Diagram, name: str, public: set[str], helpers: set[str]) -> None:
         self.program, self.diagram, self.name, self.helpers = program, diagram, name, helpers
-        self.namespace = Namespace(public | {"functools"})
+        self.namespace = Namespace(public | {"functools", "device", "dtype"})  # locals every function has
         self.args = {arg.name: self.namespace.create(arg.name) for arg in diagram.arguments}
         self.symbols: dict[sympy.Symbol, str] = {}
         self.body: list[str] = []
         self.module_level: list[str] = []
-        self.operands: dict[tuple[str, str, tuple[str, ...]], str] = {}
+        self.operands: dict[tuple[str, ...], str] = {}
+        self.samplers: dict[str, str] = {}
 
     # -- the whole function ------------------------------------------------------------------------------
     def write(self) -> list[str]:
@@ -79,8 +96,9 @@ class _FunctionWriter:
     # -- docstring ---------------------------------------------------------------------------------------
     def _doc(self) -> str:
         d = self.diagram
+        layout = d.meta.get("layout", d.layout)  # as the file wrote it, before rewrites split any open leg
         lines = [
-            f"{d.name}{d.layout.text()}: compiled from {_location(self.program, d)}.",
+            f"{d.name}{layout.text()}: compiled from {_location(self.program, d)}.",
             "",
             "    " + "\n    ".join(d.source.splitlines()),
             "",
@@ -91,14 +109,16 @@ class _FunctionWriter:
                 f"    {self.args[a.name]}: {a.layout.text()}, sizes {self._shape_text(a.layout.axes)}"
                 for a in d.arguments
             ]
-        lines += ["", "Returns:", f"    {d.layout.text()}, sizes {self._shape_text(d.layout.axes)}"]
-        patterns = {f.name: f for t in d.terms for f in t.factors if f.kind == "pattern"}
+        lines += ["", "Returns:", f"    {layout.text()}, sizes {self._shape_text(d.layout.axes)}"]
+        rewrites = d.meta.get("rewrites", [])
+        if rewrites:
+            lines += ["", "Rewrites applied:"] + [f"    {note}" for note in rewrites]
+        patterns = {f.name: f.pattern for t in d.terms for f in t.factors if isinstance(f.pattern, ConvPattern)}
         if patterns:
             lines += ["", "Index patterns:"]
             lines += [
-                f"    {name}: {f.pattern.describe()}, (I, O, K) = "  # type: ignore[union-attr]
-                f"({f.pattern.in_size}, {f.pattern.out_size}, {f.pattern.kernel_size})"  # type: ignore[union-attr]
-                for name, f in sorted(patterns.items())
+                f"    {name}: {p.describe()}, (I, O, K) = ({p.in_size}, {p.out_size}, {p.kernel_size})"
+                for name, p in sorted(patterns.items())
             ]
         return "\n".join(lines)
 
@@ -190,40 +210,78 @@ class _FunctionWriter:
             self.emit(f"device, dtype = {first}.device, {first}.dtype")
         else:
             self.emit("device, dtype = torch.device('cpu'), torch.get_default_dtype()")
-        self.namespace.create("device")
-        self.namespace.create("dtype")
 
     # -- operands ----------------------------------------------------------------------------------------
     def _operand(self, factor: Factor, network: Network) -> str:
         sizes = tuple(self.size(network.size(leg)) for leg in factor.legs)
-        key = (factor.kind, factor.name, sizes)
+        key = (factor.kind, factor.name, repr(factor.pattern), repr(factor.view), *sizes)
         if key not in self.operands:
-            self.operands[key] = self._build_operand(factor, sizes)
+            base = self._base_operand(factor, sizes)
+            self.operands[key] = base if factor.view is None else self._viewed(factor, base)
         return self.operands[key]
 
-    def _build_operand(self, factor: Factor, sizes: tuple[str, ...]) -> str:
+    def _base_operand(self, factor: Factor, sizes: tuple[str, ...]) -> str:
+        """The factor's tensor before its view: an argument split into its legs, or a cached constant."""
+        p = factor.pattern
         if factor.kind == "input":
             arg = self.args[factor.name]
             layout = next(a.layout for a in self.diagram.arguments if a.name == factor.name)
-            if len(factor.legs) == len(layout.axes):
+            base = sizes if factor.view is None else tuple(self.size(s) for s in factor.view.base)
+            if len(base) == len(layout.axes):
                 return arg
             var = self.namespace.create(f"{factor.name}_legs")
-            self.emit(f"{var} = {arg}.reshape({', '.join(sizes)})  # [{', '.join(factor.legs)}]")
+            self.emit(f"{var} = {arg}.reshape({', '.join(base)})")
             return var
-        if factor.kind == "pattern":
-            p = factor.pattern
-            assert p is not None
+        if isinstance(p, ConvPattern):
             self.helpers.add("_conv_pattern")
             var = self.namespace.create(factor.name)
+            shape = ", ".join(self.size(s) for s in (p.in_size, p.out_size, p.kernel_size))
             self.emit(
-                f"{var} = _conv_pattern({', '.join(sizes)}, {p.stride}, {p.pad_left}, {p.dilation}, device, "
-                f"dtype)  # {p.describe()}"
+                f"{var} = _conv_pattern({shape}, {p.stride}, {p.pad_left}, {p.dilation}, device, dtype)"
+                f"  # {p.describe()}"
             )
+            return var
+        if isinstance(p, Select):
+            self.helpers.add("_select")
+            var = self.namespace.create("select")
+            shape = f"{self.size(p.in_size)}, {self.size(p.out_size)}"
+            self.emit(f"{var} = _select({shape}, {p.start}, {p.step}, device, dtype)  # {p.describe()}")
             return var
         self.helpers.add("_delta")
         var = self.namespace.create("delta")
         self.emit(f"{var} = _delta({sizes[0]}, {len(sizes)}, device, dtype)  # copy tensor")
         return var
+
+    def _viewed(self, factor: Factor, base: str) -> str:
+        """Apply a factor's view ops as PyTorch views: slicing, reshape, squeeze, index_select."""
+        assert factor.view is not None
+        shape = [self.size(s) for s in factor.view.base]
+        expr, before_reshape = base, None
+        for op in factor.view.ops:
+            start = before_reshape if isinstance(op, SplitOp | MergeOp) and before_reshape is not None else expr
+            expr, shape = self._view_op(start, shape, op)
+            before_reshape = start if isinstance(op, SplitOp | MergeOp) else None  # fold reshape chains
+        var = self.namespace.create(f"{factor.name or factor.kind}_view")
+        self.emit(f"{var} = {expr}  # [{', '.join(factor.legs)}]")
+        return var
+
+    def _view_op(self, expr: str, shape: list[str], op: ViewOp) -> tuple[str, list[str]]:
+        if isinstance(op, SliceOp):
+            index = ", ".join([":"] * op.axis + [f"{op.start}:{op.stop}" + (f":{op.step}" if op.step != 1 else "")])
+            shape[op.axis] = str(slice_length(op.start, op.stop, op.step))
+            return f"{expr}[{index}]", shape
+        if isinstance(op, SplitOp):
+            shape[op.axis : op.axis + 1] = [self.size(s) for s in op.sizes]
+            return f"{expr}.reshape({', '.join(shape)})", shape
+        if isinstance(op, SqueezeOp):
+            del shape[op.axis]
+            return f"{expr}.squeeze({op.axis})", shape
+        if isinstance(op, MergeOp):
+            shape[op.axis : op.axis + 2] = [f"{shape[op.axis]} * {shape[op.axis + 1]}"]
+            return f"{expr}.reshape({', '.join(shape)})", shape
+        kept = self.samplers[op.index]
+        shape[op.axis] = f"{kept}.numel()"
+        return f"{expr}.index_select({op.axis}, {kept})", shape
 
     # -- one term ----------------------------------------------------------------------------------------
     def _term(self, position: int, term: Network) -> str:

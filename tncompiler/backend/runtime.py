@@ -36,6 +36,19 @@ def _delta(size, legs, device, dtype):
     return delta
 '''
 
+_SELECT = '''
+def _select(I, J, start, step, device, dtype):
+    """S[i, j] = 1 iff i = start + j*step: a strided window of an index as a dense (I, J) tensor."""
+    key = ("select", I, J, start, step, device, dtype)
+    select = _CONSTANTS.get(key)
+    if select is None:
+        i = torch.arange(I, device=device).view(I, 1)
+        j = torch.arange(J, device=device).view(1, J)
+        select = (i == start + j * step).to(dtype)
+        _CONSTANTS[key] = select
+    return select
+'''
+
 _CHECK_ARGUMENTS = '''
 def _check_arguments(function, arguments):
     """Each argument is a tensor of the declared rank; all share one floating dtype and one device."""
@@ -79,11 +92,12 @@ HELPERS = {
     "_CONSTANTS": _CONSTANTS,
     "_conv_pattern": _CONV_PATTERN,
     "_delta": _DELTA,
+    "_select": _SELECT,
     "_check_arguments": _CHECK_ARGUMENTS,
     "_check_size": _CHECK_SIZE,
     "_bind_size": _BIND_SIZE,
 }
-_NEEDS = {"_conv_pattern": ("_CONSTANTS",), "_delta": ("_CONSTANTS",)}
+_NEEDS = {"_conv_pattern": ("_CONSTANTS",), "_delta": ("_CONSTANTS",), "_select": ("_CONSTANTS",)}
 
 
 def helper_source(used: set[str]) -> list[str]:

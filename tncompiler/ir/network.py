@@ -10,9 +10,18 @@ import networkx as nx
 import sympy
 
 from tncompiler.errors import Span
-from tncompiler.ir.values import Factor, Layout, Size
+from tncompiler.ir.values import ConvPattern, Factor, Layout, Select, Size, view_shape
 
-__all__ = ["Network", "Argument", "Diagram", "Program", "LintError", "tensor_node", "index_node"]
+__all__ = [
+    "Network",
+    "Argument",
+    "Diagram",
+    "Program",
+    "LintError",
+    "tensor_node",
+    "index_node",
+    "natural_shape",
+]
 
 
 class LintError(Exception):
@@ -133,21 +142,36 @@ def _lint_size(name: str, size: Size) -> None:
         raise LintError(f"index {name!r} has a size of type {type(size).__name__}")
 
 
+def natural_shape(factor: Factor) -> tuple[Size, ...] | None:
+    """The shape of a constant factor before its view (None for arguments: their shape comes from the call)."""
+    if isinstance(factor.pattern, ConvPattern):
+        return (factor.pattern.in_size, factor.pattern.out_size, factor.pattern.kernel_size)
+    if isinstance(factor.pattern, Select):
+        return (factor.pattern.in_size, factor.pattern.out_size)
+    return None
+
+
+def _same(a: tuple[Size, ...], b: tuple[Size, ...]) -> bool:
+    return len(a) == len(b) and all(sympy.simplify(sympy.sympify(x) - y) == 0 for x, y in zip(a, b))
+
+
 def _lint_factor(position: int, factor: Factor, network: Network) -> None:
     where = f"tensor {position} ({factor.kind} {factor.name!r})"
-    if factor.kind == "pattern":
-        pattern = factor.pattern
-        if pattern is None or len(factor.legs) != 3:
-            raise LintError(f"{where}: a pattern needs a ConvPattern and three legs")
-        expected = (pattern.in_size, pattern.out_size, pattern.kernel_size)
-        actual = tuple(network.size(leg) for leg in factor.legs)
-        if any(sympy.simplify(a - e) != 0 for a, e in zip(actual, expected)):
-            raise LintError(f"{where}: leg sizes {actual} differ from the pattern's (I, O, K) = {expected}")
-    elif factor.kind == "delta":
-        if len({sympy.sympify(network.size(leg)) for leg in factor.legs}) > 1:
-            raise LintError(f"{where}: a copy tensor's legs must have one size")
-    elif factor.kind != "input":
+    actual = tuple(network.size(leg) for leg in factor.legs)
+    expected = {"pattern": ConvPattern, "select": Select}.get(factor.kind)
+    if expected is not None and not isinstance(factor.pattern, expected):
+        raise LintError(f"{where}: a {factor.kind} needs its parameters")
+    if factor.kind not in ("input", "pattern", "delta", "select"):
         raise LintError(f"{where}: unknown kind")
+    natural = natural_shape(factor)
+    if factor.view is not None:
+        if natural is not None and not _same(natural, factor.view.base):
+            raise LintError(f"{where}: view base {factor.view.base} differs from the tensor's shape {natural}")
+        natural = view_shape(factor.view)
+    if factor.kind == "delta" and factor.view is None:
+        natural = (actual[0],) * len(actual) if actual else ()
+    if natural is not None and not _same(natural, actual):
+        raise LintError(f"{where}: leg sizes {actual} differ from the tensor's shape {natural}")
 
 
 @dataclass(frozen=True)

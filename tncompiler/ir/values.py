@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, TypeAlias
 
 import sympy
 
 from tncompiler.errors import Span
 
-__all__ = ["Size", "size_symbol", "is_known", "ConvPattern", "Factor", "FactorKind", "Layout", "out_size"]
+__all__ = [
+    "Size",
+    "size_symbol",
+    "is_known",
+    "ConvPattern",
+    "Select",
+    "SliceOp",
+    "SplitOp",
+    "SqueezeOp",
+    "GatherOp",
+    "ViewOp",
+    "View",
+    "view_shape",
+    "Factor",
+    "FactorKind",
+    "Layout",
+    "out_size",
+    "slice_length",
+]
 
 # A size is an int when known at compile time, else a sympy expression of the call-time symbols.
 Size: TypeAlias = int | sympy.Expr
@@ -41,6 +59,11 @@ def out_size(in_size: Size, kernel: int, stride: int, pad_left: int, pad_right: 
     return simplify_size(sympy.floor(span / stride) + 1)
 
 
+def slice_length(start: int, stop: int, step: int) -> int:
+    """len(range(start, stop, step))."""
+    return len(range(start, stop, step))
+
+
 @dataclass(frozen=True)
 class ConvPattern:
     """Π[i, o, k] = 1 iff i = o·S + k·D − P_left, for 0 ≤ i < I, 0 ≤ o < O, 0 ≤ k < K."""
@@ -58,25 +81,107 @@ class ConvPattern:
         return f"conv(stride={self.stride}, padding={pad}, dilation={self.dilation})"
 
 
-FactorKind = Literal["input", "pattern", "delta"]
+@dataclass(frozen=True)
+class Select:
+    """S[i, j] = 1 iff i = start + j·step, for 0 ≤ i < I, 0 ≤ j < J: a strided window of an index, as a tensor."""
+
+    in_size: Size
+    out_size: Size
+    start: int
+    step: int
+
+    def describe(self) -> str:
+        return f"select(start={self.start}, step={self.step})"
+
+
+@dataclass(frozen=True)
+class SliceOp:
+    """Keep entries start:stop:step of an axis."""
+
+    axis: int
+    start: int
+    stop: int
+    step: int
+
+
+@dataclass(frozen=True)
+class SplitOp:
+    """Split an axis into consecutive axes of these sizes (major first)."""
+
+    axis: int
+    sizes: tuple[Size, ...]
+
+
+@dataclass(frozen=True)
+class SqueezeOp:
+    """Drop an axis of size 1."""
+
+    axis: int
+
+
+@dataclass(frozen=True)
+class MergeOp:
+    """Merge an axis with the next one (major first) into one axis."""
+
+    axis: int
+
+
+@dataclass(frozen=True)
+class GatherOp:
+    """Keep the entries of an axis that the sampler of index `index` drew (tensor dropout)."""
+
+    axis: int
+    index: str
+
+
+ViewOp = SliceOp | SplitOp | SqueezeOp | MergeOp | GatherOp
+
+
+@dataclass(frozen=True)
+class View:
+    """How a factor's tensor becomes its legs: reshaped to `base`, then each op in turn (all are views)."""
+
+    base: tuple[Size, ...]
+    ops: tuple[ViewOp, ...] = ()
+
+
+def view_shape(view: View) -> tuple[Size, ...]:
+    """The shape after all of a view's ops."""
+    shape = list(view.base)
+    for op in view.ops:
+        if isinstance(op, SliceOp):
+            shape[op.axis] = slice_length(op.start, op.stop, op.step)
+        elif isinstance(op, SplitOp):
+            shape[op.axis : op.axis + 1] = list(op.sizes)
+        elif isinstance(op, SqueezeOp):
+            del shape[op.axis]
+        elif isinstance(op, MergeOp):
+            shape[op.axis : op.axis + 2] = [shape[op.axis] * shape[op.axis + 1]]
+        else:
+            shape[op.axis] = size_symbol(f"{op.index}_kept")
+    return tuple(shape)
+
+
+FactorKind = Literal["input", "pattern", "delta", "select"]
 
 
 @dataclass(frozen=True)
 class Factor:
-    """One tensor of a network: an argument, an index pattern or a copy tensor, with its legs in order.
+    """One tensor of a network: an argument, an index pattern, a copy tensor or a selection, legs in order.
 
-    `name` is the argument or pattern name (empty for a copy tensor); `pattern` is set for patterns.
+    `name` is the argument or pattern name (empty for copy tensors and selections); `pattern` holds the
+    constant's parameters (ConvPattern or Select); `view`, when set, narrows or reshapes the tensor first.
     """
 
     kind: FactorKind
     name: str
     legs: tuple[str, ...]
     span: Span | None = field(default=None, compare=False)
-    pattern: ConvPattern | None = None
+    pattern: ConvPattern | Select | None = None
+    view: View | None = None
 
     def renamed(self, mapping: dict[str, str]) -> Factor:
-        legs = tuple(mapping.get(leg, leg) for leg in self.legs)
-        return Factor(self.kind, self.name, legs, self.span, self.pattern)
+        return replace(self, legs=tuple(mapping.get(leg, leg) for leg in self.legs))
 
 
 @dataclass(frozen=True)

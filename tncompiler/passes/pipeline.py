@@ -1,0 +1,73 @@
+"""The rewrite pipeline: the passes, in order, in one place. Each pass is a pure function Diagram -> Diagram that
+reports what it changed; every stage can be drawn (`tnc compile --dot`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from tncompiler.ir.network import Diagram, Network
+from tncompiler.ir.values import Layout
+from tncompiler.passes.simplify import simplify_network
+
+__all__ = ["Pass", "PIPELINE", "Stage", "run_pipeline", "stage_names"]
+
+
+@dataclass(frozen=True)
+class Pass:
+    name: str
+    doc: str
+    run: Callable[[Diagram, bool], tuple[Diagram, tuple[str, ...]]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A diagram after a pass, with the changes that pass made."""
+
+    name: str
+    diagram: Diagram
+    changes: tuple[str, ...]
+
+
+def simplify(diagram: Diagram, lint: bool) -> tuple[Diagram, tuple[str, ...]]:
+    """Index-pattern simplification on every term; open legs may split only in a one-term diagram."""
+    notes: list[str] = []
+    terms = []
+    layout = diagram.layout
+    for term in diagram.terms:
+        check: Callable[[Network], None] | None = Network.lint if lint else None
+        new, changed, splits = simplify_network(term, len(diagram.terms) == 1, check)
+        terms.append(new)
+        notes += changed
+        layout = _split_layout(layout, splits)
+    sizes = dict(diagram.sizes)
+    for term in terms:
+        sizes.update(term.sizes)
+    return replace(diagram, terms=tuple(terms), layout=layout, sizes=sizes), tuple(notes)
+
+
+def _split_layout(layout: Layout, splits: dict[str, tuple[str, ...]]) -> Layout:
+    """Replace each split open leg by its parts, in place, within its axis."""
+    return Layout(tuple(tuple(part for leg in axis for part in splits.get(leg, (leg,))) for axis in layout.axes))
+
+
+PIPELINE: tuple[Pass, ...] = (
+    Pass("simplify", "index patterns become selections, reshapes and slices; copy tensors and unit legs go", simplify),
+)
+
+
+def stage_names() -> tuple[str, ...]:
+    return ("built",) + tuple(p.name for p in PIPELINE)
+
+
+def run_pipeline(diagram: Diagram, rewrite: bool = True, lint: bool = False) -> list[Stage]:
+    """The diagram as built, then after each pass (only `built` when rewriting is off)."""
+    stages = [Stage("built", diagram, ())]
+    if not rewrite:
+        return stages
+    for step in PIPELINE:
+        current, changes = step.run(stages[-1].diagram, lint)
+        if lint:
+            current.lint()
+        stages.append(Stage(step.name, current, changes))
+    return stages

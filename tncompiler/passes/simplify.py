@@ -1,0 +1,334 @@
+"""Index-pattern simplification: a table of local rewrite rules, applied to every term until none fires.
+
+Each rule looks at one factor of a network and returns the rewritten network, or None where it does not apply.
+Views (slices, splits, squeezes of a factor's axes) are how a pattern disappears into its neighbours: they become
+reshapes and strided slices in the generated code, which cost nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import sympy
+
+from tncompiler.ir.network import Network
+from tncompiler.ir.values import (
+    ConvPattern,
+    Factor,
+    MergeOp,
+    Select,
+    Size,
+    SliceOp,
+    SplitOp,
+    SqueezeOp,
+    View,
+    ViewOp,
+)
+
+__all__ = ["Rewrite", "Rule", "RULES", "simplify_network", "MAX_STEPS"]
+
+MAX_STEPS = 500  # a safety net: every rule shrinks the network, so this is never reached in practice
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """A rule's result: the new network, a one-line note, and open legs split into several (i -> (o, k))."""
+
+    network: Network
+    note: str
+    splits: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    doc: str
+    apply: Callable[[Network, int, bool], Rewrite | None]
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+
+
+def _int(size: Size) -> int | None:
+    return size if isinstance(size, int) else None
+
+
+def _with_op(factor: Factor, op: ViewOp, legs: tuple[str, ...], net: Network) -> Factor:
+    """`factor` with one more view op, its legs becoming `legs`."""
+    view = factor.view or View(tuple(net.size(leg) for leg in factor.legs))
+    return replace(factor, legs=legs, view=View(view.base, view.ops + (op,)))
+
+
+def _carriers(net: Network, leg: str, but: int) -> list[int] | None:
+    """The other factors that carry `leg`, each exactly once and none a copy tensor; None if that fails."""
+    found = [k for k in net.tensors_on(leg) if k != but]
+    for k in found:
+        factor = net.factors[k]
+        if factor.kind == "delta" or factor.legs.count(leg) != 1:
+            return None
+    return found
+
+
+def _describe(factor: Factor) -> str:
+    name = factor.name or factor.kind
+    return f"{name}({', '.join(factor.legs)})"
+
+
+def _rebuild(
+    net: Network, factors: list[Factor], outputs: tuple[str, ...] | None = None, coefficient: sympy.Expr | None = None
+) -> Network:
+    """A network of `factors`; open legs no factor carries any more are dropped (the result broadcasts there)."""
+    legs = {leg for f in factors for leg in f.legs}
+    outputs = tuple(leg for leg in (net.outputs if outputs is None else outputs) if leg in legs)
+    sizes = {k: v for k, v in net.sizes.items() if k in legs}
+    return Network(factors, outputs, sizes, net.coefficient if coefficient is None else coefficient, net.meta)
+
+
+def _swap(net: Network, position: int, new: list[Factor]) -> list[Factor]:
+    return list(net.factors[:position]) + new + list(net.factors[position + 1 :])
+
+
+# -- rules -----------------------------------------------------------------------------------------------------
+
+
+def squeeze_unit(net: Network, position: int, outputs_may_change: bool) -> Rewrite | None:
+    """x[..., a, ...] with |a| = 1 -> x[..., ...] (a copy tensor over size-1 legs is 1 and goes)."""
+    factor = net.factors[position]
+    unit = [k for k, leg in enumerate(factor.legs) if net.size(leg) == 1]
+    if not unit:
+        return None
+    if factor.kind == "delta":
+        return Rewrite(_rebuild(net, _swap(net, position, [])), f"squeeze: {_describe(factor)} is 1")
+    new = factor
+    for axis in reversed(unit):
+        legs = new.legs[:axis] + new.legs[axis + 1 :]
+        new = _with_op(new, SqueezeOp(axis), legs, net)
+    note = f"squeeze: size-1 legs {', '.join(factor.legs[k] for k in unit)} of {_describe(factor)}"
+    return Rewrite(_rebuild(net, _swap(net, position, [new])), note)
+
+
+def kernel_one(net: Network, position: int, outputs_may_change: bool) -> Rewrite | None:
+    """Π(i, o, k) with K = 1 -> select(i, o) = [i = o·S − P] (a strided slice; k has size 1), all in range."""
+    factor = net.factors[position]
+    p = factor.pattern
+    if not isinstance(p, ConvPattern) or factor.view is not None or p.kernel_size != 1:
+        return None
+    return _as_select(net, position, (factor.legs[0], factor.legs[1]), -p.pad_left, p.stride, p.out_size, "kernel-one")
+
+
+def output_one(net: Network, position: int, outputs_may_change: bool) -> Rewrite | None:
+    """Π(i, o, k) with O = 1 -> select(i, k) = [i = k·D − P] (o has size 1), all in range."""
+    factor = net.factors[position]
+    p = factor.pattern
+    if not isinstance(p, ConvPattern) or factor.view is not None or p.out_size != 1 or p.kernel_size == 1:
+        return None
+    return _as_select(
+        net, position, (factor.legs[0], factor.legs[2]), -p.pad_left, p.dilation, p.kernel_size, "output-one"
+    )
+
+
+def _as_select(
+    net: Network, position: int, legs: tuple[str, str], start: int, step: int, count: Size, rule: str
+) -> Rewrite | None:
+    factor = net.factors[position]
+    assert isinstance(factor.pattern, ConvPattern)
+    size, count = _int(factor.pattern.in_size), _int(count)
+    if size is None or count is None or start < 0 or start + (count - 1) * step > size - 1:
+        return None  # some windows reach into the padding: not a pure selection
+    select = Factor("select", "", legs, factor.span, Select(size, count, start, step))
+    dropped = [leg for leg in factor.legs if leg not in legs]
+    ones = [Factor("delta", "", (leg,), factor.span) for leg in dropped]  # the size-1 leg, squeezed next
+    return Rewrite(
+        _rebuild(net, _swap(net, position, [select, *ones])),
+        f"{rule}: {_describe(factor)} -> select({legs[0]}, {legs[1]}) start {start} step {step}",
+    )
+
+
+def strided_reshape(net: Network, position: int, outputs_may_change: bool) -> Rewrite | None:
+    """Π(i, o, k) with K ≤ S, P = 0, D = 1 -> i split into (o, k): a reshape (K = S, 'dense') or a reshape and a
+    narrow (K < S, 'down-sampling') of every tensor on i; an open i splits too if I = O·K and it may."""
+    factor = net.factors[position]
+    p = factor.pattern
+    if not isinstance(p, ConvPattern) or factor.view is not None or p.pad_left != 0 or p.dilation != 1:
+        return None
+    size, out, kernel, stride = _int(p.in_size), _int(p.out_size), p.kernel_size, p.stride
+    i, o, k = factor.legs
+    carriers = _carriers(net, i, position)
+    if size is None or out is None or kernel > stride or size < out * stride or carriers is None:
+        return None
+    is_open = i in net.outputs
+    if is_open and not (
+        outputs_may_change and size == out * stride == out * kernel and o not in net.outputs and k not in net.outputs
+    ):
+        return None
+    factors = list(net.factors)
+    for carrier in carriers:
+        factors[carrier] = _split(factors[carrier], i, (o, k), size, out, stride, kernel, net)
+    del factors[position]
+    outputs = tuple(x for leg in net.outputs for x in ((o, k) if leg == i else (leg,)))
+    kind = "dense" if kernel == stride else "down-sampling"
+    note = f"{kind}: {_describe(factor)} -> {i} split into ({o}, {k})"
+    return Rewrite(_rebuild(net, factors, outputs), note, {i: (o, k)} if is_open else {})
+
+
+def _split(
+    factor: Factor, leg: str, into: tuple[str, str], size: int, out: int, stride: int, kernel: int, net: Network
+) -> Factor:
+    axis = factor.legs.index(leg)
+    legs = factor.legs[:axis] + into + factor.legs[axis + 1 :]
+    if size > out * stride:
+        factor = _with_op(factor, SliceOp(axis, 0, out * stride, 1), factor.legs, net)
+    factor = _with_op(factor, SplitOp(axis, (out, stride)), legs, net)
+    if kernel < stride:
+        factor = _with_op(factor, SliceOp(axis + 1, 0, kernel, 1), legs, net)
+    return factor
+
+
+def select_identity(net: Network, position: int, outputs_may_change: bool) -> Rewrite | None:
+    """select(i, j) with I = J, start 0, step 1 -> delta(i, j)."""
+    factor = net.factors[position]
+    s = factor.pattern
+    if not isinstance(s, Select) or factor.view is not None or (s.start, s.step) != (0, 1) or s.in_size != s.out_size:
+        return None
+    delta = Factor("delta", "", factor.legs, factor.span)
+    return Rewrite(_rebuild(net, _swap(net, position, [delta])), f"select-identity: {_describe(factor)} -> delta")
+
+
+def select_into_tensor(net: Network, position: int, outputs_may_change: bool) -> Rewrite | None:
+    """select(i, j) · x[..., i, ...] with i on no other tensor and summed -> x[..., start:stop:step, ...] on j."""
+    factor = net.factors[position]
+    s = factor.pattern
+    if not isinstance(s, Select) or factor.view is not None or factor.legs[0] == factor.legs[1]:
+        return None
+    i, j = factor.legs
+    carriers = _carriers(net, i, position)
+    count = _int(s.out_size)
+    if carriers is None or len(carriers) != 1 or i in net.outputs or count is None:
+        return None
+    target = net.factors[carriers[0]]
+    axis = target.legs.index(i)
+    legs = target.legs[:axis] + (j,) + target.legs[axis + 1 :]
+    op = SliceOp(axis, s.start, s.start + (count - 1) * s.step + 1, s.step)
+    factors = list(net.factors)
+    factors[carriers[0]] = _with_op(target, op, legs, net)
+    del factors[position]
+    note = f"select-slice: {_describe(factor)} -> {target.name or target.kind}[{op.start}:{op.stop}:{op.step}] on {j}"
+    return Rewrite(_rebuild(net, factors), note)
+
+
+def prune_delta(net: Network, position: int, outputs_may_change: bool) -> Rewrite | None:
+    """delta(a, b, ...) -> its summed legs renamed to one and the copy tensor dropped where it adds nothing:
+    delta(a) on a leg others carry is 1; delta(a) on a summed leg nobody else carries is |a|."""
+    factor = net.factors[position]
+    if factor.kind != "delta" or factor.view is not None:
+        return None
+    legs = list(dict.fromkeys(factor.legs))
+    open_legs = [leg for leg in legs if leg in net.outputs]
+    keep = open_legs[0] if open_legs else legs[0]
+    rename = {leg: keep for leg in legs if leg != keep and leg not in net.outputs}
+    remaining = [leg for leg in legs if leg not in rename]
+    others = [f.renamed(rename) for k, f in enumerate(net.factors) if k != position]
+    if len(remaining) > 1:
+        if not rename:
+            return None  # a diagonal between open legs: it stays
+        delta = Factor("delta", "", tuple(remaining), factor.span)
+        return Rewrite(
+            _rebuild(net, others[:position] + [delta] + others[position:]),
+            f"copy-tensor: {_describe(factor)} -> legs {', '.join(rename)} renamed to {keep}",
+        )
+    carried = any(keep in f.legs for f in others) or keep in net.outputs
+    coefficient = net.coefficient if carried else net.coefficient * sympy.sympify(net.size(keep))
+    note = f"copy-tensor: {_describe(factor)} pruned" + ("" if carried else f" (a sum over {keep}: × size({keep}))")
+    return Rewrite(_rebuild(net, others, coefficient=coefficient), note)
+
+
+def merge_parallel(net: Network, position: int, outputs_may_change: bool) -> Rewrite | None:
+    """x[.., a, b, ..] · y[.., a, b, ..] with summed a, b always adjacent on the same tensors -> one leg (a b)."""
+    factor = net.factors[position]
+    for axis in range(len(factor.legs) - 1):
+        a, b = factor.legs[axis], factor.legs[axis + 1]
+        if a == b or a in net.outputs or b in net.outputs:
+            continue
+        if net.tensors_on(a) != net.tensors_on(b) or not _adjacent_everywhere(net, a, b):
+            continue
+        merged = f"{a}.{b}"
+        factors = [_merge(f, a, b, merged, net) if a in f.legs else f for f in net.factors]
+        sizes = {k: v for k, v in net.sizes.items() if k not in (a, b)}
+        sizes[merged] = _product(net.size(a), net.size(b))
+        new = Network(factors, net.outputs, sizes, net.coefficient, net.meta)
+        return Rewrite(new, f"merge: {a} and {b} always travel together -> one leg {merged}")
+    return None
+
+
+def _product(a: Size, b: Size) -> Size:
+    return a * b if isinstance(a, int) and isinstance(b, int) else sympy.sympify(a) * b
+
+
+def _adjacent_everywhere(net: Network, a: str, b: str) -> bool:
+    for k in net.tensors_on(a):
+        legs = net.factors[k].legs
+        if net.factors[k].kind == "delta" or legs.count(a) != 1 or legs.count(b) != 1:
+            return False
+        if legs.index(b) != legs.index(a) + 1:
+            return False
+    return True
+
+
+def _merge(factor: Factor, a: str, b: str, merged: str, net: Network) -> Factor:
+    axis = factor.legs.index(a)
+    legs = factor.legs[:axis] + (merged,) + factor.legs[axis + 2 :]
+    return _with_op(factor, MergeOp(axis), legs, net)
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("squeeze", "x[.., a, ..] with |a| = 1 -> x[.., ..]", squeeze_unit),
+    Rule(
+        "kernel-one", "Π with K = 1 -> select(i, o), start −P, step S, when no window reaches the padding", kernel_one
+    ),
+    Rule(
+        "output-one",
+        "Π with O = 1 -> select(i, k), start −P, step D, when the window stays inside the input",
+        output_one,
+    ),
+    Rule(
+        "strided-reshape",
+        "Π with K ≤ S, P = 0, D = 1 -> i split into (o, k) by reshape (and narrow if K < S)",
+        strided_reshape,
+    ),
+    Rule("select-identity", "select(i, j) with I = J, start 0, step 1 -> delta(i, j)", select_identity),
+    Rule("select-slice", "select(i, j) · x[.., i, ..] with i summed -> x[.., start:stop:step, ..]", select_into_tensor),
+    Rule(
+        "copy-tensor",
+        "delta(a, b) with a summed -> a renamed b; delta(a) -> 1 (or |a| when a is summed alone)",
+        prune_delta,
+    ),
+    Rule("merge", "summed legs a, b adjacent on the same tensors -> one leg (a b)", merge_parallel),
+)
+
+
+def simplify_network(
+    net: Network, outputs_may_change: bool, check: Callable[[Network], None] | None = None
+) -> tuple[Network, list[str], dict[str, tuple[str, ...]]]:
+    """Apply the first rule that fires, factor by factor, until none does; returns the notes and open-leg splits."""
+    notes: list[str] = []
+    splits: dict[str, tuple[str, ...]] = {}
+    for _ in range(MAX_STEPS):
+        rewrite = _first(net, outputs_may_change)
+        if rewrite is None:
+            return net, notes, splits
+        net = rewrite.network
+        if check is not None:
+            check(net)
+        notes.append(rewrite.note)
+        splits.update(rewrite.splits)
+    raise RuntimeError("simplification did not settle")  # pragma: no cover - every rule shrinks the network
+
+
+def _first(net: Network, outputs_may_change: bool) -> Rewrite | None:
+    for rule in RULES:
+        for position in range(len(net.factors)):
+            rewrite = rule.apply(net, position, outputs_may_change)
+            if rewrite is not None:
+                return rewrite
+    return None
