@@ -44,6 +44,76 @@ def dilated_conv1d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.T
     return F.conv1d(x, w, b, padding="same", dilation=2)
 
 
+# --- derived diagrams: conv2d_vjp.tnd, conv2d_kfac.tnd, linear_kfac.tnd, and unfold3d.tnd ---------------------------
+
+# conv2d_vjp.tnd: F.conv2d(x, w, b, stride=2, padding=1) with x [n, 3, 8, 6] and w [4, 3, 3, 3].
+VJP_CONV = {"stride": 2, "padding": 1}
+
+
+def conv2d_vjp_x(w: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
+    """The input gradient of the convolution (a transpose convolution of grad_y); needs only x's shape."""
+    return torch.nn.grad.conv2d_input((grad_y.shape[0], 3, 8, 6), w, grad_y, **VJP_CONV)
+
+
+def conv2d_vjp_w(x: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
+    return torch.nn.grad.conv2d_weight(x, (4, 3, 3, 3), grad_y, **VJP_CONV)
+
+
+def conv2d_vjp_b(grad_y: torch.Tensor) -> torch.Tensor:
+    return grad_y.sum(dim=(0, 2, 3))
+
+
+def input_factor(unfolded: torch.Tensor, approx: str) -> torch.Tensor:
+    """KFAC's input factor from the unfolded input [n, features, positions]: 1/n Σ u uᵀ over batch and
+    positions (expand), or 1/(n P²) Σ over the batch of (Σ_positions u)(Σ_positions u)ᵀ (reduce)."""
+    n, _, positions = unfolded.shape
+    if approx == "expand":
+        return torch.einsum("nip,njp->ij", unfolded, unfolded) / n
+    summed = unfolded.sum(-1)
+    return summed.T @ summed / (n * positions**2)
+
+
+def gradient_factor(grad_y: torch.Tensor, approx: str) -> torch.Tensor:
+    """KFAC's output-gradient factor from grad_y [n, features, positions...]; 1/n for both approximations."""
+    g = grad_y.reshape(grad_y.shape[0], grad_y.shape[1], -1)  # [n, features, positions]: one position for a dense layer
+    if approx == "expand":
+        return torch.einsum("nip,njp->ij", g, g) / g.shape[0]
+    summed = g.sum(-1)
+    return summed.T @ summed / g.shape[0]
+
+
+def conv2d_unfold(x: torch.Tensor) -> torch.Tensor:
+    """conv2d_kfac.tnd's input unfolded (im2col): kernel (3, 2), stride (2, 1), padding (1, 0), dilation (1, 2)."""
+    return F.unfold(x, (3, 2), dilation=(1, 2), padding=(1, 0), stride=(2, 1))
+
+
+def unfold3d(x: torch.Tensor) -> torch.Tensor:
+    """im2col in 3-d with Tensor.unfold: kernel (2, 3, 3), stride (1, 2, 2), padding (0, 1, 0), dilation (1, 1, 2)."""
+    x = F.pad(x, (0, 0, 1, 1))  # the last dimension first: (i3 left, i3 right, i2 left, i2 right)
+    for axis, (kernel, stride, dilation) in enumerate(((2, 1, 1), (3, 2, 1), (3, 2, 2)), start=2):
+        x = x.unfold(axis, dilation * (kernel - 1) + 1, stride)[..., ::dilation]  # [..., o, ..., k]
+    n, c, o1, o2, o3, k1, k2, k3 = x.shape
+    return x.permute(0, 1, 5, 6, 7, 2, 3, 4).reshape(n, c * k1 * k2 * k3, o1 * o2 * o3)
+
+
+def linear_vjp_x(w: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
+    return grad_y @ w
+
+
+def linear_vjp_w(x: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
+    return grad_y.T @ x
+
+
+def kfac_functions(unfold: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, Reference]:
+    """A, Ar (from the input, unfolded by `unfold`) and B, Br (from grad_y), as conv2d_kfac.tnd names them."""
+    return {
+        "A": lambda x: input_factor(unfold(x), "expand"),
+        "Ar": lambda x: input_factor(unfold(x), "reduce"),
+        "B": lambda grad_y: gradient_factor(grad_y, "expand"),
+        "Br": lambda grad_y: gradient_factor(grad_y, "reduce"),
+    }
+
+
 REFERENCES: dict[str, dict[str, Reference]] = {
     "conv1d.tnd": {"y": conv1d},
     "conv2d.tnd": {"y": conv2d},
@@ -52,4 +122,22 @@ REFERENCES: dict[str, dict[str, Reference]] = {
     "transpose_conv2d.tnd": {"y": transpose_conv2d},
     "dilated_conv1d.tnd": {"y": dilated_conv1d},
     "matmul.tnd": {"c": torch.matmul, "bc": torch.matmul},
+    "conv2d_vjp.tnd": {
+        "y": lambda x, w, b: F.conv2d(x, w, b, **VJP_CONV),
+        "gx": conv2d_vjp_x,
+        "gw": conv2d_vjp_w,
+        "gb": conv2d_vjp_b,
+    },
+    "conv2d_kfac.tnd": {
+        "y": lambda x, w, b: F.conv2d(x, w, b, stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
+        **kfac_functions(conv2d_unfold),
+    },
+    "unfold3d.tnd": {"u": unfold3d},
+    "linear_kfac.tnd": {
+        "y": F.linear,
+        "gx": linear_vjp_x,
+        "gw": linear_vjp_w,
+        "gb": lambda grad_y: grad_y.sum(0),
+        **kfac_functions(lambda x: x.unsqueeze(-1)),  # a dense layer: one position
+    },
 }

@@ -112,8 +112,9 @@ def test_duplicate_names(source: str, line: int, column: int, fragment: str) -> 
     check(source, line, column, fragment)
 
 
-def test_transform_of_a_later_release_points_at_the_call() -> None:
-    check(HEAD + "y[n, d] = x[n, c, i] * w[d, c, k] * delta(i) * delta(k)\nz = slice(y, d=0:2)\n", 5, 5, "not supported yet")
+def test_unknown_transform_lists_the_transforms() -> None:
+    source = HEAD + "y[n, d] = x[n, c, i] * w[d, c, k] * delta(i) * delta(k)\nz = vjpp(y, x)\n"
+    check(source, 5, 5, "unknown transform 'vjpp'", "vjp, jvp, jacobian, kfac, kfac_grad, slice, sample")
 
 
 def test_syntax_error_points_at_the_token() -> None:

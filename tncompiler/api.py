@@ -2,58 +2,107 @@
 
 from __future__ import annotations
 
+import os
 import types
 from pathlib import Path
 
 from tncompiler.backend.pytorch import generate
-from tncompiler.errors import TncError
-from tncompiler.frontend.parse import parse
+from tncompiler.errors import Span, TncError
+from tncompiler.frontend.parse import parse, require_definitions
 from tncompiler.frontend.resolve import resolve
 from tncompiler.ir.network import Program
 
-__all__ = ["build_program", "compile_source", "compile_file", "load", "load_source", "read_source"]
+__all__ = ["build_program", "compile_source", "compile_file", "load", "load_source", "read_source", "MAX_SOURCE_BYTES"]
+
+# A .tnd file is a few kilobytes; anything past this is not one, and is refused before it is read whole.
+MAX_SOURCE_BYTES = 10 * 2**20
 
 
 def read_source(path: str | Path) -> str:
-    """Read a `.tnd` file as UTF-8 text, with a `TncError` for what is not one."""
+    """Read a `.tnd` file as UTF-8 text (a byte-order mark is dropped), with a `TncError` for what is not one."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with path.open("rb") as stream:
+            size = os.fstat(stream.fileno()).st_size
+            if size > MAX_SOURCE_BYTES:
+                raise _too_large(path, size)
+            data = stream.read(MAX_SOURCE_BYTES + 1)  # never more, whatever the file claims to be
     except OSError as error:
         raise TncError(f"cannot read {path}: {error.strerror or error}").located(str(path), "") from None
+    if len(data) > MAX_SOURCE_BYTES:
+        raise _too_large(path, len(data))
     if b"\x00" in data:
-        raise TncError("this is a binary file, not a .tnd text file").located(str(path), "")
+        raise TncError(
+            "this is a binary file, not a .tnd text file", hint="give the .tnd file, not a compiled or binary one"
+        ).located(str(path), "")
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        raise TncError(f"not UTF-8 text (byte {error.start})").located(str(path), "") from None
+        raise _not_utf8(path, data, error.start) from None
+
+
+def _not_utf8(path: Path, data: bytes, start: int) -> TncError:
+    line_start = data.rfind(b"\n", 0, start) + 1
+    where = Span(data.count(b"\n", 0, start) + 1, len(data[line_start:start].decode("utf-8", "replace")) + 1)
+    return TncError(
+        f"not UTF-8 text: byte 0x{data[start]:02X} is not part of a UTF-8 character",
+        where,
+        "save the file as UTF-8",
+    ).located(str(path), data.decode("utf-8", "replace"))
+
+
+def _too_large(path: str | Path, size: int) -> TncError:
+    megabytes = MAX_SOURCE_BYTES // 2**20
+    return TncError(
+        f"file too large: {size / 2**20:.1f} MB, and the limit is {megabytes} MB",
+        hint="a .tnd file is a short text file; is this the right file?",
+    ).located(str(path), "")
 
 
 def build_program(source: str, filename: str = "<string>") -> Program:
     """Parse and check `.tnd` text into the IR; every diagram is linted."""
-    program = resolve(parse(source, filename), filename, source)
+    if len(source) > MAX_SOURCE_BYTES:
+        raise _too_large(filename, len(source.encode("utf-8", "surrogatepass")))
+    try:
+        module = parse(source, filename)
+        program = resolve(module, filename, source)
+        require_definitions(module)
+    except TncError as error:
+        raise error.located(filename, source) from None
+    except RecursionError:
+        raise _too_deep(filename, source) from None
     for diagram in program.diagrams:
         diagram.lint()
     return program
 
 
-def compile_source(source: str, filename: str = "<string>") -> str:
-    """The generated Python module for `.tnd` text, as source."""
+def _too_deep(filename: str, source: str) -> TncError:
+    return TncError(
+        "the file is nested too deeply to compile", hint="split deep expressions into several definitions"
+    ).located(filename, source)
+
+
+def compile_source(source: str, filename: str = "<string>", rewrite: bool = True) -> str:
+    """The generated Python module for `.tnd` text, as source; `rewrite=False` skips the rewrite passes."""
     program = build_program(source, filename)
     try:
-        return generate(program)
+        return generate(program, rewrite)
     except TncError as error:
         raise error.located(filename, source) from None
+    except RecursionError:
+        raise _too_deep(filename, source) from None
 
 
-def compile_file(path: str | Path) -> str:
+def compile_file(path: str | Path, rewrite: bool = True) -> str:
     """The generated Python module for a `.tnd` file, as source."""
-    return compile_source(read_source(path), str(path))
+    return compile_source(read_source(path), str(path), rewrite)
 
 
-def load_source(source: str, filename: str = "<string>", module_name: str | None = None) -> types.ModuleType:
+def load_source(
+    source: str, filename: str = "<string>", module_name: str | None = None, rewrite: bool = True
+) -> types.ModuleType:
     """Compile `.tnd` text and import the result as a fresh module."""
-    code = compile_source(source, filename)
+    code = compile_source(source, filename, rewrite)
     name = module_name or Path(filename).stem.replace("-", "_") or "tnc_module"
     module = types.ModuleType(name)
     module.__file__ = f"<tnc:{filename}>"
@@ -61,6 +110,6 @@ def load_source(source: str, filename: str = "<string>", module_name: str | None
     return module
 
 
-def load(path: str | Path) -> types.ModuleType:
+def load(path: str | Path, rewrite: bool = True) -> types.ModuleType:
     """Compile a `.tnd` file and import the result: `tncompiler.load("conv2d.tnd").y(x, w, b)`."""
-    return load_source(read_source(path), str(path))
+    return load_source(read_source(path), str(path), rewrite=rewrite)

@@ -70,7 +70,7 @@ def _check(args: argparse.Namespace) -> int:
 def _signature(program: Program, diagram: Diagram, name: str) -> str:
     def shape(axes: tuple[tuple[str, ...], ...]) -> str:
         return (
-            "[" + ", ".join(str(sympy.Mul(*[sympy.sympify(program.sizes[leg]) for leg in axis])) for axis in axes) + "]"
+            "[" + ", ".join(str(sympy.Mul(*[sympy.sympify(diagram.sizes[leg]) for leg in axis])) for axis in axes) + "]"
         )
 
     params = ", ".join(a.name for a in diagram.arguments)
@@ -149,6 +149,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except RecursionError:
         print("tnc: error: the input is nested too deeply", file=sys.stderr)
+        return 1
+    except Exception as error:  # a bug in tnc, not in the file: say so briefly (TNC_DEBUG=1 shows the traceback)
+        if os.environ.get("TNC_DEBUG"):
+            raise
+        print(
+            f"tnc: internal error: {type(error).__name__}: {error}\n"
+            f"this is a bug in tnc, not in {getattr(args, 'file', 'the input')}; please report it with that file "
+            "(set TNC_DEBUG=1 to see where it happened)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -39,23 +39,34 @@ class TncError(Exception):
         if self.span is not None:
             where += f":{self.span.line}:{self.span.column}"
         text = f"{where}: error: {self.message}"
-        if self.span is not None and self.source is not None:
-            text += "\n" + render_caret(self.source, self.span)
+        caret = render_caret(self.source, self.span) if self.span is not None and self.source is not None else ""
+        if caret:
+            text += "\n" + caret
         if self.hint:
             text += f"\nhint: {self.hint}"
         return text
 
 
+# Longer source lines are shown as a window of this many characters around the caret.
+_WIDTH = 160
+
+
 def render_caret(source: str, span: Span) -> str:
     """The span's source line, then a caret line under the span (tabs kept so carets align)."""
-    lines = source.splitlines()
+    lines = source.split("\n")  # lark counts lines by "\n" only, not by str.splitlines()'s separators
     if not 1 <= span.line <= len(lines):
         return ""
-    line = lines[span.line - 1]
-    start = max(span.column - 1, 0)
+    line = "".join(ch if ch.isprintable() or ch == "\t" else " " for ch in lines[span.line - 1].rstrip("\r"))
+    if not line.strip():
+        return ""
+    start = min(max(span.column - 1, 0), len(line))
     width = 1
     if span.end_line == span.line and span.end_column is not None:
         width = max(span.end_column - span.column, 1)
-    pad = "".join(ch if ch == "\t" else " " for ch in line[:start])
-    shown = line if len(line) <= 200 else line[:200] + " ..."
-    return f"    {shown}\n    {pad}{'^' * min(width, 200)}"
+    shift, prefix, suffix = 0, "", ""
+    if len(line) > _WIDTH:
+        shift = max(0, min(start - _WIDTH // 2, len(line) - _WIDTH))
+        prefix, suffix = ("... " if shift else ""), (" ..." if shift + _WIDTH < len(line) else "")
+        line, start = line[shift : shift + _WIDTH], start - shift
+    pad = " " * len(prefix) + "".join(ch if ch == "\t" else " " for ch in line[:start])
+    return f"    {prefix}{line}{suffix}\n    {pad}{'^' * max(min(width, len(line) - start), 1)}"

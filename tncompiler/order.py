@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import cotengra as ctg
@@ -36,16 +37,18 @@ class Plan:
     largest: sympy.Expr
 
 
-def plan_network(network: Network) -> tuple[Plan, ...]:
-    """Every distinct optimal plan over the size regimes, cheapest first at the middle regime."""
+def plan_network(network: Network, expected: Mapping[sympy.Symbol, int] | None = None) -> tuple[Plan, ...]:
+    """Every distinct optimal plan over the size regimes, cheapest first at the middle regime.
+
+    `expected` gives call-time sizes that are known in expectation (the kept entries of a sampled index)."""
     inputs = [factor.legs for factor in network.factors]
     plans: dict[tuple[Step, ...], Plan] = {}
     for regime in REGIMES:
-        sizes = {name: _at(size, regime) for name, size in network.sizes.items()}
+        sizes = {name: _at(size, regime, expected or {}) for name, size in network.sizes.items()}
         steps = _steps(network, _path(inputs, network.outputs, sizes))
         if steps not in plans:
             plans[steps] = _costed(network, steps)
-    middle = {s: REGIMES[len(REGIMES) // 2] for s in _symbols(network)}
+    middle = {s: (expected or {}).get(s, REGIMES[len(REGIMES) // 2]) for s in _symbols(network)}
     return tuple(sorted(plans.values(), key=lambda p: (float(p.flops.subs(middle)), p.steps)))
 
 
@@ -57,10 +60,10 @@ def _symbols(network: Network) -> set[sympy.Symbol]:
     return found
 
 
-def _at(size: Size, regime: int) -> int:
+def _at(size: Size, regime: int, expected: Mapping[sympy.Symbol, int]) -> int:
     if isinstance(size, int):
         return size
-    value = size.subs({s: regime for s in size.free_symbols})
+    value = size.subs({s: expected.get(s, regime) for s in size.free_symbols})
     return max(int(value), 1)
 
 

@@ -9,6 +9,7 @@ from pathlib import PurePath
 
 import sympy
 
+from tncompiler.backend.autograd import autograd_class, class_name
 from tncompiler.backend.names import Namespace, comment_text, docstring, docstring_text, safe_identifier, size_code
 from tncompiler.backend.runtime import helper_source
 from tncompiler.errors import TncError
@@ -16,6 +17,7 @@ from tncompiler.ir.network import Argument, Diagram, Network, Program
 from tncompiler.ir.values import (
     ConvPattern,
     Factor,
+    Fused,
     MergeOp,
     Select,
     Size,
@@ -27,6 +29,7 @@ from tncompiler.ir.values import (
 )
 from tncompiler.order import Plan, plan_network
 from tncompiler.passes.pipeline import run_pipeline
+from tncompiler.passes.sampling import Sampler, kept_symbol
 
 __all__ = ["generate", "public_names"]
 
@@ -50,6 +53,9 @@ def generate(program: Program, rewrite: bool = True) -> str:
         diagram = replace(stages[-1].diagram, meta=meta)
         writer = _FunctionWriter(program, diagram, names[diagram.name], set(names.values()), helpers)
         blocks.extend(writer.write())
+    blocks += [autograd_class(spec, program, names) for spec in program.autograd]
+    exported = [n for n in names.values() if not n.startswith("_")]
+    exported += [class_name(spec, names) for spec in program.autograd]
     source = PurePath(program.filename).name
     head = [
         f'"""Tensor-network functions compiled by tnc from {docstring_text(comment_text(source))}: '
@@ -59,7 +65,7 @@ def generate(program: Program, rewrite: bool = True) -> str:
         "",
     ]
     imports = ["import functools", ""] if "functools" in helpers else []
-    imports += ["import torch", "", f"__all__ = [{', '.join(repr(n) for n in names.values())}]"]
+    imports += ["import torch", "", f"__all__ = [{', '.join(repr(n) for n in exported)}]"]
     parts = ["\n".join(head + imports)] + helper_source(helpers - {"functools"}) + blocks
     return "\n\n\n".join(part.rstrip("\n") for part in parts) + "\n"
 
@@ -76,13 +82,20 @@ class _FunctionWriter:
         self.module_level: list[str] = []
         self.operands: dict[tuple[str, ...], str] = {}
         self.samplers: dict[str, str] = {}
+        self.fused: dict[str, str] = {}
+        self.samplers_meta: tuple[Sampler, ...] = tuple(diagram.meta.get("samplers", ()))
+        if self.samplers_meta:
+            self.namespace.create("generator")
 
     # -- the whole function ------------------------------------------------------------------------------
     def write(self) -> list[str]:
         params = ", ".join(self.args.values())
+        if self.samplers_meta:
+            params += (", " if params else "") + "*, generator=None"
         lines = [f"def {self.name}({params}):", docstring(self._doc(), "    ")]
         self._checks()
         self._device()
+        self._draw_samples()
         term_vars = [self._term(k, term) for k, term in enumerate(self.diagram.terms)]
         self._assemble(term_vars)
         return self.module_level + ["\n".join(lines + self.body)]
@@ -100,7 +113,7 @@ class _FunctionWriter:
         lines = [
             f"{d.name}{layout.text()}: compiled from {_location(self.program, d)}.",
             "",
-            "    " + "\n    ".join(d.source.splitlines()),
+            "    " + "\n    ".join(d.source.split("\n")),  # only "\n" ends a line of a .tnd file
             "",
         ]
         if d.arguments:
@@ -130,6 +143,7 @@ class _FunctionWriter:
     def _checks(self) -> None:
         d = self.diagram
         if not d.arguments:
+            self._require_bound()  # a diagram without arguments (a Jacobian) binds no size at call time
             return
         self.helpers.add("_check_arguments")
         self.emit(f"_check_arguments({self.name!r}, (")
@@ -193,9 +207,11 @@ class _FunctionWriter:
 
     def _require_bound(self) -> None:
         needed: set[sympy.Symbol] = set()
-        for size in list(self.diagram.sizes.values()) + [self._axis_size(a, k) for a, k in self._axes()]:
+        sizes = list(self.diagram.sizes.values()) + [self._axis_size(a, k) for a, k in self._axes()]
+        for size in sizes + [term.coefficient for term in self.diagram.terms]:  # size(m) in a coefficient, too
             needed |= sympy.sympify(size).free_symbols
-        missing = sorted(str(s) for s in needed if s not in self.symbols)
+        drawn = {kept_symbol(s.index) for s in self.samplers_meta}  # bound when the samples are drawn
+        missing = sorted(str(s) for s in needed if s not in self.symbols and s not in drawn)
         if missing:
             raise TncError(
                 f"the size of index {missing[0]!r} is not given in the file and no argument of "
@@ -210,6 +226,20 @@ class _FunctionWriter:
             self.emit(f"device, dtype = {first}.device, {first}.dtype")
         else:
             self.emit("device, dtype = torch.device('cpu'), torch.get_default_dtype()")
+
+    def _draw_samples(self) -> None:
+        """Tensor dropout: draw the kept entries of each sampled index once per call."""
+        for sampler in self.samplers_meta:
+            self.helpers.add("_keep")
+            keep = self.namespace.create(f"keep_{sampler.index}")
+            count = self.namespace.create(f"{sampler.index}_kept")
+            self.emit(
+                f"{keep} = _keep({self.size(sampler.size)}, {sampler.p!r}, generator, device)"
+                f"  # entries of {sampler.index} kept with probability {sampler.p}"
+            )
+            self.emit(f"{count} = {keep}.numel()")
+            self.samplers[sampler.index] = keep
+            self.symbols[kept_symbol(sampler.index)] = count
 
     # -- operands ----------------------------------------------------------------------------------------
     def _operand(self, factor: Factor, network: Network) -> str:
@@ -232,38 +262,60 @@ class _FunctionWriter:
             var = self.namespace.create(f"{factor.name}_legs")
             self.emit(f"{var} = {arg}.reshape({', '.join(base)})")
             return var
+        if isinstance(p, Fused):
+            return self._fused(factor, p)
+        var = self.namespace.create(factor.name or factor.kind)
+        self.emit(f"{var} = {self._constant(factor)}  # {_constant_comment(factor)}")
+        return var
+
+    def _constant(self, factor: Factor) -> str:
+        """A call that builds (or fetches from the cache) a pattern, selection or copy tensor, before its view."""
+        p = factor.pattern
         if isinstance(p, ConvPattern):
             self.helpers.add("_conv_pattern")
-            var = self.namespace.create(factor.name)
             shape = ", ".join(self.size(s) for s in (p.in_size, p.out_size, p.kernel_size))
-            self.emit(
-                f"{var} = _conv_pattern({shape}, {p.stride}, {p.pad_left}, {p.dilation}, device, dtype)"
-                f"  # {p.describe()}"
-            )
-            return var
+            return f"_conv_pattern({shape}, {p.stride}, {p.pad_left}, {p.dilation}, device, dtype)"
         if isinstance(p, Select):
             self.helpers.add("_select")
-            var = self.namespace.create("select")
-            shape = f"{self.size(p.in_size)}, {self.size(p.out_size)}"
-            self.emit(f"{var} = _select({shape}, {p.start}, {p.step}, device, dtype)  # {p.describe()}")
-            return var
+            return f"_select({self.size(p.in_size)}, {self.size(p.out_size)}, {p.start}, {p.step}, device, dtype)"
         self.helpers.add("_delta")
-        var = self.namespace.create("delta")
-        self.emit(f"{var} = _delta({sizes[0]}, {len(sizes)}, device, dtype)  # copy tensor")
-        return var
+        base = (
+            factor.view.base
+            if factor.view is not None
+            else tuple(self.diagram.sizes.get(leg, 1) for leg in factor.legs)
+        )
+        return f"_delta({self.size(base[0])}, {len(base)}, device, dtype)"
+
+    def _fused(self, factor: Factor, fused: Fused) -> str:
+        """Constants contracted once per device and dtype, then cached (equal ones shared)."""
+        self.helpers.add("_cached")
+        sizes = dict(fused.sizes)
+        letters = {leg: _LETTERS[k] for k, leg in enumerate(sizes)}
+        parts = [self._view_chain(part, self._constant(part)) for part in fused.parts]
+        einsum = _einsum(parts, [part.legs for part in fused.parts], fused.legs, letters)
+        if einsum not in self.fused:
+            var = self.namespace.create("fused")
+            self.emit(f"{var} = _cached(({einsum!r}, device, dtype), lambda: {einsum})")
+            self.emit(f"# {var}: {fused.describe()}, contracted once")
+            self.fused[einsum] = var
+        return self.fused[einsum]
 
     def _viewed(self, factor: Factor, base: str) -> str:
         """Apply a factor's view ops as PyTorch views: slicing, reshape, squeeze, index_select."""
-        assert factor.view is not None
+        var = self.namespace.create(f"{factor.name or factor.kind}_view")
+        self.emit(f"{var} = {self._view_chain(factor, base)}  # [{', '.join(factor.legs)}]")
+        return var
+
+    def _view_chain(self, factor: Factor, base: str) -> str:
+        if factor.view is None:
+            return base
         shape = [self.size(s) for s in factor.view.base]
         expr, before_reshape = base, None
         for op in factor.view.ops:
             start = before_reshape if isinstance(op, SplitOp | MergeOp) and before_reshape is not None else expr
             expr, shape = self._view_op(start, shape, op)
             before_reshape = start if isinstance(op, SplitOp | MergeOp) else None  # fold reshape chains
-        var = self.namespace.create(f"{factor.name or factor.kind}_view")
-        self.emit(f"{var} = {expr}  # [{', '.join(factor.legs)}]")
-        return var
+        return expr
 
     def _view_op(self, expr: str, shape: list[str], op: ViewOp) -> tuple[str, list[str]]:
         if isinstance(op, SliceOp):
@@ -279,9 +331,8 @@ class _FunctionWriter:
         if isinstance(op, MergeOp):
             shape[op.axis : op.axis + 2] = [f"{shape[op.axis]} * {shape[op.axis + 1]}"]
             return f"{expr}.reshape({', '.join(shape)})", shape
-        kept = self.samplers[op.index]
-        shape[op.axis] = f"{kept}.numel()"
-        return f"{expr}.index_select({op.axis}, {kept})", shape
+        shape[op.axis] = self.size(kept_symbol(op.index))
+        return f"{expr}.index_select({op.axis}, {self.samplers[op.index]})", shape
 
     # -- one term ----------------------------------------------------------------------------------------
     def _term(self, position: int, term: Network) -> str:
@@ -291,7 +342,12 @@ class _FunctionWriter:
         operands = [self._operand(f, term) for f in term.factors]
         target = tuple(leg for leg in self.diagram.layout.legs if leg in term.outputs)
         var = self.namespace.create("result" if total == 1 else f"term{position + 1}")
-        plans = plan_network(term)
+        expected = {
+            kept_symbol(s.index): max(1, round(s.p * int(s.size)))
+            for s in self.samplers_meta
+            if isinstance(s.size, int)
+        }
+        plans = plan_network(term, expected)
         if len(plans) == 1:
             self._contract(term, plans[0], operands, target, var, "")
         else:
@@ -368,7 +424,7 @@ class _FunctionWriter:
         if coefficient == -1:
             self.emit(f"{var} = -{var}")
             return
-        self.emit(f"{var} = {var} * {self.size(coefficient)}")
+        self.emit(f"{var} = {var} * ({self.size(coefficient)})")
 
     # -- the result --------------------------------------------------------------------------------------
     def _assemble(self, term_vars: list[str]) -> None:
@@ -420,15 +476,16 @@ def _einsum(names: list[str], legs: list[tuple[str, ...]], result: tuple[str, ..
     return f'torch.einsum("{inputs}->{output}", {", ".join(names)})'
 
 
+def _constant_comment(factor: Factor) -> str:
+    p = factor.pattern
+    return p.describe() if isinstance(p, ConvPattern | Select) else "copy tensor"
+
+
 def _term_text(term: Network) -> str:
     factors = []
     for f in term.factors:
         legs = ", ".join(f.legs)
-        factors.append(
-            f"{f.name}({legs})"
-            if f.kind == "pattern"
-            else (f"delta({legs})" if f.kind == "delta" else f"{f.name}[{legs}]")
-        )
+        factors.append(f"{f.name}[{legs}]" if f.kind == "input" else f"{f.name or f.kind}({legs})")
     body = " * ".join(factors) or "1"
     return body if term.coefficient == 1 else f"{term.coefficient} * {body}"
 

@@ -49,6 +49,23 @@ def _select(I, J, start, step, device, dtype):
     return select
 '''
 
+_KEEP = '''
+def _keep(size, p, generator, device):
+    """Tensor dropout: the indices of the entries kept, each independently with probability p."""
+    where = generator.device if generator is not None else device
+    draw = torch.rand(size, generator=generator, device=where)
+    return torch.nonzero(draw < p).flatten().to(device)
+'''
+
+_CACHED = '''
+def _cached(key, build):
+    """A constant built once per key (function, position, device, dtype), then reused."""
+    value = _CONSTANTS.get(key)
+    if value is None:
+        value = _CONSTANTS[key] = build()
+    return value
+'''
+
 _CHECK_ARGUMENTS = '''
 def _check_arguments(function, arguments):
     """Each argument is a tensor of the declared rank; all share one floating dtype and one device."""
@@ -93,11 +110,18 @@ HELPERS = {
     "_conv_pattern": _CONV_PATTERN,
     "_delta": _DELTA,
     "_select": _SELECT,
+    "_keep": _KEEP,
+    "_cached": _CACHED,
     "_check_arguments": _CHECK_ARGUMENTS,
     "_check_size": _CHECK_SIZE,
     "_bind_size": _BIND_SIZE,
 }
-_NEEDS = {"_conv_pattern": ("_CONSTANTS",), "_delta": ("_CONSTANTS",), "_select": ("_CONSTANTS",)}
+_NEEDS = {
+    "_conv_pattern": ("_CONSTANTS",),
+    "_delta": ("_CONSTANTS",),
+    "_select": ("_CONSTANTS",),
+    "_cached": ("_CONSTANTS",),
+}
 
 
 def helper_source(used: set[str]) -> list[str]:

@@ -12,9 +12,9 @@ import sympy
 
 from tncompiler.errors import Span, TncError
 from tncompiler.frontend import ast
-from tncompiler.ir.network import Argument, Diagram, Network, Program
+from tncompiler.ir.network import Argument, AutogradSpec, Diagram, Network, Program
 from tncompiler.ir.values import ConvPattern, Factor, Layout, Size, out_size, size_symbol
-from tncompiler.passes import autodiff, kfac
+from tncompiler.passes import autodiff, kfac, sampling, slicing
 
 __all__ = ["resolve", "MAX_TERMS"]
 
@@ -51,6 +51,7 @@ class _Scope:
     inputs: dict[str, Argument] = field(default_factory=dict)
     arguments: dict[str, Argument] = field(default_factory=dict)
     definitions: dict[str, Diagram] = field(default_factory=dict)
+    plain: set[str] = field(default_factory=set)
     later: dict[str, Span] = field(default_factory=dict)
     fresh: itertools.count = field(default_factory=itertools.count)  # type: ignore[type-arg]
 
@@ -93,9 +94,42 @@ def resolve(module: ast.Module, filename: str, source: str) -> Program:
     try:
         for statement in module.statements:
             _STATEMENTS[type(statement)](scope, statement)
+        autograd = _autograd_specs(scope)
     except TncError as error:
         raise error.located(filename, source) from None
-    return Program(filename, dict(scope.sizes), tuple(scope.definitions.values()))
+    return Program(filename, dict(scope.sizes), tuple(scope.definitions.values()), autograd)
+
+
+def _autograd_specs(scope: _Scope) -> tuple[AutogradSpec, ...]:
+    """Each plain definition with a sampled VJP gets an autograd.Function; arguments without a sampled VJP get an
+    exact one, compiled as a private function."""
+    sampled: dict[str, dict[str, tuple[str, str]]] = {}
+    for diagram in scope.definitions.values():
+        if diagram.meta.get("samplers") and "vjp_of" in diagram.meta:
+            y, wrt, cotangent = diagram.meta["vjp_of"]
+            if y in scope.plain:
+                sampled.setdefault(y, {}).setdefault(wrt, (diagram.name, cotangent))
+    specs = []
+    for name, by_argument in sampled.items():
+        y = scope.definitions[name]
+        cotangent = _fresh_argument(f"grad_{name}", y)
+        vjps = []
+        for argument in y.arguments:
+            if argument.name not in by_argument:
+                private = f"_{name}_vjp_{argument.name}"
+                span = y.span or Span(1, 1)
+                scope.definitions[private] = autodiff.vjp(y, argument.name, cotangent, private, span, y.source)
+                by_argument[argument.name] = (private, cotangent)
+            vjps.append((argument.name, *by_argument[argument.name]))
+        specs.append(AutogradSpec(name, tuple(vjps)))
+    return tuple(specs)
+
+
+def _fresh_argument(base: str, diagram: Diagram) -> str:
+    names = {a.name for a in diagram.arguments}
+    while base in names:
+        base += "_"
+    return base
 
 
 def _index_decl(scope: _Scope, decl: ast.IndexDecl) -> None:
@@ -157,9 +191,11 @@ def _conv_args(args: tuple[ast.PatternArg, ...]) -> dict[str, int | tuple[int, i
         if key in seen:
             raise TncError(f"argument {key!r} is given twice", arg.key.span)
         if key != "padding" and not isinstance(arg.value, int):
-            raise TncError(f"{key} must be an integer", arg.value_span)
+            raise TncError(f"{key} must be an integer", arg.value_span, f"write {key}=1, {key}=2, ...")
         if key != "padding" and isinstance(arg.value, int) and arg.value < 1:
-            raise TncError(f"{key} must be at least 1, got {arg.value}", arg.value_span)
+            raise TncError(
+                f"{key} must be at least 1, got {arg.value}", arg.value_span, f"{key}=1 means no {key} (the default)"
+            )
         _check_padding_value(arg) if key == "padding" else None
         seen[key] = arg.value
     return seen
@@ -174,7 +210,11 @@ def _check_padding_value(arg: ast.PatternArg) -> None:
             "padding is an integer, a pair (left, right), same or valid",
         )
     if any(isinstance(v, int) and v < 0 for v in values):
-        raise TncError("padding must not be negative", arg.value_span)
+        raise TncError(
+            "padding must not be negative",
+            arg.value_span,
+            "padding is a number of zeros added at each end: 0 or more; to crop, slice the input instead",
+        )
 
 
 def _padding(
@@ -201,6 +241,7 @@ def _output_size(scope: _Scope, o: ast.Name, value: ConvPattern, decl: ast.Patte
             f"{value.dilation * (value.kernel_size - 1) + 1}) is larger than the padded input "
             f"({value.in_size} + {value.pad_left + value.pad_right})",
             decl.span,
+            f"use a kernel of at most {_largest_kernel(value)}, more padding, or a larger input",
         )
     if o.text not in scope.sizes:
         scope.declare(o, "index")
@@ -212,10 +253,16 @@ def _output_size(scope: _Scope, o: ast.Name, value: ConvPattern, decl: ast.Patte
             f"size clash: pattern {decl.name.text!r} gives {o.text!r} size {inferred}, but it is "
             f"declared with size {declared}",
             o.span,
+            f"declare {o.text} = {inferred}, or leave {o.text!r} undeclared and its size is inferred",
         )
     return ConvPattern(
         value.in_size, declared, value.kernel_size, value.stride, value.pad_left, value.pad_right, value.dilation
     )
+
+
+def _largest_kernel(value: ConvPattern) -> Size:
+    """The largest kernel that still gives one output position for the pattern's input, padding and dilation."""
+    return (value.in_size + value.pad_left + value.pad_right - 1) // value.dilation + 1
 
 
 def _input_decl(scope: _Scope, decl: ast.InputDecl) -> None:
@@ -256,6 +303,7 @@ def _definition(scope: _Scope, decl: ast.Definition) -> None:
         sizes.update(term.sizes)
     diagram = Diagram(decl.name.text, layout, tuple(terms), arguments, sizes, decl.span, _text(scope, decl.span))
     scope.definitions[decl.name.text] = diagram
+    scope.plain.add(decl.name.text)
 
 
 def _leg_size(scope: _Scope, leg: str) -> Size:
@@ -263,7 +311,7 @@ def _leg_size(scope: _Scope, leg: str) -> Size:
 
 
 def _text(scope: _Scope, span: Span) -> str:
-    lines = scope.source.splitlines()[span.line - 1 : (span.end_line or span.line)]
+    lines = scope.source.split("\n")[span.line - 1 : (span.end_line or span.line)]  # lines as lark counts them
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -362,7 +410,11 @@ def _same_sizes(scope: _Scope, names: tuple[ast.Name, ...], what: str) -> None:
 
 def _expect_size(actual: Size, expected: Size, span: Span, what: str) -> None:
     if sympy.simplify(sympy.sympify(actual) - sympy.sympify(expected)) != 0:
-        raise TncError(f"size clash: {what} has size {actual}, expected {expected}", span)
+        raise TncError(
+            f"size clash: {what} has size {actual}, expected {expected}",
+            span,
+            f"an index has one size wherever it is used; use one of size {expected} here",
+        )
 
 
 def _tensor_ref(scope: _Scope, ref: ast.TensorRef, owner: str) -> list[_Expanded]:
@@ -393,7 +445,9 @@ def _ref_legs(scope: _Scope, ref: ast.TensorRef, layout: Layout, what: str) -> t
         names = _axis_names(axis)
         expected = sympy.Mul(*[sympy.sympify(scope.sizes[n]) for n in declared])
         actual = sympy.Mul(*[sympy.sympify(scope.index(n)) for n in names])
-        _expect_size(actual, expected, axis.span, f"axis {position} {layout.axis_text(position)} of {what}")
+        used = " ".join(n.text for n in names)
+        where = f"{used!r} at axis {position} of {what} (declared as {layout.axis_text(position)})"
+        _expect_size(actual, expected, axis.span, where)
         legs.extend(n.text for n in names)
     return tuple(legs)
 
@@ -466,6 +520,8 @@ _SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "jacobian": (("input",), ()),
     "kfac": (("weight",), ("batch", "approx")),
     "kfac_grad": (("weight",), ("batch", "approx", "cotangent")),
+    "slice": ((), ()),  # keywords: the legs to restrict
+    "sample": ((), ("index", "p")),
 }
 
 
@@ -498,7 +554,7 @@ def _call_args(
             f"{call.name.text}() takes ({what}) and keywords, got {len(positional)} positional arguments", call.span
         )
     for key, kwarg in keywords.items():
-        if key not in allowed:
+        if key not in allowed and call.name.text != "slice":
             raise TncError(
                 f"unknown keyword {key!r} of {call.name.text}",
                 kwarg.key.span,
@@ -523,6 +579,12 @@ def _plain_name(arg: ast.CallArg) -> ast.Name:
 def _diagram(scope: _Scope, name: ast.Name) -> Diagram:
     if name.text in scope.definitions:
         return scope.definitions[name.text]
+    if name.text in scope.later:
+        raise TncError(
+            f"{name.text!r} is defined later, at line {scope.later[name.text].line}",
+            name.span,
+            "a transform can only use earlier definitions (no cycles)",
+        )
     known = list(scope.definitions)
     hint = _suggest(name.text, known, "diagrams so far: " + (", ".join(known) or "none"))
     raise TncError(f"unknown diagram {name.text!r}", name.span, hint)
@@ -582,12 +644,44 @@ def _derive_kfac_grad(scope: _Scope, args: _CallArgs, name: str, span: Span, sou
     return kfac.kfac_grad(args.diagram, args.names[0].text, batch, approx, cotangent, name, args.names[0].span, source)
 
 
+def _derive_slice(scope: _Scope, args: _CallArgs, name: str, span: Span, source: str) -> Diagram:
+    if not args.keywords:
+        raise TncError("slice() needs at least one leg=start:stop:step", span)
+    layout = args.diagram.layout
+    slices = {}
+    for key, kwarg in args.keywords.items():
+        if key not in layout.legs:
+            raise TncError(f"{key!r} is not a leg of {args.diagram.name!r} {layout.text()}", kwarg.key.span)
+        if not isinstance(kwarg.value, ast.SliceSpec):
+            raise TncError(f"{key}= takes a slice start:stop:step", kwarg.span)
+        size = args.diagram.sizes[key]
+        if not isinstance(size, int):
+            raise TncError(f"slicing {key!r} needs its size known in the file", kwarg.span)
+        try:
+            slices[key] = slicing.normalise(size, kwarg.value.start, kwarg.value.stop, kwarg.value.step)
+        except TncError as error:
+            raise TncError(error.message, kwarg.value.span) from None
+    return slicing.slice_diagram(args.diagram, slices, name, span, source)
+
+
+def _derive_sample(scope: _Scope, args: _CallArgs, name: str, span: Span, source: str) -> Diagram:
+    index = args.word("index", None)
+    if "p" not in args.keywords:
+        raise TncError("sample() needs p=, the probability to keep each entry", span)
+    p = args.keywords["p"].value
+    if not isinstance(p, int | float) or isinstance(p, bool):
+        raise TncError("p= takes a number in (0, 1]", args.keywords["p"].span)
+    return sampling.sample_diagram(args.diagram, index, float(p), name, args.keywords["index"].span, source)
+
+
 _DERIVE: dict[str, Callable[[_Scope, _CallArgs, str, Span, str], Diagram]] = {
     "vjp": _derive_vjp,
     "jvp": _derive_jvp,
     "jacobian": _derive_jacobian,
     "kfac": _derive_kfac,
     "kfac_grad": _derive_kfac_grad,
+    "slice": _derive_slice,
+    "sample": _derive_sample,
 }
 
 

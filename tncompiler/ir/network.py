@@ -10,7 +10,7 @@ import networkx as nx
 import sympy
 
 from tncompiler.errors import Span
-from tncompiler.ir.values import ConvPattern, Factor, Layout, Select, Size, view_shape
+from tncompiler.ir.values import ConvPattern, Factor, Fused, Layout, Select, Size, view_shape
 
 __all__ = [
     "Network",
@@ -148,6 +148,9 @@ def natural_shape(factor: Factor) -> tuple[Size, ...] | None:
         return (factor.pattern.in_size, factor.pattern.out_size, factor.pattern.kernel_size)
     if isinstance(factor.pattern, Select):
         return (factor.pattern.in_size, factor.pattern.out_size)
+    if isinstance(factor.pattern, Fused):
+        sizes = dict(factor.pattern.sizes)
+        return tuple(sizes[leg] for leg in factor.pattern.legs)
     return None
 
 
@@ -158,10 +161,10 @@ def _same(a: tuple[Size, ...], b: tuple[Size, ...]) -> bool:
 def _lint_factor(position: int, factor: Factor, network: Network) -> None:
     where = f"tensor {position} ({factor.kind} {factor.name!r})"
     actual = tuple(network.size(leg) for leg in factor.legs)
-    expected = {"pattern": ConvPattern, "select": Select}.get(factor.kind)
+    expected = {"pattern": ConvPattern, "select": Select, "fused": Fused}.get(factor.kind)
     if expected is not None and not isinstance(factor.pattern, expected):
         raise LintError(f"{where}: a {factor.kind} needs its parameters")
-    if factor.kind not in ("input", "pattern", "delta", "select"):
+    if factor.kind not in ("input", "pattern", "delta", "select", "fused"):
         raise LintError(f"{where}: unknown kind")
     natural = natural_shape(factor)
     if factor.view is not None:
@@ -210,13 +213,24 @@ class Diagram:
                 raise LintError(f"diagram {self.name!r} term {position}: factors {sorted(unknown)} are no arguments")
 
 
+@dataclass(frozen=True)
+class AutogradSpec:
+    """A torch.autograd.Function for definition `definition`: exact forward, and for each of its arguments the
+    diagram that computes its VJP (a sampled one where the file has one) with that VJP's cotangent name."""
+
+    definition: str
+    vjps: tuple[tuple[str, str, str], ...]  # (argument, VJP diagram, its cotangent argument)
+
+
 @dataclass(frozen=True, eq=False)
 class Program:
-    """Everything a file defines: index sizes and the diagrams to generate, in file order."""
+    """Everything a file defines: index sizes and the diagrams to generate, in file order, and the autograd
+    functions to generate for definitions that have sampled VJPs."""
 
     filename: str
     sizes: Mapping[str, Size]
     diagrams: tuple[Diagram, ...]
+    autograd: tuple[AutogradSpec, ...] = ()
 
     def diagram(self, name: str) -> Diagram:
         for diagram in self.diagrams:

@@ -162,7 +162,19 @@ def view_shape(view: View) -> tuple[Size, ...]:
     return tuple(shape)
 
 
-FactorKind = Literal["input", "pattern", "delta", "select"]
+@dataclass(frozen=True)
+class Fused:
+    """Constants contracted into one tensor over `legs`, once per device and dtype; `sizes` covers every leg."""
+
+    parts: tuple[Factor, ...]
+    legs: tuple[str, ...]
+    sizes: tuple[tuple[str, Size], ...]
+
+    def describe(self) -> str:
+        return " * ".join(f"{f.name or f.kind}({', '.join(f.legs)})" for f in self.parts)
+
+
+FactorKind = Literal["input", "pattern", "delta", "select", "fused"]
 
 
 @dataclass(frozen=True)
@@ -177,7 +189,7 @@ class Factor:
     name: str
     legs: tuple[str, ...]
     span: Span | None = field(default=None, compare=False)
-    pattern: ConvPattern | Select | None = None
+    pattern: ConvPattern | Select | Fused | None = None
     view: View | None = None
 
     def renamed(self, mapping: dict[str, str]) -> Factor:

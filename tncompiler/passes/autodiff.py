@@ -100,7 +100,8 @@ def vjp(diagram: Diagram, wrt: str, cotangent: str, name: str, span: Span, sourc
             outer = {leg: diagram.sizes[leg] for leg in diagram.layout.legs}
             factors, sizes = cut(term, position, targets, (), extra, outer)
             terms.append(Network(factors, targets, sizes, term.coefficient, term.meta))
-    return _derived(diagram, name, argument.layout, terms, (Argument(cotangent, diagram.layout),), source)
+    derived = _derived(diagram, name, argument.layout, terms, (Argument(cotangent, diagram.layout),), source)
+    return replace(derived, meta={**derived.meta, "vjp_of": (diagram.name, wrt, cotangent)})
 
 
 def jvp(diagram: Diagram, wrt: str, tangent: str, name: str, span: Span, source: str = "") -> Diagram:

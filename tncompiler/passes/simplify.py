@@ -24,7 +24,9 @@ from tncompiler.ir.values import (
     SqueezeOp,
     View,
     ViewOp,
+    slice_length,
 )
+from tncompiler.passes.names import fresh_name
 
 __all__ = ["Rewrite", "Rule", "RULES", "simplify_network", "MAX_STEPS"]
 
@@ -185,6 +187,65 @@ def _split(
     return factor
 
 
+def pattern_slice(net: Network, position: int, outputs_may_change: bool) -> Rewrite | None:
+    """Π viewed as Π[:, a:b:s, :] -> Π with stride s·S and padding P − a·S; Π[:, :, a:b:s] -> dilation s·D and
+    padding P − a·D; Π[a:b, :, :] -> I = b − a and padding P + a. The slice becomes the pattern's own parameters."""
+    factor = net.factors[position]
+    p = factor.pattern
+    if not isinstance(p, ConvPattern) or factor.view is None or not factor.view.ops:
+        return None
+    op = factor.view.ops[0]
+    if not isinstance(op, SliceOp) or (op.axis == 0 and op.step != 1):
+        return None
+    count = slice_length(op.start, op.stop, op.step)
+    if op.axis == 0:
+        new = replace(p, in_size=count, pad_left=p.pad_left + op.start)
+    elif op.axis == 1:
+        new = replace(p, out_size=count, stride=p.stride * op.step, pad_left=p.pad_left - op.start * p.stride)
+    else:
+        new = replace(p, kernel_size=count, dilation=p.dilation * op.step, pad_left=p.pad_left - op.start * p.dilation)
+    new = _tight(new)
+    rest = factor.view.ops[1:]
+    view = View((new.in_size, new.out_size, new.kernel_size), rest) if rest else None
+    folded = replace(factor, pattern=new, view=view)
+    return Rewrite(
+        _rebuild(net, _swap(net, position, [folded])), f"pattern-slice: {_describe(factor)} -> {new.describe()}"
+    )
+
+
+def _tight(p: ConvPattern) -> ConvPattern:
+    """The right padding that the pattern's windows actually reach (it only matters for its description)."""
+    if not isinstance(p.in_size, int) or not isinstance(p.out_size, int):
+        return p
+    reach = (p.out_size - 1) * p.stride + (p.kernel_size - 1) * p.dilation - p.pad_left - (p.in_size - 1)
+    return replace(p, pad_right=max(0, reach))
+
+
+def narrow_input(net: Network, position: int, outputs_may_change: bool) -> Rewrite | None:
+    """Π whose windows touch only rows lo..hi of i, with i summed -> select(i, i') [lo:hi+1] and Π over i' (so the
+    tensors on i are read only where it matters)."""
+    factor = net.factors[position]
+    p = factor.pattern
+    if not isinstance(p, ConvPattern) or factor.view is not None or factor.legs[0] in net.outputs:
+        return None
+    size, out = _int(p.in_size), _int(p.out_size)
+    if size is None or out is None:
+        return None
+    lo = max(0, -p.pad_left)
+    hi = min(size - 1, (out - 1) * p.stride + (p.kernel_size - 1) * p.dilation - p.pad_left)
+    if (lo, hi) == (0, size - 1) or hi < lo:
+        return None
+    i = factor.legs[0]
+    inner = fresh_name(i, set(net.sizes))
+    narrowed = _tight(replace(p, in_size=hi - lo + 1, pad_left=p.pad_left + lo))
+    pattern = replace(factor, legs=(inner,) + factor.legs[1:], pattern=narrowed)
+    select = Factor("select", "", (i, inner), factor.span, Select(size, hi - lo + 1, lo, 1))
+    new = _swap(net, position, [select, pattern])
+    sizes = {**net.sizes, inner: hi - lo + 1}
+    note = f"narrow-input: {_describe(factor)} reads only {i}[{lo}:{hi + 1}]"
+    return Rewrite(Network(new, net.outputs, sizes, net.coefficient, net.meta), note)
+
+
 def select_identity(net: Network, position: int, outputs_may_change: bool) -> Rewrite | None:
     """select(i, j) with I = J, start 0, step 1 -> delta(i, j)."""
     factor = net.factors[position]
@@ -295,6 +356,12 @@ RULES: tuple[Rule, ...] = (
         "strided-reshape",
         "Π with K ≤ S, P = 0, D = 1 -> i split into (o, k) by reshape (and narrow if K < S)",
         strided_reshape,
+    ),
+    Rule("pattern-slice", "Π sliced on o, k or i -> Π with new stride/dilation/size and padding", pattern_slice),
+    Rule(
+        "narrow-input",
+        "Π touching only rows lo..hi of a summed i -> select(i, i')[lo:hi+1] · Π(i', o, k)",
+        narrow_input,
     ),
     Rule("select-identity", "select(i, j) with I = J, start 0, step 1 -> delta(i, j)", select_identity),
     Rule("select-slice", "select(i, j) · x[.., i, ..] with i summed -> x[.., start:stop:step, ..]", select_into_tensor),

@@ -1,0 +1,53 @@
+"""torch.autograd.Function classes: an exact forward pass and a backward pass through the (sampled) VJPs."""
+
+from __future__ import annotations
+
+from tncompiler.backend.names import Namespace
+from tncompiler.ir.network import AutogradSpec, Program
+
+__all__ = ["autograd_class", "class_name"]
+
+
+def class_name(spec: AutogradSpec, names: dict[str, str]) -> str:
+    return f"{names[spec.definition]}_sampled_autograd"
+
+
+def autograd_class(spec: AutogradSpec, program: Program, names: dict[str, str]) -> str:
+    """`y_sampled_autograd.apply(x, w, b, generator)`: y in the forward pass, its VJPs in the backward pass."""
+    y = program.diagram(spec.definition)
+    local = Namespace({"ctx", "generator"})
+    args = {a.name: local.create(a.name) for a in y.arguments}
+    grad = local.create(f"grad_{spec.definition}")
+    params = ", ".join(args.values())
+    sampled = [v for _, v, _ in spec.vjps if program.diagram(v).meta.get("samplers")]
+    lines = [
+        f"class {class_name(spec, names)}(torch.autograd.Function):",
+        f'    """{names[spec.definition]} exactly in the forward pass; in the backward pass, the sampled VJPs',
+        f"    {', '.join(names[v] for v in sampled)} and exact VJPs for the other arguments.",
+        "",
+        f"    Use as {class_name(spec, names)}.apply({params}, generator) (generator: a torch.Generator or None).",
+        '    """',
+        "",
+        "    @staticmethod",
+        f"    def forward(ctx, {params}, generator=None):",
+        f"        ctx.save_for_backward({params})",
+        "        ctx.generator = generator",
+        f"        return {names[spec.definition]}({params})",
+        "",
+        "    @staticmethod",
+        f"    def backward(ctx, {grad}):",
+        f"        {params if len(args) > 1 else f'({params},)'} = ctx.saved_tensors",
+    ]
+    results = []
+    for position, (argument, vjp, cotangent) in enumerate(spec.vjps):
+        diagram = program.diagram(vjp)
+        call_args = [grad if a.name == cotangent else args[a.name] for a in diagram.arguments]
+        if diagram.meta.get("samplers"):
+            call_args.append("generator=ctx.generator")
+        result = local.create(f"grad_{argument}")
+        lines.append(
+            f"        {result} = {names[vjp]}({', '.join(call_args)}) if ctx.needs_input_grad[{position}] else None"
+        )
+        results.append(result)
+    lines.append(f"        return {', '.join(results)}, None")
+    return "\n".join(lines)

@@ -1,0 +1,116 @@
+"""Fusion: a group of constant tensors (patterns, selections, copy tensors) joined by indices that only they
+carry is contracted once, when the constants are built, where the cost model says that lowers the work per call
+(KFAC-reduce: Σ_o Π[i, o, k] becomes one small matrix per spatial dimension)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import sympy
+
+from tncompiler.ir.network import Diagram, Network
+from tncompiler.ir.values import Factor, Fused, GatherOp, Size
+from tncompiler.order import REGIMES, plan_network
+
+__all__ = ["fuse", "fuse_network", "MAX_FUSED_ENTRIES"]
+
+# A fused constant larger than this is never built, whatever it saves.
+MAX_FUSED_ENTRIES = 2**24
+
+
+@dataclass(frozen=True)
+class _Group:
+    members: tuple[int, ...]
+    legs: tuple[str, ...]  # legs the group shares with the rest of the network, in first-appearance order
+
+
+def _constant(factor: Factor) -> bool:
+    if factor.kind not in ("pattern", "select", "delta"):
+        return False
+    return factor.view is None or not any(isinstance(op, GatherOp) for op in factor.view.ops)
+
+
+def _groups(net: Network) -> list[_Group]:
+    """Constants joined through summed indices that no other tensor carries."""
+    parent = {k: k for k, f in enumerate(net.factors) if _constant(f)}
+
+    def root(k: int) -> int:
+        while parent[k] != k:
+            k = parent[k]
+        return k
+
+    for leg in net.summed():
+        carriers = net.tensors_on(leg)
+        if all(k in parent for k in carriers):
+            for k in carriers[1:]:
+                parent[root(k)] = root(carriers[0])
+    members: dict[int, list[int]] = {}
+    for k in parent:
+        members.setdefault(root(k), []).append(k)
+    groups = []
+    for group in members.values():
+        inside = set(group)
+        legs = [leg for k in group for leg in net.factors[k].legs]
+        shared = [
+            leg
+            for leg in dict.fromkeys(legs)
+            if leg in net.outputs or any(j not in inside for j in net.tensors_on(leg))
+        ]
+        if len(shared) < len(set(legs)):  # something is summed inside the group
+            groups.append(_Group(tuple(group), tuple(shared)))
+    return groups
+
+
+def _cost(net: Network) -> sympy.Expr:
+    plan = plan_network(net)[0]
+    middle = {
+        s: REGIMES[len(REGIMES) // 2]
+        for size in net.sizes.values()
+        if isinstance(size, sympy.Expr)
+        for s in size.free_symbols
+    }
+    return sympy.sympify(plan.flops).subs(middle)
+
+
+def _entries(net: Network, legs: tuple[str, ...]) -> int | None:
+    total = 1
+    for leg in legs:
+        size: Size = net.size(leg)
+        if not isinstance(size, int):
+            return None
+        total *= size
+    return total
+
+
+def fuse_network(net: Network) -> tuple[Network, list[str]]:
+    notes = []
+    for group in _groups(net):
+        entries = _entries(net, group.legs)
+        if entries is None or entries > MAX_FUSED_ENTRIES:
+            continue
+        parts = tuple(net.factors[k] for k in group.members)
+        sizes = tuple((leg, net.size(leg)) for f in parts for leg in dict.fromkeys(f.legs))
+        fused = Factor("fused", "", group.legs, parts[0].span, Fused(parts, group.legs, tuple(dict(sizes).items())))
+        factors = [f for k, f in enumerate(net.factors) if k not in group.members] + [fused]
+        kept = {leg for f in factors for leg in f.legs} | set(net.outputs)
+        candidate = Network(
+            factors, net.outputs, {k: v for k, v in net.sizes.items() if k in kept}, net.coefficient, net.meta
+        )
+        if _cost(candidate) < _cost(net):
+            described = " * ".join(f"{f.name or f.kind}({', '.join(f.legs)})" for f in parts)
+            notes.append(f"fuse: {described} -> one constant over ({', '.join(group.legs)}), built once")
+            rest, more = fuse_network(candidate)
+            return rest, notes + more
+    return net, notes
+
+
+def fuse(diagram: Diagram, lint: bool) -> tuple[Diagram, tuple[str, ...]]:
+    """Fusion on every term."""
+    terms, notes = [], []
+    for term in diagram.terms:
+        new, changed = fuse_network(term)
+        if lint:
+            new.lint()
+        terms.append(new)
+        notes += changed
+    return replace(diagram, terms=tuple(terms)), tuple(notes)

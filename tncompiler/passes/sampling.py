@@ -1,0 +1,75 @@
+"""Tensor dropout: `sample(z, index=c, p=0.5)` keeps each entry of the summed index c with probability p, gathers
+the kept entries from every tensor on c (so all work on c shrinks by p) and rescales by 1/p: an unbiased estimate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import sympy
+
+from tncompiler.errors import Span, TncError
+from tncompiler.ir.network import Diagram, Network
+from tncompiler.ir.values import Factor, GatherOp, Size, View, size_symbol
+from tncompiler.passes.names import fresh_name
+
+__all__ = ["Sampler", "kept_symbol", "sample_diagram"]
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """Index `index` of `size` entries is sampled with keep-probability `p` at each call."""
+
+    index: str
+    size: Size
+    p: float
+
+
+def kept_symbol(index: str) -> sympy.Symbol:
+    """The call-time number of kept entries of a sampled index."""
+    return size_symbol(f"{index}_kept")
+
+
+def sample_diagram(diagram: Diagram, index: str, p: float, name: str, span: Span, source: str = "") -> Diagram:
+    if not 0 < p <= 1:
+        raise TncError(f"p must be in (0, 1], got {p}", span)
+    if index in diagram.layout.legs:
+        raise TncError(
+            f"{index!r} is an open leg of {diagram.name!r}; sampling is for summed indices",
+            span,
+            "use slice(...) to restrict an open leg",
+        )
+    samplers = tuple(diagram.meta.get("samplers", ()))
+    if any(s.index == index for s in samplers):
+        raise TncError(f"{index!r} is sampled already", span)
+    if not any(index in term.summed() for term in diagram.terms):
+        summed = sorted({leg for term in diagram.terms for leg in term.summed() if "'" not in leg})
+        raise TncError(
+            f"{diagram.name!r} does not sum over {index!r}", span, "summed indices: " + (", ".join(summed) or "none")
+        )
+    size = next(term.size(index) for term in diagram.terms if index in term.summed())
+    kept = fresh_name(index, set(diagram.sizes))  # the argument layouts keep the full index
+    terms = tuple(_sampled(term, index, kept, p) for term in diagram.terms)
+    sizes = dict(diagram.sizes)
+    for term in terms:
+        sizes.update(term.sizes)
+    meta = {**diagram.meta, "samplers": samplers + (Sampler(index, size, p),), "new_arguments": ()}
+    return replace(diagram, name=name, terms=terms, sizes=sizes, span=span, source=source, meta=meta)
+
+
+def _sampled(term: Network, index: str, kept: str, p: float) -> Network:
+    if index not in term.summed():
+        return term
+    factors = [
+        _gather(factor, index, term).renamed({index: kept}) if index in factor.legs else factor
+        for factor in term.factors
+    ]
+    sizes = {name: size for name, size in term.sizes.items() if name != index}
+    sizes[kept] = kept_symbol(index)
+    return Network(factors, term.outputs, sizes, term.coefficient / sympy.nsimplify(p), term.meta)
+
+
+def _gather(factor: Factor, index: str, term: Network) -> Factor:
+    view = factor.view or View(tuple(term.size(leg) for leg in factor.legs))
+    ops = tuple(GatherOp(axis, index) for axis, leg in enumerate(factor.legs) if leg == index)
+    return replace(factor, view=View(view.base, view.ops + ops))
