@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 
 from tncompiler.ir.network import Diagram, Network
-from tncompiler.ir.values import Factor
+from tncompiler.ir.values import Factor, GatherOp, SliceOp, ViewOp, WindowOp
 
 __all__ = ["diagram_dot", "escape"]
 
 _PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f")
-_SHAPES = {"input": "box", "pattern": "invtriangle", "delta": "point"}
+# Arguments are boxes, index patterns triangles, selections (slices as tensors) trapezia, fused constants hexagons.
+_SHAPES = {"input": "box", "pattern": "invtriangle", "select": "invtrapezium", "fused": "hexagon", "delta": "point"}
 
 
 def escape(text: str) -> str:
@@ -40,6 +41,9 @@ def diagram_dot(diagram: Diagram, stage: str = "built") -> str:
 
 def _term_cluster(prefix: str, position: int, term: Network, new: tuple[str, ...]) -> list[str]:
     title = f"term {position + 1}" + ("" if term.coefficient == 1 else f": coefficient {term.coefficient}")
+    native = term.meta.get("native")
+    if native is not None:
+        title += f" ({native.describe()})"
     lines = [f"  subgraph cluster_{prefix} {{", f'    label="{escape(title)}"; style=rounded; color=gray;']
     for k, factor in enumerate(term.factors):
         lines.append(f"    {prefix}_f{k} {_node_style(factor, factor.name in new)};")
@@ -53,12 +57,26 @@ def _term_cluster(prefix: str, position: int, term: Network, new: tuple[str, ...
 def _node_style(factor: Factor, new: bool) -> str:
     if factor.kind == "delta":
         return '[label="", shape=point, width=0.12]'
-    label = escape(factor.name)
-    if factor.kind == "pattern" and factor.pattern is not None:
-        label += "\\n" + escape(factor.pattern.describe())
+    lines = [factor.name or factor.kind]
+    if factor.pattern is not None:
+        lines.append(factor.pattern.describe())
+    if factor.view is not None:
+        lines += [_op_text(op) for op in factor.view.ops]
+    label = "\\n".join(escape(line) for line in lines)
     if new:  # the argument a derivation added (cotangent, tangent): bold and dashed
         return f'[label="{label}", shape=box, style="filled,dashed,bold", fillcolor="#ffffff", penwidth=2]'
     return f'[label="{label}", shape={_SHAPES[factor.kind]}, style=filled, fillcolor="{_colour(factor.name)}40"]'
+
+
+def _op_text(op: ViewOp) -> str:
+    """A view op in a word or two, for the node label."""
+    if isinstance(op, SliceOp):
+        return f"axis {op.axis}: [{op.start}:{op.stop}:{op.step}]"
+    if isinstance(op, WindowOp):
+        return f"axis {op.axis}: windows of {op.pattern.describe()}"
+    if isinstance(op, GatherOp):
+        return f"axis {op.axis}: sampled {op.index}"
+    return f"axis {op.axis}: {type(op).__name__.removesuffix('Op').lower()}"
 
 
 def _index_edges(prefix: str, term: Network, index: str) -> list[str]:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import builtins
 import keyword
+import math
 import re
 from collections.abc import Mapping
 
 import sympy
 from sympy.printing.str import StrPrinter
+
+from tncompiler.errors import TncError
 
 __all__ = ["Namespace", "safe_identifier", "size_code", "docstring", "docstring_text", "comment_text"]
 
@@ -64,7 +67,10 @@ class _SizePrinter(StrPrinter):  # type: ignore[misc]
         return f"({expr.p} / {expr.q})"
 
     def _print_Float(self, expr: sympy.Float) -> str:
-        return repr(float(expr))
+        value = float(expr)
+        if not math.isfinite(value):
+            raise TncError(f"the scalar {expr} does not fit in a float", hint="floats go up to about 1e308")
+        return repr(value)
 
 
 def size_code(expr: sympy.Expr | int | float, names: Mapping[sympy.Symbol, str]) -> str:

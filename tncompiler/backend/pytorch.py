@@ -11,6 +11,8 @@ import sympy
 
 from tncompiler.backend.autograd import autograd_class, class_name
 from tncompiler.backend.names import Namespace, comment_text, docstring, docstring_text, safe_identifier, size_code
+from tncompiler.backend.native import native_lines
+from tncompiler.backend.native import right_pad as _right_pad
 from tncompiler.backend.runtime import helper_source
 from tncompiler.errors import TncError
 from tncompiler.ir.network import Argument, Diagram, Network, Program
@@ -25,9 +27,11 @@ from tncompiler.ir.values import (
     SplitOp,
     SqueezeOp,
     ViewOp,
+    WindowOp,
     slice_length,
 )
 from tncompiler.order import Plan, plan_network
+from tncompiler.passes.lower import NativeConv
 from tncompiler.passes.pipeline import run_pipeline
 from tncompiler.passes.sampling import Sampler, kept_symbol
 
@@ -295,7 +299,7 @@ class _FunctionWriter:
         einsum = _einsum(parts, [part.legs for part in fused.parts], fused.legs, letters)
         if einsum not in self.fused:
             var = self.namespace.create("fused")
-            self.emit(f"{var} = _cached(({einsum!r}, device, dtype), lambda: {einsum})")
+            self.emit(f"{var} = _cached(({f'{self.name}.{var}'!r}, device, dtype), lambda: {einsum})")
             self.emit(f"# {var}: {fused.describe()}, contracted once")
             self.fused[einsum] = var
         return self.fused[einsum]
@@ -331,17 +335,41 @@ class _FunctionWriter:
         if isinstance(op, MergeOp):
             shape[op.axis : op.axis + 2] = [f"{shape[op.axis]} * {shape[op.axis + 1]}"]
             return f"{expr}.reshape({', '.join(shape)})", shape
+        if isinstance(op, WindowOp):
+            return self._window(expr, shape, op)
         shape[op.axis] = self.size(kept_symbol(op.index))
         return f"{expr}.index_select({op.axis}, {self.samplers[op.index]})", shape
+
+    def _window(self, expr: str, shape: list[str], op: WindowOp) -> tuple[str, list[str]]:
+        """x[.., i, ..] -> x[.., o, k, ..] = x_padded[.., o·S + k·D, ..]: zero padding, then strided windows."""
+        p = op.pattern
+        right = _right_pad(p, self.size)
+        if p.pad_left != 0 or right != "0":
+            trailing = "0, 0, " * (len(shape) - op.axis - 1)
+            expr = f"torch.nn.functional.pad({expr}, ({trailing}{p.pad_left}, {right}))"
+        expr = f"{expr}.unfold({op.axis}, {p.dilation * (p.kernel_size - 1) + 1}, {p.stride})"
+        if p.dilation != 1:
+            expr += f"[..., ::{p.dilation}]"
+        expr += f".movedim(-1, {op.axis + 1})"
+        shape[op.axis : op.axis + 1] = [self.size(p.out_size), str(p.kernel_size)]
+        return expr, shape
 
     # -- one term ----------------------------------------------------------------------------------------
     def _term(self, position: int, term: Network) -> str:
         total = len(self.diagram.terms)
         label = f"term {position + 1} of {total}: " if total > 1 else ""
         self.emit(f"# {label}{comment_text(_term_text(term))}")
-        operands = [self._operand(f, term) for f in term.factors]
         target = tuple(leg for leg in self.diagram.layout.legs if leg in term.outputs)
         var = self.namespace.create("result" if total == 1 else f"term{position + 1}")
+        native = term.meta.get("native")
+        if isinstance(native, NativeConv):
+            a, b = (self._operand(term.factors[k], term) for k in (native.data, native.other))
+            self.emit(f"# {native.describe()}")
+            for line in native_lines(term, native, a, b, target, var, self.size):
+                self.emit(line)
+            self._scale(term, var)
+            return var
+        operands = [self._operand(f, term) for f in term.factors]
         expected = {
             kept_symbol(s.index): max(1, round(s.p * int(s.size)))
             for s in self.samplers_meta

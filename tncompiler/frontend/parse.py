@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.resources
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -246,7 +247,21 @@ class _ToAst(Transformer_NonRecursive):  # type: ignore[type-arg]
 
 def _number(token: Token) -> int | float:
     text = str(token)
-    return int(text) if text.isdigit() else float(text)
+    if text.isdigit():
+        if len(text.lstrip("0")) > len(str(_LARGEST_INTEGER)) or int(text) > _LARGEST_INTEGER:
+            raise TncError(f"integer {_short(text)} is too large", _token_span(token), "integers fit in 64 bits")
+        return int(text)
+    value = float(text)
+    if math.isinf(value):
+        raise TncError(f"number {_short(text)} is too large", _token_span(token), "floats go up to about 1e308")
+    return value
+
+
+_LARGEST_INTEGER = 2**63 - 1
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 30 else f"{text[:12]}...{text[-6:]} ({len(text)} digits)"
 
 
 def _integer(value: int | float, span: Span) -> int:
@@ -257,8 +272,9 @@ def _integer(value: int | float, span: Span) -> int:
 
 def parse(source: str, filename: str = "<string>") -> ast.Module:
     """Parse a whole file; syntax errors become `TncError`s that point at the offending token."""
+    text = " " + source[1:] if source.startswith("\ufeff") else source  # a byte-order mark counts as a blank
     try:
-        tree = _parser().parse(" " + source[1:] if source.startswith("\ufeff") else source)
+        tree = _parser().parse(text)
         module: ast.Module = _ToAst().transform(tree)
         return module
     except TncError as error:
@@ -268,7 +284,7 @@ def parse(source: str, filename: str = "<string>") -> ast.Module:
             raise error.orig_exc.located(filename, source) from None
         raise
     except UnexpectedInput as error:
-        raise _syntax_error(error, source).located(filename, source) from None
+        raise _syntax_error(error, text).located(filename, source) from None
 
 
 def require_definitions(module: ast.Module) -> None:

@@ -134,7 +134,16 @@ class GatherOp:
     index: str
 
 
-ViewOp = SliceOp | SplitOp | SqueezeOp | MergeOp | GatherOp
+@dataclass(frozen=True)
+class WindowOp:
+    """Apply an index pattern structurally: an axis i becomes axes (o, k) with x[o·S + k·D − P_left], zero outside
+    (zero padding, then strided windows: a view, like im2col before the copy)."""
+
+    axis: int
+    pattern: ConvPattern
+
+
+ViewOp = SliceOp | SplitOp | SqueezeOp | MergeOp | GatherOp | WindowOp
 
 
 @dataclass(frozen=True)
@@ -157,6 +166,8 @@ def view_shape(view: View) -> tuple[Size, ...]:
             del shape[op.axis]
         elif isinstance(op, MergeOp):
             shape[op.axis : op.axis + 2] = [shape[op.axis] * shape[op.axis + 1]]
+        elif isinstance(op, WindowOp):
+            shape[op.axis : op.axis + 1] = [op.pattern.out_size, op.pattern.kernel_size]
         else:
             shape[op.axis] = size_symbol(f"{op.index}_kept")
     return tuple(shape)

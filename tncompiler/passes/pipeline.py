@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from tncompiler.ir.network import Diagram, Network
 from tncompiler.ir.values import Layout
 from tncompiler.passes.fuse import fuse
+from tncompiler.passes.lower import lower
 from tncompiler.passes.simplify import simplify_network
 
 __all__ = ["Pass", "PIPELINE", "Stage", "run_pipeline", "stage_names"]
@@ -55,6 +56,7 @@ def _split_layout(layout: Layout, splits: dict[str, tuple[str, ...]]) -> Layout:
 PIPELINE: tuple[Pass, ...] = (
     Pass("simplify", "index patterns become selections, reshapes and slices; copy tensors and unit legs go", simplify),
     Pass("fuse", "groups of constants are contracted once, where that lowers the work per call", fuse),
+    Pass("lower", "convolutions go to PyTorch's kernels; other patterns become strided window views", lower),
 )
 
 

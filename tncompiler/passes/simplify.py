@@ -98,8 +98,8 @@ def squeeze_unit(net: Network, position: int, outputs_may_change: bool) -> Rewri
     """x[..., a, ...] with |a| = 1 -> x[..., ...] (a copy tensor over size-1 legs is 1 and goes)."""
     factor = net.factors[position]
     unit = [k for k, leg in enumerate(factor.legs) if net.size(leg) == 1]
-    if not unit:
-        return None
+    if not unit or (isinstance(factor.pattern, ConvPattern) and factor.view is None):
+        return None  # a pattern's unit legs go with the pattern rules (kernel-one, output-one), which see it whole
     if factor.kind == "delta":
         return Rewrite(_rebuild(net, _swap(net, position, [])), f"squeeze: {_describe(factor)} is 1")
     new = factor

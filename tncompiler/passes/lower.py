@@ -1,0 +1,160 @@
+"""Lowering: choose how each term meets the hardware. A term that is a convolution, a transpose convolution or a
+convolution's weight gradient (any dimension up to 3, any groups) is marked for PyTorch's native kernel; in every
+other term, an index pattern on a tensor becomes a strided window view of that tensor (padding plus `unfold`),
+instead of a product with a dense one-hot tensor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from tncompiler.ir.network import Diagram, Network
+from tncompiler.ir.values import ConvPattern, View, WindowOp
+
+__all__ = ["NativeConv", "lower", "lower_network", "match_native"]
+
+Role = Literal["forward", "transpose", "weight"]
+_ROLE_OF_OPEN_LEG = {0: "transpose", 1: "forward", 2: "weight"}  # which pattern leg (i, o, k) is open
+
+
+@dataclass(frozen=True)
+class NativeConv:
+    """A term that one call of F.conv*d / F.conv_transpose*d / torch.nn.grad.conv*d_weight computes.
+
+    `data` and `other` are factor positions: the input (or, for transpose, the input on the o legs) and the weight
+    (or, for the weight gradient, the output gradient). Leg groups are in order; `patterns` in spatial order."""
+
+    role: Role
+    data: int
+    other: int
+    patterns: tuple[int, ...]
+    batch: tuple[str, ...]
+    groups: tuple[str, ...]
+    data_channels: tuple[str, ...]
+    other_channels: tuple[str, ...]
+
+    def describe(self) -> str:
+        call = {"forward": "conv", "transpose": "conv_transpose", "weight": "conv_weight"}[self.role]
+        return f"native {call}{len(self.patterns)}d"
+
+
+def match_native(net: Network) -> NativeConv | None:
+    """The native convolution this term is, if it is one."""
+    patterns = tuple(k for k, f in enumerate(net.factors) if isinstance(f.pattern, ConvPattern) and f.view is None)
+    others = [k for k in range(len(net.factors)) if k not in patterns]
+    if not 1 <= len(patterns) <= 3 or len(others) != 2:
+        return None
+    if any(net.factors[k].kind != "input" for k in others) or any(len(set(f.legs)) != len(f.legs) for f in net.factors):
+        return None
+    roles = set()
+    for k in patterns:
+        legs = net.factors[k].legs
+        open_legs = [j for j, leg in enumerate(legs) if leg in net.outputs]
+        if len(open_legs) != 1 or net.tensors_on(legs[open_legs[0]]) != (k,):
+            return None
+        roles.add(_ROLE_OF_OPEN_LEG[open_legs[0]])
+    if len(roles) != 1:
+        return None
+    role: Role = roles.pop()  # type: ignore[assignment]
+    for data, other in (others, others[::-1]):
+        match = _assign(net, role, data, other, patterns)
+        if match is not None:
+            return match
+    return None
+
+
+# For each role: which pattern legs (by position i=0, o=1, k=2) the data tensor and the other tensor carry.
+_LEGS: dict[Role, tuple[int, int]] = {"forward": (0, 2), "transpose": (1, 2), "weight": (0, 1)}
+
+
+def _assign(net: Network, role: Role, data: int, other: int, patterns: tuple[int, ...]) -> NativeConv | None:
+    on_data, on_other = _LEGS[role]
+    a, b = net.factors[data], net.factors[other]
+    for k in patterns:
+        legs = net.factors[k].legs
+        if net.tensors_on(legs[on_data]) != tuple(sorted((data, k))):
+            return None
+        if net.tensors_on(legs[on_other]) != tuple(sorted((other, k))):
+            return None
+    spatial_a = {net.factors[k].legs[on_data] for k in patterns}
+    spatial_b = {net.factors[k].legs[on_other] for k in patterns}
+    out = set(net.outputs)
+    rest_a = [leg for leg in a.legs if leg not in spatial_a]
+    rest_b = [leg for leg in b.legs if leg not in spatial_b]
+    shared = [leg for leg in rest_a if leg in rest_b]
+    groups = tuple(leg for leg in shared if leg in out)
+    if role == "weight":
+        batch = tuple(leg for leg in shared if leg not in out)
+        data_channels = tuple(leg for leg in rest_a if leg not in rest_b)
+        other_channels = tuple(leg for leg in rest_b if leg not in rest_a)
+        if any(leg not in out for leg in data_channels + other_channels):
+            return None
+    else:
+        batch = tuple(leg for leg in rest_a if leg not in rest_b)
+        data_channels = tuple(leg for leg in shared if leg not in out)
+        other_channels = tuple(leg for leg in rest_b if leg not in rest_a)
+        if any(leg not in out for leg in batch + other_channels):
+            return None
+    return NativeConv(role, data, other, patterns, batch, groups, data_channels, other_channels)
+
+
+def _window(net: Network, position: int) -> Network | None:
+    """Π(i, o, k) with i summed and carried by exactly one other tensor (once) -> that tensor's i axis becomes a
+    window view with axes (o, k); the pattern goes."""
+    factor = net.factors[position]
+    p = factor.pattern
+    if not isinstance(p, ConvPattern) or factor.view is not None:
+        return None
+    i = factor.legs[0]
+    carriers = [k for k in net.tensors_on(i) if k != position]
+    if i in net.outputs or len(carriers) != 1 or net.factors[carriers[0]].legs.count(i) != 1:
+        return None
+    target = net.factors[carriers[0]]
+    if target.kind == "delta":
+        return None
+    axis = target.legs.index(i)
+    view = target.view or View(tuple(net.size(leg) for leg in target.legs))
+    legs = target.legs[:axis] + factor.legs[1:] + target.legs[axis + 1 :]
+    windowed = replace(target, legs=legs, view=View(view.base, view.ops + (WindowOp(axis, p),)))
+    factors = [windowed if k == carriers[0] else f for k, f in enumerate(net.factors) if k != position]
+    sizes = {name: size for name, size in net.sizes.items() if name != i}
+    return Network(factors, net.outputs, sizes, net.coefficient, net.meta)
+
+
+def lower_network(net: Network) -> tuple[Network, list[str]]:
+    native = match_native(net)
+    if native is not None:
+        return replace_meta(net, native), [f"lower: {_text(net)} -> {native.describe()}"]
+    notes = []
+    changed = True
+    while changed:
+        changed = False
+        for position, factor in enumerate(net.factors):
+            windowed = _window(net, position)
+            if windowed is not None:
+                notes.append(
+                    f"lower: {factor.name}({', '.join(factor.legs)}) -> a strided window view of the tensor "
+                    f"on {factor.legs[0]}"
+                )
+                net, changed = windowed, True
+                break
+    return net, notes
+
+
+def replace_meta(net: Network, native: NativeConv) -> Network:
+    return Network(net.factors, net.outputs, net.sizes, net.coefficient, {**net.meta, "native": native})
+
+
+def _text(net: Network) -> str:
+    return " * ".join(f"{f.name or f.kind}" for f in net.factors)
+
+
+def lower(diagram: Diagram, lint: bool) -> tuple[Diagram, tuple[str, ...]]:
+    terms, notes = [], []
+    for term in diagram.terms:
+        new, changed = lower_network(term)
+        if lint:
+            new.lint()
+        terms.append(new)
+        notes += changed
+    return replace(diagram, terms=tuple(terms)), tuple(notes)
