@@ -82,11 +82,12 @@ def _too_deep(filename: str, source: str) -> TncError:
     ).located(filename, source)
 
 
-def compile_source(source: str, filename: str = "<string>", rewrite: bool = True) -> str:
-    """The generated Python module for `.tnd` text, as source; `rewrite=False` skips the rewrite passes."""
+def compile_source(source: str, filename: str = "<string>", rewrite: bool = True, max_memory: int | None = None) -> str:
+    """The generated Python module for `.tnd` text, as source; `rewrite=False` skips the rewrite passes;
+    `max_memory` (bytes, default half the machine's memory) refuses diagrams that would need more."""
     program = build_program(source, filename)
     try:
-        return generate(program, rewrite)
+        return generate(program, rewrite, max_memory)
     except TncError as error:
         raise error.located(filename, source) from None
     except RecursionError:

@@ -17,6 +17,8 @@ from tncompiler.api import build_program, compile_source, read_source
 from tncompiler.backend.pytorch import public_names
 from tncompiler.dot import diagram_dot
 from tncompiler.errors import TncError
+from tncompiler.explain import explain
+from tncompiler.guard import parse_size
 from tncompiler.ir.network import Diagram, Program
 from tncompiler.stages import diagram_stages
 
@@ -36,24 +38,38 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def _dot_files(program: Program) -> dict[str, str]:
+def _dot_files(program: Program, rewrite: bool = True) -> dict[str, str]:
     """File name -> DOT text, one per diagram and rewrite stage."""
     files = {}
     for diagram in program.diagrams:
-        for stage, staged in diagram_stages(diagram):
+        for stage, staged in diagram_stages(diagram, rewrite):
             files[f"{diagram.name}.{stage}.dot"] = diagram_dot(staged, stage)
     return files
 
 
 def _compile(args: argparse.Namespace) -> int:
     source = read_source(args.file)
-    code = compile_source(source, str(args.file))
-    dots = _dot_files(build_program(source, str(args.file))) if args.dot else {}
+    code = compile_source(source, str(args.file), not args.no_rewrite, args.max_memory)
+    dots = _dot_files(build_program(source, str(args.file)), not args.no_rewrite) if args.dot else {}
     output = args.output or Path(args.file).with_suffix(".py")
     write_atomic(output, code)
     for name, text in dots.items():
         write_atomic(args.dot / name, text)
     print(f"wrote {output}" + (f" and {len(dots)} DOT files in {args.dot}" if dots else ""), file=sys.stderr)
+    return 0
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _explain(args: argparse.Namespace) -> int:
+    source = read_source(args.file)
+    program = build_program(source, str(args.file))
+    sys.stdout.write(explain(program, not args.no_rewrite))
     return 0
 
 
@@ -122,7 +138,19 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("file", type=Path, metavar="FILE.tnd")
     compile_.add_argument("-o", "--output", type=Path, help="output module (default: FILE.py beside FILE.tnd)")
     compile_.add_argument("--dot", type=Path, metavar="DIR", help="also write one DOT file per diagram and stage")
+    compile_.add_argument("--no-rewrite", action="store_true", help="compile the networks as written (no passes)")
+    compile_.add_argument(
+        "--max-memory",
+        type=_size,
+        metavar="SIZE",
+        default=None,
+        help="refuse diagrams that need more (e.g. 4GiB; default: half of this machine's memory)",
+    )
     compile_.set_defaults(run=_compile)
+    explain = commands.add_parser("explain", help="rewrites, contraction order, FLOPs, largest intermediate, lowering")
+    explain.add_argument("file", type=Path, metavar="FILE.tnd")
+    explain.add_argument("--no-rewrite", action="store_true", help="explain the networks as written")
+    explain.set_defaults(run=_explain)
     check = commands.add_parser("check", help="parse and validate; print each diagram's signature and sizes")
     check.add_argument("file", type=Path, metavar="FILE.tnd")
     check.set_defaults(run=_check)

@@ -15,6 +15,7 @@ from tncompiler.backend.native import native_lines
 from tncompiler.backend.native import right_pad as _right_pad
 from tncompiler.backend.runtime import helper_source
 from tncompiler.errors import TncError
+from tncompiler.guard import check_memory, default_limit
 from tncompiler.ir.network import Argument, Diagram, Network, Program
 from tncompiler.ir.values import (
     ConvPattern,
@@ -35,7 +36,7 @@ from tncompiler.passes.lower import NativeConv
 from tncompiler.passes.pipeline import run_pipeline
 from tncompiler.passes.sampling import Sampler, kept_symbol
 
-__all__ = ["generate", "public_names"]
+__all__ = ["generate", "public_names", "tensordot_dims"]
 
 _LETTERS = string.ascii_lowercase + string.ascii_uppercase
 
@@ -46,8 +47,10 @@ def public_names(program: Program) -> dict[str, str]:
     return {diagram.name: namespace.create(diagram.name) for diagram in program.diagrams}
 
 
-def generate(program: Program, rewrite: bool = True) -> str:
-    """The source of a module with one function per diagram of `program`, each rewritten by the pipeline."""
+def generate(program: Program, rewrite: bool = True, max_memory: int | None = None) -> str:
+    """The source of a module with one function per diagram of `program`, each rewritten by the pipeline;
+    a diagram that would need more than `max_memory` bytes (default: half the machine's memory) is refused."""
+    limit = default_limit() if max_memory is None else max_memory
     names = public_names(program)
     helpers: set[str] = set()
     blocks: list[str] = []
@@ -55,6 +58,7 @@ def generate(program: Program, rewrite: bool = True) -> str:
         stages = run_pipeline(built, rewrite)
         meta = {**built.meta, "rewrites": [c for s in stages for c in s.changes], "layout": built.layout}
         diagram = replace(stages[-1].diagram, meta=meta)
+        check_memory(diagram, limit)
         writer = _FunctionWriter(program, diagram, names[diagram.name], set(names.values()), helpers)
         blocks.extend(writer.write())
     blocks += [autograd_class(spec, program, names) for spec in program.autograd]
@@ -486,15 +490,23 @@ class _FunctionWriter:
         self.emit(f"return {result}")
 
 
+def tensordot_dims(legs: list[tuple[str, ...]], result: tuple[str, ...]) -> tuple[list[int], list[int]] | None:
+    """The dims of a tensordot that computes this step in this result order, or None where it takes an einsum."""
+    if len(legs) != 2 or any(len(set(x)) != len(x) for x in legs):
+        return None
+    a, b = legs
+    shared = [leg for leg in a if leg in b]
+    natural = tuple(leg for leg in a if leg not in shared) + tuple(leg for leg in b if leg not in shared)
+    if natural != result:
+        return None
+    return [a.index(leg) for leg in shared], [b.index(leg) for leg in shared]
+
+
 def _pairwise(names: list[str], legs: list[tuple[str, ...]], result: tuple[str, ...], letters: dict[str, str]) -> str:
     """tensordot where the step is a plain contraction in the natural order, einsum otherwise."""
-    if len(names) == 2 and all(len(set(x)) == len(x) for x in legs):
-        a, b = legs
-        shared = [leg for leg in a if leg in b]
-        natural = tuple(leg for leg in a if leg not in shared) + tuple(leg for leg in b if leg not in shared)
-        if natural == result:
-            dims = ([a.index(leg) for leg in shared], [b.index(leg) for leg in shared])
-            return f"torch.tensordot({names[0]}, {names[1]}, dims=({dims[0]}, {dims[1]}))"
+    dims = tensordot_dims(legs, result)
+    if dims is not None:
+        return f"torch.tensordot({names[0]}, {names[1]}, dims=({dims[0]}, {dims[1]}))"
     return _einsum(names, legs, result, letters)
 
 

@@ -5,13 +5,17 @@ instead of a product with a dense one-hot tensor."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
+import sympy
+
 from tncompiler.ir.network import Diagram, Network
 from tncompiler.ir.values import ConvPattern, View, WindowOp
+from tncompiler.order import plan_network
 
-__all__ = ["NativeConv", "lower", "lower_network", "match_native"]
+__all__ = ["NativeConv", "lower", "lower_network", "match_native", "native_flops", "lowered_cost"]
 
 Role = Literal["forward", "transpose", "weight"]
 _ROLE_OF_OPEN_LEG = {0: "transpose", 1: "forward", 2: "weight"}  # which pattern leg (i, o, k) is open
@@ -158,3 +162,18 @@ def lower(diagram: Diagram, lint: bool) -> tuple[Diagram, tuple[str, ...]]:
         terms.append(new)
         notes += changed
     return replace(diagram, terms=tuple(terms)), tuple(notes)
+
+
+def native_flops(term: Network, native: NativeConv) -> sympy.Expr:
+    """Multiply-adds of a direct convolution (all three kinds): every leg but the pattern's i legs, multiplied."""
+    legs = set().union(*(term.factors[k].legs for k in (native.data, native.other, *native.patterns)))
+    inputs = {term.factors[k].legs[0] for k in native.patterns}
+    return sympy.Mul(*[term.size(leg) for leg in sorted(legs - inputs)])
+
+
+def lowered_cost(net: Network, at: Mapping[sympy.Symbol, int]) -> float:
+    """Multiply-adds per call once lowered (native kernel, or window views and the cheapest order), at sizes `at`."""
+    lowered, _ = lower_network(net)
+    native = lowered.meta.get("native")
+    flops = native_flops(lowered, native) if isinstance(native, NativeConv) else plan_network(lowered)[0].flops
+    return float(sympy.sympify(flops).subs({s: at.get(s, 1) for s in sympy.sympify(flops).free_symbols}))
