@@ -383,7 +383,7 @@ class _FunctionWriter:
         if len(plans) == 1:
             self._contract(term, plans[0], operands, target, var, "")
         else:
-            chooser = self._chooser(position, plans)
+            chooser = self._chooser(position, plans, expected)
             for k, plan in enumerate(plans):
                 keyword = "if" if k == 0 else ("else" if k == len(plans) - 1 else "elif")
                 condition = "" if keyword == "else" else f" {chooser} == {k}"
@@ -392,13 +392,15 @@ class _FunctionWriter:
         self._scale(term, var)
         return var
 
-    def _chooser(self, position: int, plans: tuple[Plan, ...]) -> str:
-        """A cached module-level function that picks the cheapest plan for the call-time sizes."""
+    def _chooser(self, position: int, plans: tuple[Plan, ...], expected: dict[sympy.Symbol, int]) -> str:
+        """A cached module-level function that picks the cheapest plan for the call-time sizes. Sampled sizes
+        count at their expected value, so that the choice never depends on the data (torch.compile can trace it)."""
         self.helpers.add("functools")
-        symbols = sorted(set().union(*(p.flops.free_symbols for p in plans)), key=str)
+        flops = [sympy.sympify(p.flops).subs(expected) for p in plans]
+        symbols = sorted(set().union(*(f.free_symbols for f in flops)), key=str)
         names = {s: safe_identifier(str(s)) for s in symbols}
         function = f"_{self.name}_plan{position + 1}"
-        costs = ", ".join(size_code(p.flops, names) for p in plans)
+        costs = ", ".join(size_code(f, names) for f in flops)
         self.module_level.append(
             "\n".join(
                 [
