@@ -280,7 +280,11 @@ def _layout(scope: _Scope, axes: tuple[ast.Axis, ...], what: str) -> Layout:
         for name in axis.names:
             scope.index(name)
             if name.text in seen:
-                raise TncError(f"index {name.text!r} appears twice in {what}", name.span)
+                raise TncError(
+                    f"index {name.text!r} appears twice in {what}",
+                    name.span,
+                    f"give each axis its own index; for a diagonal, use another index and delta({name.text}, ...)",
+                )
             seen.add(name.text)
         names.append(tuple(n.text for n in axis.names))
     return Layout(tuple(names))
@@ -316,14 +320,19 @@ def _text(scope: _Scope, span: Span) -> str:
 
 
 def _check_free_indices(term: _Expanded, layout: Layout, decl: ast.Definition) -> None:
+    """An index met once on the right and not on the left is a mistake, unless that one use is delta(a): the
+    copy tensor with one leg is the file's explicit way to sum over a."""
     counts: dict[str, int] = {}
     spans: dict[str, Span | None] = {}
+    explicit: set[str] = set()
     for factor in term.factors:
         for leg in factor.legs:
             counts[leg] = counts.get(leg, 0) + 1
             spans.setdefault(leg, factor.span)
+        if factor.kind == "delta" and len(factor.legs) == 1:
+            explicit.add(factor.legs[0])
     for leg, count in counts.items():
-        if count == 1 and leg not in layout.legs:
+        if count == 1 and leg not in layout.legs and leg not in explicit:
             raise TncError(
                 f"index {leg!r} appears once on the right and not on the left of {decl.name.text!r}",
                 spans[leg],
