@@ -9,6 +9,7 @@ is 1 if any check fails or an example has no reference.
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 import traceback
@@ -71,9 +72,15 @@ def check_function(
 ) -> Row:
     """Compare one generated function with its reference, in float64 and float32."""
     arguments = [torch.randn(shape, dtype=torch.float64) for shape in shapes]
-    expected = reference(*arguments)
-    result64 = function(*arguments)
-    result32 = function(*[a.float() for a in arguments])
+    sampled = "generator" in inspect.signature(function).parameters  # tensor dropout: random at each call
+
+    def draw() -> dict[str, torch.Generator]:
+        """For a sampled function and its reference: generators seeded alike, so both keep the same entries."""
+        return {"generator": torch.Generator().manual_seed(0)} if sampled else {}
+
+    expected = reference(*arguments, **draw())
+    result64 = function(*arguments, **draw())
+    result32 = function(*[a.float() for a in arguments], **draw())
     error64, error32 = relative_error(result64, expected), relative_error(result32, expected)
     dtypes_ok = result64.dtype == torch.float64 and result32.dtype == torch.float32
     passed = error64 <= TOLERANCE[torch.float64] and error32 <= TOLERANCE[torch.float32] and dtypes_ok

@@ -114,6 +114,75 @@ def kfac_functions(unfold: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, 
     }
 
 
+# --- conv2d_slice.tnd: slices of a grouped convolution and of its gradients -----------------------------------------
+
+SLICE_CONV = {"stride": (2, 1), "padding": 1, "groups": 2}
+
+
+def slice_conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(x, w, b, **SLICE_CONV)  # [n, (g d), o1, o2] = [n, 8, 6, 10]
+
+
+def by_group(y: torch.Tensor) -> torch.Tensor:
+    """[n, (g d), o1, o2] -> [n, g, d, o1, o2], so that d and g can be sliced apart."""
+    return y.reshape(y.shape[0], 2, -1, *y.shape[2:])
+
+
+def slice_gx(w: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
+    return torch.nn.grad.conv2d_input((grad_y.shape[0], 6, 12, 10), w, grad_y, **SLICE_CONV)
+
+
+def slice_gw(x: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
+    return torch.nn.grad.conv2d_weight(x, (8, 3, 3, 3), grad_y, **SLICE_CONV)
+
+
+SLICES: dict[str, Reference] = {
+    "y": slice_conv,
+    "top": lambda x, w, b: slice_conv(x, w, b)[:, :, 0:3],
+    "even": lambda x, w, b: by_group(slice_conv(x, w, b))[:, :, 1:3, :, ::2].flatten(1, 2),
+    "last": lambda x, w, b: by_group(slice_conv(x, w, b))[:, -1:, :, -2:].flatten(1, 2),
+    "gw": slice_gw,
+    "gw_rows": lambda x, grad_y: slice_gw(x, grad_y)[:, :, 1:],
+    "gx": slice_gx,
+    "gx_crop": lambda w, grad_y: slice_gx(w, grad_y)[:, :, 2:10, 2:8],
+}
+
+
+# --- conv2d_sampled.tnd: tensor dropout in the weight gradient -------------------------------------------------------
+#
+# A sampled function draws its kept entries at random, so the demo calls it, and its reference, with generators
+# seeded alike (the `generator=` keyword). The reference draws the same entries as the generated code does: entry
+# j of the sampled index is kept iff the j-th number of torch.rand(size, generator=generator) is below p. Then it
+# computes the estimate explicitly, by zeroing the dropped entries and scaling by 1/p.
+
+
+def kept(size: int, p: float, generator: torch.Generator) -> torch.Tensor:
+    """1 for each kept entry, 0 for each dropped one (float64)."""
+    return (torch.rand(size, generator=generator) < p).double()
+
+
+def sampled_gw(x: torch.Tensor, grad_y: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+    """gw with each output row o1 kept with probability 1/2: the kept rows of grad_y, times 2."""
+    mask = kept(grad_y.shape[2], 0.5, generator).to(grad_y.dtype).view(1, 1, -1, 1)
+    return torch.nn.grad.conv2d_weight(x, (4, 3, 3, 3), grad_y * mask / 0.5, padding=1)
+
+
+def sampled_gw_batch(x: torch.Tensor, grad_y: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+    """gw with each example kept with probability 1/4: the kept examples, times 4."""
+    mask = kept(x.shape[0], 0.25, generator).to(x.dtype).view(-1, 1, 1, 1)
+    return torch.nn.grad.conv2d_weight(x * mask / 0.25, (4, 3, 3, 3), grad_y, padding=1)
+
+
+SAMPLED: dict[str, Reference] = {
+    "y": lambda x, w, b: F.conv2d(x, w, b, padding=1),
+    "gw": sampled_gw,
+    "gw_batch": sampled_gw_batch,
+    # the exact VJPs that y_sampled_autograd uses for the arguments without a sampled one
+    "_y_vjp_x": lambda w, grad_y: torch.nn.grad.conv2d_input((grad_y.shape[0], 3, 10, 8), w, grad_y, padding=1),
+    "_y_vjp_b": lambda grad_y: grad_y.sum(dim=(0, 2, 3)),
+}
+
+
 REFERENCES: dict[str, dict[str, Reference]] = {
     "conv1d.tnd": {"y": conv1d},
     "conv2d.tnd": {"y": conv2d},
@@ -140,4 +209,6 @@ REFERENCES: dict[str, dict[str, Reference]] = {
         "gb": lambda grad_y: grad_y.sum(0),
         **kfac_functions(lambda x: x.unsqueeze(-1)),  # a dense layer: one position
     },
+    "conv2d_slice.tnd": SLICES,
+    "conv2d_sampled.tnd": SAMPLED,
 }

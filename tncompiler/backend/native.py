@@ -17,6 +17,16 @@ def _permute(expr: str, legs: tuple[str, ...], order: tuple[str, ...]) -> str:
     return f"{expr}.permute({', '.join(str(legs.index(leg)) for leg in order)})"
 
 
+def _arrange(
+    expr: str, legs: tuple[str, ...], order: tuple[str, ...], shape: list[str], leg: Callable[[str], str]
+) -> str:
+    """`expr` permuted into `order` and reshaped to `shape`, leaving out steps that change nothing."""
+    permuted = _permute(expr, legs, order)
+    if permuted == expr and [leg(x) for x in legs] == shape:
+        return expr
+    return f"{permuted}.reshape({', '.join(shape)})"
+
+
 def _product(legs: tuple[str, ...], size: Callable[[str], str]) -> str:
     return " * ".join(size(leg) for leg in legs) or "1"
 
@@ -34,71 +44,107 @@ def right_pad(p: ConvPattern, size: Callable[[Size], str]) -> str:
     return f"{extent} - {size(p.in_size)} - {p.pad_left}"
 
 
+class _Native:
+    """Writes one native call: the operands arranged as the kernel wants them, the call, the result's legs."""
+
+    def __init__(self, net: Network, m: NativeConv, var: str, size: Callable[[Size], str]) -> None:
+        self.net, self.m, self.var, self.size = net, m, var, size
+        self.patterns = [net.factors[k] for k in m.patterns]
+        self.conv = [p.pattern for p in self.patterns if isinstance(p.pattern, ConvPattern)]
+        self.d = len(self.conv)
+        self.strides = _tuple(str(p.stride) for p in self.conv)
+        self.dilations = _tuple(str(p.dilation) for p in self.conv)
+        self.groups = _product(m.groups, self.leg)
+        self.lines: list[str] = []
+
+    def leg(self, name: str) -> str:
+        return self.size(self.net.size(name))
+
+    def spatial(self, position: int) -> tuple[str, ...]:
+        return tuple(p.legs[position] for p in self.patterns)
+
+    def arrange(self, suffix: str, position: int, order: tuple[str, ...], shape: list[str], expr: str) -> None:
+        legs = self.net.factors[position].legs
+        self.lines.append(f"{self.var}_{suffix} = {_arrange(expr, legs, order, shape, self.leg)}")
+
+    def data_input(self, a: str) -> tuple[str, bool]:
+        """The input on the i legs, padded (or cut) for the kernel; returns the kernel's padding argument and
+        whether the output has windows beyond O to cut off."""
+        m = self.m
+        shape = [_product(m.batch, self.leg), _product(m.groups + m.data_channels, self.leg)]
+        shape += [self.leg(x) for x in self.spatial(0)]
+        self.arrange("in", m.data, m.batch + m.groups + m.data_channels + self.spatial(0), shape, a)
+        padding, crop, extra_windows = _symmetric(self.conv)
+        if padding is None or (extra_windows and m.role == "weight"):
+            pads = [(str(p.pad_left), right_pad(p, self.size)) for p in self.conv]
+            if any(pair != ("0", "0") for pair in pads):
+                self.lines.append(f"{self.var}_in = torch.nn.functional.pad({self.var}_in, ({pad_arguments(pads)}))")
+            return "0", False
+        if any(crop):
+            ends = [f":{self.leg(x)} - {c}" if c else ":" for x, c in zip(self.spatial(0), crop, strict=True)]
+            self.lines.append(f"{self.var}_in = {self.var}_in[:, :, {', '.join(ends)}]  # rows no window reaches")
+        return padding, extra_windows
+
+    def forward(self, a: str, b: str) -> tuple[str, ...]:
+        m, var = self.m, self.var
+        padding, extra_windows = self.data_input(a)
+        shape = [_product(m.groups + m.other_channels, self.leg), _product(m.data_channels, self.leg)]
+        self.arrange(
+            "w",
+            m.other,
+            m.groups + m.other_channels + m.data_channels + self.spatial(2),
+            shape + [self.leg(x) for x in self.spatial(2)],
+            b,
+        )
+        self.lines.append(
+            f"{var} = torch.nn.functional.conv{self.d}d({var}_in, {var}_w, None, {self.strides}, "
+            f"{padding}, {self.dilations}, {self.groups})"
+        )
+        if extra_windows:
+            ends = ", ".join(f":{self.size(p.out_size)}" for p in self.conv)
+            self.lines.append(f"{var} = {var}[:, :, {ends}]  # the kernel's padding gives windows beyond O")
+        return m.batch + m.groups + m.other_channels + self.spatial(1)
+
+    def transpose(self, a: str, b: str) -> tuple[str, ...]:
+        m = self.m
+        channels = _product(m.groups + m.data_channels, self.leg)
+        shape = [_product(m.batch, self.leg), channels] + [self.leg(x) for x in self.spatial(1)]
+        self.arrange("in", m.data, m.batch + m.groups + m.data_channels + self.spatial(1), shape, a)
+        shape = [channels, _product(m.other_channels, self.leg)] + [self.leg(x) for x in self.spatial(2)]
+        self.arrange("w", m.other, m.groups + m.data_channels + m.other_channels + self.spatial(2), shape, b)
+        self.lines += _transpose_call(self.var, self.conv, self.d, self.strides, self.dilations, self.groups, self.size)
+        return m.batch + m.groups + m.other_channels + self.spatial(0)
+
+    def weight(self, a: str, b: str) -> tuple[str, ...]:
+        m, var = self.m, self.var
+        padding, _ = self.data_input(a)
+        shape = [_product(m.batch, self.leg), _product(m.groups + m.other_channels, self.leg)]
+        self.arrange(
+            "grad",
+            m.other,
+            m.batch + m.groups + m.other_channels + self.spatial(1),
+            shape + [self.leg(x) for x in self.spatial(1)],
+            b,
+        )
+        weight = [_product(m.groups + m.other_channels, self.leg), _product(m.data_channels, self.leg)]
+        weight += [str(p.kernel_size) for p in self.conv]
+        self.lines.append(
+            f"{var} = torch.nn.grad.conv{self.d}d_weight({var}_in, {_tuple(weight)}, {var}_grad, "
+            f"{self.strides}, {padding}, {self.dilations}, {self.groups})"
+        )
+        return m.groups + m.other_channels + m.data_channels + self.spatial(2)
+
+
 def native_lines(
     net: Network, m: NativeConv, a: str, b: str, target: tuple[str, ...], var: str, size: Callable[[Size], str]
 ) -> list[str]:
     """Lines that compute the term with one native call, ending with `var` laid out as `target`."""
-    factors, d = net.factors, len(m.patterns)
-    patterns = [factors[k] for k in m.patterns]
-    params = [p.pattern for p in patterns]
-    assert all(isinstance(p, ConvPattern) for p in params)
-    conv: list[ConvPattern] = params  # type: ignore[assignment]
-
-    def leg(name: str) -> str:
-        return size(net.size(name))
-
-    def spatial(position: int) -> tuple[str, ...]:
-        return tuple(p.legs[position] for p in patterns)
-
-    strides = _tuple(str(p.stride) for p in conv)
-    dilations = _tuple(str(p.dilation) for p in conv)
-    groups = _product(m.groups, leg)
-    channels_a = _product(m.groups + m.data_channels, leg)
-    lines = []
-    if m.role in ("forward", "weight"):
-        order_a = m.batch + m.groups + m.data_channels + spatial(0)
-        shape_a = [_product(m.batch, leg), channels_a] + [leg(x) for x in spatial(0)]
-        lines.append(f"{var}_in = {_permute(a, factors[m.data].legs, order_a)}.reshape({', '.join(shape_a)})")
-        pads = [(str(p.pad_left), right_pad(p, size)) for p in conv]
-        if any(pair != ("0", "0") for pair in pads):
-            lines.append(f"{var}_in = torch.nn.functional.pad({var}_in, ({pad_arguments(pads)}))")
-    if m.role == "forward":
-        order_b = m.groups + m.other_channels + m.data_channels + spatial(2)
-        shape_b = [_product(m.groups + m.other_channels, leg), _product(m.data_channels, leg)]
-        shape_b += [leg(x) for x in spatial(2)]
-        lines.append(f"{var}_w = {_permute(b, factors[m.other].legs, order_b)}.reshape({', '.join(shape_b)})")
-        lines.append(
-            f"{var} = torch.nn.functional.conv{d}d({var}_in, {var}_w, None, {strides}, 0, {dilations}, {groups})"
-        )
-        out_legs = m.batch + m.groups + m.other_channels + spatial(1)
-    elif m.role == "transpose":
-        order_a = m.batch + m.groups + m.data_channels + spatial(1)
-        shape_a = [_product(m.batch, leg), channels_a] + [leg(x) for x in spatial(1)]
-        lines.append(f"{var}_in = {_permute(a, factors[m.data].legs, order_a)}.reshape({', '.join(shape_a)})")
-        order_b = m.groups + m.data_channels + m.other_channels + spatial(2)
-        shape_b = [channels_a, _product(m.other_channels, leg)] + [leg(x) for x in spatial(2)]
-        lines.append(f"{var}_w = {_permute(b, factors[m.other].legs, order_b)}.reshape({', '.join(shape_b)})")
-        lines.append(
-            f"{var} = torch.nn.functional.conv_transpose{d}d({var}_in, {var}_w, None, {strides}, 0, 0, "
-            f"{groups}, {dilations})"
-        )
-        # The kernel writes positions o·S + k·D; ours are those minus P_left, cut (or zero-padded) to I.
-        crops = [(str(-p.pad_left), _crop_right(p, size)) for p in conv]
-        lines.append(f"{var} = torch.nn.functional.pad({var}, ({pad_arguments(crops)}))")
-        out_legs = m.batch + m.groups + m.other_channels + spatial(0)
-    else:
-        order_b = m.batch + m.groups + m.other_channels + spatial(1)
-        shape_b = [_product(m.batch, leg), _product(m.groups + m.other_channels, leg)] + [leg(x) for x in spatial(1)]
-        lines.append(f"{var}_grad = {_permute(b, factors[m.other].legs, order_b)}.reshape({', '.join(shape_b)})")
-        weight = [_product(m.groups + m.other_channels, leg), _product(m.data_channels, leg)]
-        weight += [str(p.kernel_size) for p in conv]
-        lines.append(
-            f"{var} = torch.nn.grad.conv{d}d_weight({var}_in, ({', '.join(weight)},), {var}_grad, "
-            f"{strides}, 0, {dilations}, {groups})"
-        )
-        out_legs = m.groups + m.other_channels + m.data_channels + spatial(2)
-    lines.append(f"{var} = {_permute(f'{var}.reshape({_shape(out_legs, leg)})', out_legs, target)}")
-    return lines
+    writer = _Native(net, m, var, size)
+    out_legs = {"forward": writer.forward, "transpose": writer.transpose, "weight": writer.weight}[m.role](a, b)
+    if out_legs != target or not _kernel_shape_matches(m):
+        shape = ", ".join(writer.leg(x) for x in out_legs) or "()"
+        writer.lines.append(f"{var} = {_permute(f'{var}.reshape({shape})', out_legs, target)}")
+    return writer.lines
 
 
 def _crop_right(p: ConvPattern, size: Callable[[Size], str]) -> str:
@@ -112,10 +158,58 @@ def _crop_right(p: ConvPattern, size: Callable[[Size], str]) -> str:
     )
 
 
+def _extent(p: ConvPattern) -> int:
+    return p.dilation * (p.kernel_size - 1) + 1
+
+
+def _symmetric(conv: list[ConvPattern]) -> tuple[str | None, list[int], bool]:
+    """The kernel's own (symmetric) padding, the right-hand input rows to drop (only rows no window reads), and
+    whether the output still has windows beyond O to cut off; None where the pattern needs more padding on the
+    right than on the left (then F.pad is used)."""
+    crops, extra_windows = [], False
+    for p in conv:
+        if not isinstance(p.in_size, int) or not isinstance(p.out_size, int) or p.pad_left < 0:
+            return None, [], False
+        last_read = (p.out_size - 1) * p.stride + _extent(p) - 1 - p.pad_left
+        if last_read - (p.in_size - 1) > p.pad_left:
+            return None, [], False
+        needed = max(0, p.in_size + 2 * p.pad_left - _extent(p) - p.out_size * p.stride + 1)
+        allowed = max(0, p.in_size - 1 - last_read)
+        crops.append(min(needed, allowed))
+        extra_windows = extra_windows or needed > allowed
+    return _tuple(str(p.pad_left) for p in conv), crops, extra_windows
+
+
+def _transpose_call(
+    var: str, conv: list[ConvPattern], d: int, strides: str, dilations: str, groups: str, size: Callable[[Size], str]
+) -> list[str]:
+    """conv_transpose writes positions o·S + k·D; ours are those minus P_left, cut (or zero-padded) to I. Where
+    PyTorch's padding and output_padding express exactly that, they are used; otherwise F.pad crops and pads."""
+    extra = []
+    for p in conv:
+        if isinstance(p.in_size, int) and isinstance(p.out_size, int) and p.pad_left >= 0:
+            extra.append(p.in_size - ((p.out_size - 1) * p.stride + _extent(p)) + 2 * p.pad_left)
+    if len(extra) == len(conv) and all(0 <= e < max(p.stride, p.dilation) for e, p in zip(extra, conv)):
+        padding = _tuple(str(p.pad_left) for p in conv)
+        return [
+            f"{var} = torch.nn.functional.conv_transpose{d}d({var}_in, {var}_w, None, {strides}, {padding}, "
+            f"{_tuple(str(e) for e in extra)}, {groups}, {dilations})"
+        ]
+    crops = [(str(-p.pad_left), _crop_right(p, size)) for p in conv]
+    return [
+        f"{var} = torch.nn.functional.conv_transpose{d}d({var}_in, {var}_w, None, {strides}, 0, 0, {groups}, "
+        f"{dilations})",
+        f"{var} = torch.nn.functional.pad({var}, ({pad_arguments(crops)}))",
+    ]
+
+
+def _kernel_shape_matches(m: NativeConv) -> bool:
+    """The kernel's output already has one axis per leg: no group leg splits or merges an axis."""
+    if m.role == "weight":
+        return len(m.groups + m.other_channels) == 1 and len(m.data_channels) == 1
+    return len(m.batch) == 1 and len(m.groups + m.other_channels) == 1
+
+
 def _tuple(items: Iterable[str]) -> str:
     items = list(items)
     return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
-
-
-def _shape(legs: tuple[str, ...], leg: Callable[[str], str]) -> str:
-    return ", ".join(leg(x) for x in legs) or "()"

@@ -543,6 +543,12 @@ def _evaluate(scope: _Scope, call: ast.Call, name: str, source: str) -> Diagram:
             f"transform {transform!r} is not supported yet", call.name.span, "supported: " + ", ".join(_SIGNATURES)
         )
     args = _call_args(scope, call, _SIGNATURES[transform], name)
+    if args.diagram.meta.get("samplers") and transform not in ("slice", "sample"):
+        raise TncError(
+            f"{transform}() of a sampled diagram: derive first, then sample",
+            call.span,
+            f"write sample({transform}(...), ...) instead of {transform}(sample(...), ...)",
+        )
     try:
         diagram = _DERIVE[transform](scope, args, name, call.span, source)
     except TncError as error:
@@ -555,7 +561,12 @@ def _call_args(
     scope: _Scope, call: ast.Call, signature: tuple[tuple[str, ...], tuple[str, ...]], name: str
 ) -> _CallArgs:
     positional = [a for a in call.args if not isinstance(a, ast.KwArg)]
-    keywords = {a.key.text: a for a in call.args if isinstance(a, ast.KwArg)}
+    keywords: dict[str, ast.KwArg] = {}
+    for arg in call.args:
+        if isinstance(arg, ast.KwArg):
+            if arg.key.text in keywords:
+                raise TncError(f"keyword {arg.key.text!r} is given twice", arg.key.span)
+            keywords[arg.key.text] = arg
     wanted, allowed = signature
     if len(positional) != 1 + len(wanted):
         what = ", ".join(("diagram",) + wanted)

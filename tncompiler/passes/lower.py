@@ -12,7 +12,7 @@ from typing import Literal
 import sympy
 
 from tncompiler.ir.network import Diagram, Network
-from tncompiler.ir.values import ConvPattern, View, WindowOp
+from tncompiler.ir.values import ConvPattern, Factor, GatherOp, View, WindowOp
 from tncompiler.order import plan_network
 
 __all__ = ["NativeConv", "lower", "lower_network", "match_native", "native_flops", "lowered_cost"]
@@ -50,6 +50,8 @@ def match_native(net: Network) -> NativeConv | None:
         return None
     if any(net.factors[k].kind != "input" for k in others) or any(len(set(f.legs)) != len(f.legs) for f in net.factors):
         return None
+    if any(f.view is not None and any(isinstance(op, GatherOp) for op in f.view.ops) for f in net.factors):
+        return None  # a sampled axis may keep no entry at all, which the kernels reject; einsum handles it
     roles = set()
     for k in patterns:
         legs = net.factors[k].legs
@@ -104,10 +106,11 @@ def _assign(net: Network, role: Role, data: int, other: int, patterns: tuple[int
 
 def _window(net: Network, position: int) -> Network | None:
     """Π(i, o, k) with i summed and carried by exactly one other tensor (once) -> that tensor's i axis becomes a
-    window view with axes (o, k); the pattern goes."""
+    window view with axes (o, k); the pattern goes. A pattern whose o axis was sampled (gathered) becomes a window
+    followed by the same gather on the new o axis."""
     factor = net.factors[position]
     p = factor.pattern
-    if not isinstance(p, ConvPattern) or factor.view is not None:
+    if not isinstance(p, ConvPattern) or not _only_gathers_on_o(factor):
         return None
     i = factor.legs[0]
     carriers = [k for k in net.tensors_on(i) if k != position]
@@ -118,11 +121,17 @@ def _window(net: Network, position: int) -> Network | None:
         return None
     axis = target.legs.index(i)
     view = target.view or View(tuple(net.size(leg) for leg in target.legs))
+    ops = factor.view.ops if factor.view else ()
+    gathers = tuple(GatherOp(axis, op.index) for op in ops if isinstance(op, GatherOp))
     legs = target.legs[:axis] + factor.legs[1:] + target.legs[axis + 1 :]
-    windowed = replace(target, legs=legs, view=View(view.base, view.ops + (WindowOp(axis, p),)))
+    windowed = replace(target, legs=legs, view=View(view.base, (*view.ops, WindowOp(axis, p), *gathers)))
     factors = [windowed if k == carriers[0] else f for k, f in enumerate(net.factors) if k != position]
     sizes = {name: size for name, size in net.sizes.items() if name != i}
     return Network(factors, net.outputs, sizes, net.coefficient, net.meta)
+
+
+def _only_gathers_on_o(factor: Factor) -> bool:
+    return factor.view is None or all(isinstance(op, GatherOp) and op.axis == 1 for op in factor.view.ops)
 
 
 def lower_network(net: Network) -> tuple[Network, list[str]]:

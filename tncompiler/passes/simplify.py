@@ -98,8 +98,8 @@ def squeeze_unit(net: Network, position: int, outputs_may_change: bool) -> Rewri
     """x[..., a, ...] with |a| = 1 -> x[..., ...] (a copy tensor over size-1 legs is 1 and goes)."""
     factor = net.factors[position]
     unit = [k for k, leg in enumerate(factor.legs) if net.size(leg) == 1]
-    if not unit or (isinstance(factor.pattern, ConvPattern) and factor.view is None):
-        return None  # a pattern's unit legs go with the pattern rules (kernel-one, output-one), which see it whole
+    if not unit or (isinstance(factor.pattern, ConvPattern | Select) and _foldable(factor)):
+        return None  # a pattern's or selection's unit legs go with their own rules, which see them whole
     if factor.kind == "delta":
         return Rewrite(_rebuild(net, _swap(net, position, [])), f"squeeze: {_describe(factor)} is 1")
     new = factor
@@ -108,6 +108,11 @@ def squeeze_unit(net: Network, position: int, outputs_may_change: bool) -> Rewri
         new = _with_op(new, SqueezeOp(axis), legs, net)
     note = f"squeeze: size-1 legs {', '.join(factor.legs[k] for k in unit)} of {_describe(factor)}"
     return Rewrite(_rebuild(net, _swap(net, position, [new])), note)
+
+
+def _foldable(factor: Factor) -> bool:
+    """A constant whose view pattern-slice can still fold into its parameters (or that has no view at all)."""
+    return factor.view is None or isinstance(factor.view.ops[0], SliceOp)
 
 
 def kernel_one(net: Network, position: int, outputs_may_change: bool) -> Rewrite | None:
@@ -236,7 +241,7 @@ def narrow_input(net: Network, position: int, outputs_may_change: bool) -> Rewri
     if (lo, hi) == (0, size - 1) or hi < lo:
         return None
     i = factor.legs[0]
-    inner = fresh_name(i, set(net.sizes))
+    inner = fresh_name(f"{i}~", set(net.sizes))  # '~': never a result leg, which a squeeze may have dropped
     narrowed = _tight(replace(p, in_size=hi - lo + 1, pad_left=p.pad_left + lo))
     pattern = replace(factor, legs=(inner,) + factor.legs[1:], pattern=narrowed)
     select = Factor("select", "", (i, inner), factor.span, Select(size, hi - lo + 1, lo, 1))

@@ -50,7 +50,7 @@ def slice_diagram(
         sizes=sizes,
         span=span,
         source=source,
-        meta={"new_arguments": ()},
+        meta={"new_arguments": (), "samplers": diagram.meta.get("samplers", ())},
     )
 
 
