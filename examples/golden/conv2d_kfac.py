@@ -1,0 +1,211 @@
+"""Tensor-network functions compiled by tnc from conv2d_kfac.tnd: y, A, Ar, B, Br.
+
+Generated code: edit the .tnd file and recompile."""
+
+import torch
+
+__all__ = ['y', 'A', 'Ar', 'B', 'Br']
+
+
+def _check_arguments(function, arguments):
+    """Each argument is a tensor of the declared rank; all share one floating dtype and one device."""
+    first = None
+    for name, value, layout in arguments:
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+        if value.dim() != len(layout):
+            raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
+                             f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
+        if not (value.is_floating_point() or value.is_complex()):
+            raise ValueError(f"{function}(): argument {name!r} must have a floating dtype, got {value.dtype}")
+        if first is None:
+            first = (name, value)
+        elif value.dtype != first[1].dtype:
+            raise ValueError(f"{function}(): argument {name!r} has dtype {value.dtype}, "
+                             f"but {first[0]!r} has {first[1].dtype}")
+        elif value.device != first[1].device:
+            raise ValueError(f"{function}(): argument {name!r} is on {value.device}, "
+                             f"but {first[0]!r} is on {first[1].device}")
+
+
+def _check_size(function, argument, axis, index, actual, expected):
+    """An axis has the size the file gives its index (or that an earlier argument bound)."""
+    if actual != expected:
+        raise ValueError(f"{function}(): argument {argument!r} axis {axis} ({index}) has size {actual}, "
+                         f"expected {expected}")
+
+
+def y(x, w, b):
+    """y[n, d, o1, o2]: compiled from conv2d_kfac.tnd:36.
+
+        y[n, d, o1, o2] = x[n, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[d, c, k1, k2] + b[d]
+
+    Args:
+        x: [n, c, i1, i2], sizes [n, 2, 6, 7]
+        w: [d, c, k1, k2], sizes [3, 2, 3, 2]
+        b: [d], sizes [3]
+
+    Returns:
+        [n, d, o1, o2], sizes [n, 3, 3, 5]
+
+    Rewrites applied:
+        lower: x * p1 * p2 * w -> native conv2d
+
+    Index patterns:
+        p1: conv(stride=2, padding=1, dilation=1), (I, O, K) = (6, 3, 3)
+        p2: conv(stride=1, padding=0, dilation=2), (I, O, K) = (7, 5, 2)
+    """
+    _check_arguments('y', (
+        ('x', x, ('n', 'c', 'i1', 'i2')),
+        ('w', w, ('d', 'c', 'k1', 'k2')),
+        ('b', b, ('d',)),
+    ))
+    n = x.shape[0]  # index n, bound at call time
+    _check_size('y', 'x', 1, 'c', x.shape[1], 2)
+    _check_size('y', 'x', 2, 'i1', x.shape[2], 6)
+    _check_size('y', 'x', 3, 'i2', x.shape[3], 7)
+    _check_size('y', 'w', 0, 'd', w.shape[0], 3)
+    _check_size('y', 'w', 1, 'c', w.shape[1], 2)
+    _check_size('y', 'w', 2, 'k1', w.shape[2], 3)
+    _check_size('y', 'w', 3, 'k2', w.shape[3], 2)
+    _check_size('y', 'b', 0, 'd', b.shape[0], 3)
+    device, dtype = x.device, x.dtype
+    # term 1 of 2: x[n, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[d, c, k1, k2]
+    # native conv2d
+    term1_in = x
+    term1_w = w
+    term1 = torch.nn.functional.conv2d(term1_in, term1_w, None, (2, 1), (1, 0), (1, 2), 1)
+    # term 2 of 2: b[d]
+    term2 = b
+    term2 = term2.reshape(1, 3, 1, 1)  # broadcast over the missing legs
+    result = term1 + term2
+    return result
+
+
+def A(x):
+    """A[(c k1 k2), (c' k1' k2')]: compiled from conv2d_kfac.tnd:38.
+
+        A = kfac(y, w, batch=n)                        # [(c k1 k2), (c' k1' k2')] = [12, 12]
+
+    Args:
+        x: [n, c, i1, i2], sizes [n, 2, 6, 7]
+
+    Returns:
+        [(c k1 k2), (c' k1' k2')], sizes [12, 12]
+
+    Rewrites applied:
+        lower: p1(i1, o1, k1) -> a strided window view of the tensor on i1
+        lower: p2(i2, o2, k2) -> a strided window view of the tensor on i2
+        lower: p1(i1', o1, k1') -> a strided window view of the tensor on i1'
+        lower: p2(i2', o2, k2') -> a strided window view of the tensor on i2'
+    """
+    _check_arguments('A', (
+        ('x', x, ('n', 'c', 'i1', 'i2')),
+    ))
+    n = x.shape[0]  # index n, bound at call time
+    _check_size('A', 'x', 1, 'c', x.shape[1], 2)
+    _check_size('A', 'x', 2, 'i1', x.shape[2], 6)
+    _check_size('A', 'x', 3, 'i2', x.shape[3], 7)
+    device, dtype = x.device, x.dtype
+    # 1/n * x[n, c, o1, k1, o2, k2] * x[n, c', o1, k1', o2, k2']
+    x_view = torch.nn.functional.pad(x, (0, 0, 1, 0)).unfold(2, 3, 2).movedim(-1, 3).unfold(4, 3, 1)[..., ::2].movedim(-1, 5)  # [n, c, o1, k1, o2, k2]
+    result = torch.tensordot(x_view, x_view, dims=([0, 2, 4], [0, 2, 4]))  # [c, k1, k2, c', k1', k2']
+    result = result * (1/n)
+    result = result.reshape(2 * 3 * 2, 2 * 3 * 2)  # [(c k1 k2), (c' k1' k2')]
+    return result
+
+
+def Ar(x):
+    """Ar[(c k1 k2), (c' k1' k2')]: compiled from conv2d_kfac.tnd:39.
+
+        Ar = kfac(y, w, batch=n, approx=reduce)
+
+    Args:
+        x: [n, c, i1, i2], sizes [n, 2, 6, 7]
+
+    Returns:
+        [(c k1 k2), (c' k1' k2')], sizes [12, 12]
+
+    Rewrites applied:
+        lower: p1(i1, o1, k1) -> a strided window view of the tensor on i1
+        lower: p2(i2, o2, k2) -> a strided window view of the tensor on i2
+        lower: p1(i1', o1', k1') -> a strided window view of the tensor on i1'
+        lower: p2(i2', o2', k2') -> a strided window view of the tensor on i2'
+    """
+    _check_arguments('Ar', (
+        ('x', x, ('n', 'c', 'i1', 'i2')),
+    ))
+    n = x.shape[0]  # index n, bound at call time
+    _check_size('Ar', 'x', 1, 'c', x.shape[1], 2)
+    _check_size('Ar', 'x', 2, 'i1', x.shape[2], 6)
+    _check_size('Ar', 'x', 3, 'i2', x.shape[3], 7)
+    device, dtype = x.device, x.dtype
+    # 1/(225*n) * x[n, c, o1, k1, o2, k2] * x[n, c', o1', k1', o2', k2']
+    x_view = torch.nn.functional.pad(x, (0, 0, 1, 0)).unfold(2, 3, 2).movedim(-1, 3).unfold(4, 3, 1)[..., ::2].movedim(-1, 5)  # [n, c, o1, k1, o2, k2]
+    t1 = torch.einsum("abcdef->abdf", x_view)  # [n, c, k1, k2]
+    t2 = torch.einsum("aghijk->agik", x_view)  # [n, c', k1', k2']
+    result = torch.tensordot(t1, t2, dims=([0], [0]))  # [c, k1, k2, c', k1', k2']
+    result = result * (1/(225*n))
+    result = result.reshape(2 * 3 * 2, 2 * 3 * 2)  # [(c k1 k2), (c' k1' k2')]
+    return result
+
+
+def B(grad_y):
+    """B[d, d']: compiled from conv2d_kfac.tnd:40.
+
+        B = kfac_grad(y, w, batch=n)                   # [d, d'] = [3, 3]
+
+    Args:
+        grad_y: [n, d, o1, o2], sizes [n, 3, 3, 5]
+
+    Returns:
+        [d, d'], sizes [3, 3]
+
+    Rewrites applied:
+        merge: o1 and o2 always travel together -> one leg o1.o2
+    """
+    _check_arguments('B', (
+        ('grad_y', grad_y, ('n', 'd', 'o1', 'o2')),
+    ))
+    n = grad_y.shape[0]  # index n, bound at call time
+    _check_size('B', 'grad_y', 1, 'd', grad_y.shape[1], 3)
+    _check_size('B', 'grad_y', 2, 'o1', grad_y.shape[2], 3)
+    _check_size('B', 'grad_y', 3, 'o2', grad_y.shape[3], 5)
+    device, dtype = grad_y.device, grad_y.dtype
+    # 1/n * grad_y[n, d, o1.o2] * grad_y[n, d', o1.o2]
+    grad_y_view = grad_y.reshape(n, 3, 3 * 5)  # [n, d, o1.o2]
+    result = torch.tensordot(grad_y_view, grad_y_view, dims=([0, 2], [0, 2]))  # [d, d']
+    result = result * (1/n)
+    return result
+
+
+def Br(grad_y):
+    """Br[d, d']: compiled from conv2d_kfac.tnd:41.
+
+        Br = kfac_grad(y, w, batch=n, approx=reduce)
+
+    Args:
+        grad_y: [n, d, o1, o2], sizes [n, 3, 3, 5]
+
+    Returns:
+        [d, d'], sizes [3, 3]
+
+    Rewrites applied:
+        merge: o1 and o2 always travel together -> one leg o1.o2
+        merge: o1' and o2' always travel together -> one leg o1'.o2'
+    """
+    _check_arguments('Br', (
+        ('grad_y', grad_y, ('n', 'd', 'o1', 'o2')),
+    ))
+    n = grad_y.shape[0]  # index n, bound at call time
+    _check_size('Br', 'grad_y', 1, 'd', grad_y.shape[1], 3)
+    _check_size('Br', 'grad_y', 2, 'o1', grad_y.shape[2], 3)
+    _check_size('Br', 'grad_y', 3, 'o2', grad_y.shape[3], 5)
+    device, dtype = grad_y.device, grad_y.dtype
+    # 1/n * grad_y[n, d, o1.o2] * grad_y[n, d', o1'.o2']
+    grad_y_view = grad_y.reshape(n, 3, 3 * 5)  # [n, d, o1.o2]
+    t1 = torch.einsum("abc->ab", grad_y_view)  # [n, d]
+    t2 = torch.einsum("ade->ad", grad_y_view)  # [n, d']
+    result = torch.tensordot(t1, t2, dims=([0], [0]))  # [d, d']
+    result = result * (1/n)
+    return result

@@ -1,0 +1,257 @@
+"""Tensor-network functions compiled by tnc from conv2d_sampled.tnd: y, gw, gw_batch, _y_vjp_x, _y_vjp_b.
+
+Generated code: edit the .tnd file and recompile."""
+
+import torch
+
+__all__ = ['y', 'gw', 'gw_batch', 'y_sampled_autograd']
+
+
+def _keep(size, p, generator, device):
+    """Tensor dropout: the indices of the entries kept, each independently with probability p."""
+    where = generator.device if generator is not None else device
+    draw = torch.rand(size, generator=generator, device=where)
+    return torch.nonzero(draw < p).flatten().to(device)
+
+
+def _check_arguments(function, arguments):
+    """Each argument is a tensor of the declared rank; all share one floating dtype and one device."""
+    first = None
+    for name, value, layout in arguments:
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+        if value.dim() != len(layout):
+            raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
+                             f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
+        if not (value.is_floating_point() or value.is_complex()):
+            raise ValueError(f"{function}(): argument {name!r} must have a floating dtype, got {value.dtype}")
+        if first is None:
+            first = (name, value)
+        elif value.dtype != first[1].dtype:
+            raise ValueError(f"{function}(): argument {name!r} has dtype {value.dtype}, "
+                             f"but {first[0]!r} has {first[1].dtype}")
+        elif value.device != first[1].device:
+            raise ValueError(f"{function}(): argument {name!r} is on {value.device}, "
+                             f"but {first[0]!r} is on {first[1].device}")
+
+
+def _check_size(function, argument, axis, index, actual, expected):
+    """An axis has the size the file gives its index (or that an earlier argument bound)."""
+    if actual != expected:
+        raise ValueError(f"{function}(): argument {argument!r} axis {axis} ({index}) has size {actual}, "
+                         f"expected {expected}")
+
+
+def y(x, w, b):
+    """y[n, d, o1, o2]: compiled from conv2d_sampled.tnd:41.
+
+        y[n, d, o1, o2] = x[n, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[d, c, k1, k2] + b[d]
+
+    Args:
+        x: [n, c, i1, i2], sizes [n, 3, 10, 8]
+        w: [d, c, k1, k2], sizes [4, 3, 3, 3]
+        b: [d], sizes [4]
+
+    Returns:
+        [n, d, o1, o2], sizes [n, 4, 10, 8]
+
+    Rewrites applied:
+        lower: x * p1 * p2 * w -> native conv2d
+
+    Index patterns:
+        p1: conv(stride=1, padding=1, dilation=1), (I, O, K) = (10, 10, 3)
+        p2: conv(stride=1, padding=1, dilation=1), (I, O, K) = (8, 8, 3)
+    """
+    _check_arguments('y', (
+        ('x', x, ('n', 'c', 'i1', 'i2')),
+        ('w', w, ('d', 'c', 'k1', 'k2')),
+        ('b', b, ('d',)),
+    ))
+    n = x.shape[0]  # index n, bound at call time
+    _check_size('y', 'x', 1, 'c', x.shape[1], 3)
+    _check_size('y', 'x', 2, 'i1', x.shape[2], 10)
+    _check_size('y', 'x', 3, 'i2', x.shape[3], 8)
+    _check_size('y', 'w', 0, 'd', w.shape[0], 4)
+    _check_size('y', 'w', 1, 'c', w.shape[1], 3)
+    _check_size('y', 'w', 2, 'k1', w.shape[2], 3)
+    _check_size('y', 'w', 3, 'k2', w.shape[3], 3)
+    _check_size('y', 'b', 0, 'd', b.shape[0], 4)
+    device, dtype = x.device, x.dtype
+    # term 1 of 2: x[n, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[d, c, k1, k2]
+    # native conv2d
+    term1_in = x
+    term1_w = w
+    term1 = torch.nn.functional.conv2d(term1_in, term1_w, None, (1, 1), (1, 1), (1, 1), 1)
+    # term 2 of 2: b[d]
+    term2 = b
+    term2 = term2.reshape(1, 4, 1, 1)  # broadcast over the missing legs
+    result = term1 + term2
+    return result
+
+
+def gw(x, grad_y, *, generator=None):
+    """gw[d, c, k1, k2]: compiled from conv2d_sampled.tnd:44.
+
+        gw = sample(vjp(y, w), index=o1, p=0.5)         # gw(x, grad_y, *, generator=None): [4, 3, 3, 3]
+
+    Args:
+        x: [n, c, i1, i2], sizes [n, 3, 10, 8]
+        grad_y: [n, d, o1, o2], sizes [n, 4, 10, 8]
+
+    Returns:
+        [d, c, k1, k2], sizes [4, 3, 3, 3]
+
+    Rewrites applied:
+        lower: p1(i1, o1', k1) -> a strided window view of the tensor on i1
+        lower: p2(i2, o2, k2) -> a strided window view of the tensor on i2
+    """
+    _check_arguments('gw', (
+        ('x', x, ('n', 'c', 'i1', 'i2')),
+        ('grad_y', grad_y, ('n', 'd', 'o1', 'o2')),
+    ))
+    n = x.shape[0]  # index n, bound at call time
+    _check_size('gw', 'x', 1, 'c', x.shape[1], 3)
+    _check_size('gw', 'x', 2, 'i1', x.shape[2], 10)
+    _check_size('gw', 'x', 3, 'i2', x.shape[3], 8)
+    _check_size('gw', 'grad_y', 0, 'n', grad_y.shape[0], n)
+    _check_size('gw', 'grad_y', 1, 'd', grad_y.shape[1], 4)
+    _check_size('gw', 'grad_y', 2, 'o1', grad_y.shape[2], 10)
+    _check_size('gw', 'grad_y', 3, 'o2', grad_y.shape[3], 8)
+    device, dtype = x.device, x.dtype
+    keep_o1 = _keep(10, 0.5, generator, device)  # entries of o1 kept with probability 0.5
+    o1_kept = keep_o1.numel()
+    # 2 * x[n, c, o1', k1, o2, k2] * grad_y[n, d, o1', o2]
+    x_view = torch.nn.functional.pad(torch.nn.functional.pad(x, (0, 0, 1, 1)).unfold(2, 3, 1).movedim(-1, 3).index_select(2, keep_o1), (1, 1)).unfold(4, 3, 1).movedim(-1, 5)  # [n, c, o1', k1, o2, k2]
+    grad_y_view = grad_y.index_select(2, keep_o1)  # [n, d, o1', o2]
+    result = torch.einsum("abcdef,agce->gbdf", x_view, grad_y_view)  # [d, c, k1, k2]
+    result = result * (2)
+    return result
+
+
+def gw_batch(x, grad_y, *, generator=None):
+    """gw_batch[d, c, k1, k2]: compiled from conv2d_sampled.tnd:45.
+
+        gw_batch = sample(vjp(y, w), index=n, p=0.25)   # a quarter of the examples, on average
+
+    Args:
+        x: [n, c, i1, i2], sizes [n, 3, 10, 8]
+        grad_y: [n, d, o1, o2], sizes [n, 4, 10, 8]
+
+    Returns:
+        [d, c, k1, k2], sizes [4, 3, 3, 3]
+
+    Rewrites applied:
+        lower: p1(i1, o1, k1) -> a strided window view of the tensor on i1
+        lower: p2(i2, o2, k2) -> a strided window view of the tensor on i2
+    """
+    _check_arguments('gw_batch', (
+        ('x', x, ('n', 'c', 'i1', 'i2')),
+        ('grad_y', grad_y, ('n', 'd', 'o1', 'o2')),
+    ))
+    n = x.shape[0]  # index n, bound at call time
+    _check_size('gw_batch', 'x', 1, 'c', x.shape[1], 3)
+    _check_size('gw_batch', 'x', 2, 'i1', x.shape[2], 10)
+    _check_size('gw_batch', 'x', 3, 'i2', x.shape[3], 8)
+    _check_size('gw_batch', 'grad_y', 0, 'n', grad_y.shape[0], n)
+    _check_size('gw_batch', 'grad_y', 1, 'd', grad_y.shape[1], 4)
+    _check_size('gw_batch', 'grad_y', 2, 'o1', grad_y.shape[2], 10)
+    _check_size('gw_batch', 'grad_y', 3, 'o2', grad_y.shape[3], 8)
+    device, dtype = x.device, x.dtype
+    keep_n = _keep(n, 0.25, generator, device)  # entries of n kept with probability 0.25
+    n_kept = keep_n.numel()
+    # 4 * x[n', c, o1, k1, o2, k2] * grad_y[n', d, o1, o2]
+    x_view = torch.nn.functional.pad(torch.nn.functional.pad(x.index_select(0, keep_n), (0, 0, 1, 1)).unfold(2, 3, 1).movedim(-1, 3), (1, 1)).unfold(4, 3, 1).movedim(-1, 5)  # [n', c, o1, k1, o2, k2]
+    grad_y_view = grad_y.index_select(0, keep_n)  # [n', d, o1, o2]
+    result = torch.einsum("abcdef,agce->gbdf", x_view, grad_y_view)  # [d, c, k1, k2]
+    result = result * (4)
+    return result
+
+
+def _y_vjp_x(w, grad_y):
+    """_y_vjp_x[n, c, i1, i2]: compiled from conv2d_sampled.tnd:41.
+
+        y[n, d, o1, o2] = x[n, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[d, c, k1, k2] + b[d]
+
+    Args:
+        w: [d, c, k1, k2], sizes [4, 3, 3, 3]
+        grad_y: [n, d, o1, o2], sizes [n, 4, 10, 8]
+
+    Returns:
+        [n, c, i1, i2], sizes [n, 3, 10, 8]
+
+    Rewrites applied:
+        lower: p1 * p2 * w * grad_y -> native conv_transpose2d
+
+    Index patterns:
+        p1: conv(stride=1, padding=1, dilation=1), (I, O, K) = (10, 10, 3)
+        p2: conv(stride=1, padding=1, dilation=1), (I, O, K) = (8, 8, 3)
+    """
+    _check_arguments('_y_vjp_x', (
+        ('w', w, ('d', 'c', 'k1', 'k2')),
+        ('grad_y', grad_y, ('n', 'd', 'o1', 'o2')),
+    ))
+    n = grad_y.shape[0]  # index n, bound at call time
+    _check_size('_y_vjp_x', 'w', 0, 'd', w.shape[0], 4)
+    _check_size('_y_vjp_x', 'w', 1, 'c', w.shape[1], 3)
+    _check_size('_y_vjp_x', 'w', 2, 'k1', w.shape[2], 3)
+    _check_size('_y_vjp_x', 'w', 3, 'k2', w.shape[3], 3)
+    _check_size('_y_vjp_x', 'grad_y', 1, 'd', grad_y.shape[1], 4)
+    _check_size('_y_vjp_x', 'grad_y', 2, 'o1', grad_y.shape[2], 10)
+    _check_size('_y_vjp_x', 'grad_y', 3, 'o2', grad_y.shape[3], 8)
+    device, dtype = w.device, w.dtype
+    # p1(i1, o1, k1) * p2(i2, o2, k2) * w[d, c, k1, k2] * grad_y[n, d, o1, o2]
+    # native conv_transpose2d
+    result_in = grad_y
+    result_w = w
+    result = torch.nn.functional.conv_transpose2d(result_in, result_w, None, (1, 1), (1, 1), (0, 0), 1, (1, 1))
+    return result
+
+
+def _y_vjp_b(grad_y):
+    """_y_vjp_b[d]: compiled from conv2d_sampled.tnd:41.
+
+        y[n, d, o1, o2] = x[n, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[d, c, k1, k2] + b[d]
+
+    Args:
+        grad_y: [n, d, o1, o2], sizes [n, 4, 10, 8]
+
+    Returns:
+        [d], sizes [4]
+
+    Rewrites applied:
+        merge: o1 and o2 always travel together -> one leg o1.o2
+    """
+    _check_arguments('_y_vjp_b', (
+        ('grad_y', grad_y, ('n', 'd', 'o1', 'o2')),
+    ))
+    n = grad_y.shape[0]  # index n, bound at call time
+    _check_size('_y_vjp_b', 'grad_y', 1, 'd', grad_y.shape[1], 4)
+    _check_size('_y_vjp_b', 'grad_y', 2, 'o1', grad_y.shape[2], 10)
+    _check_size('_y_vjp_b', 'grad_y', 3, 'o2', grad_y.shape[3], 8)
+    device, dtype = grad_y.device, grad_y.dtype
+    # grad_y[n, d, o1.o2]
+    grad_y_view = grad_y.reshape(n, 4, 10 * 8)  # [n, d, o1.o2]
+    result = torch.einsum("abc->b", grad_y_view)  # [d]
+    return result
+
+
+class y_sampled_autograd(torch.autograd.Function):
+    """y exactly in the forward pass; in the backward pass, the sampled VJPs
+    gw and exact VJPs for the other arguments.
+
+    Use as y_sampled_autograd.apply(x, w, b, generator) (generator: a torch.Generator or None).
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, b, generator=None):
+        ctx.save_for_backward(x, w, b)
+        ctx.generator = generator
+        return y(x, w, b)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, w, b = ctx.saved_tensors
+        grad_x = _y_vjp_x(w, grad_y) if ctx.needs_input_grad[0] else None
+        grad_w = gw(x, grad_y, generator=ctx.generator) if ctx.needs_input_grad[1] else None
+        grad_b = _y_vjp_b(grad_y) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b, None

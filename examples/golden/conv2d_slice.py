@@ -1,0 +1,457 @@
+"""Tensor-network functions compiled by tnc from conv2d_slice.tnd: y, top, even, last, gw, gw_rows, gx, gx_crop.
+
+Generated code: edit the .tnd file and recompile."""
+
+import torch
+
+__all__ = ['y', 'top', 'even', 'last', 'gw', 'gw_rows', 'gx', 'gx_crop']
+
+
+# Index patterns and copy tensors, built once per shape, device and dtype, then reused.
+_CONSTANTS = {}
+
+
+def _select(I, J, start, step, device, dtype):
+    """S[i, j] = 1 iff i = start + j*step: a strided window of an index as a dense (I, J) tensor."""
+    key = ("select", I, J, start, step, device, dtype)
+    select = _CONSTANTS.get(key)
+    if select is None:
+        i = torch.arange(I, device=device).view(I, 1)
+        j = torch.arange(J, device=device).view(1, J)
+        select = (i == start + j * step).to(dtype)
+        _CONSTANTS[key] = select
+    return select
+
+
+def _check_arguments(function, arguments):
+    """Each argument is a tensor of the declared rank; all share one floating dtype and one device."""
+    first = None
+    for name, value, layout in arguments:
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+        if value.dim() != len(layout):
+            raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
+                             f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
+        if not (value.is_floating_point() or value.is_complex()):
+            raise ValueError(f"{function}(): argument {name!r} must have a floating dtype, got {value.dtype}")
+        if first is None:
+            first = (name, value)
+        elif value.dtype != first[1].dtype:
+            raise ValueError(f"{function}(): argument {name!r} has dtype {value.dtype}, "
+                             f"but {first[0]!r} has {first[1].dtype}")
+        elif value.device != first[1].device:
+            raise ValueError(f"{function}(): argument {name!r} is on {value.device}, "
+                             f"but {first[0]!r} is on {first[1].device}")
+
+
+def _check_size(function, argument, axis, index, actual, expected):
+    """An axis has the size the file gives its index (or that an earlier argument bound)."""
+    if actual != expected:
+        raise ValueError(f"{function}(): argument {argument!r} axis {axis} ({index}) has size {actual}, "
+                         f"expected {expected}")
+
+
+def y(x, w, b):
+    """y[n, (g d), o1, o2]: compiled from conv2d_slice.tnd:32.
+
+        y[n, (g d), o1, o2] = x[n, (g c), i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[(g d), c, k1, k2]
+                            + b[(g d)]
+
+    Args:
+        x: [n, (g c), i1, i2], sizes [n, 6, 12, 10]
+        w: [(g d), c, k1, k2], sizes [8, 3, 3, 3]
+        b: [(g d)], sizes [8]
+
+    Returns:
+        [n, (g d), o1, o2], sizes [n, 8, 6, 10]
+
+    Rewrites applied:
+        lower: x * p1 * p2 * w -> native conv2d
+
+    Index patterns:
+        p1: conv(stride=2, padding=1, dilation=1), (I, O, K) = (12, 6, 3)
+        p2: conv(stride=1, padding=1, dilation=1), (I, O, K) = (10, 10, 3)
+    """
+    _check_arguments('y', (
+        ('x', x, ('n', '(g c)', 'i1', 'i2')),
+        ('w', w, ('(g d)', 'c', 'k1', 'k2')),
+        ('b', b, ('(g d)',)),
+    ))
+    n = x.shape[0]  # index n, bound at call time
+    _check_size('y', 'x', 1, '(g c)', x.shape[1], 6)
+    _check_size('y', 'x', 2, 'i1', x.shape[2], 12)
+    _check_size('y', 'x', 3, 'i2', x.shape[3], 10)
+    _check_size('y', 'w', 0, '(g d)', w.shape[0], 8)
+    _check_size('y', 'w', 1, 'c', w.shape[1], 3)
+    _check_size('y', 'w', 2, 'k1', w.shape[2], 3)
+    _check_size('y', 'w', 3, 'k2', w.shape[3], 3)
+    _check_size('y', 'b', 0, '(g d)', b.shape[0], 8)
+    device, dtype = x.device, x.dtype
+    # term 1 of 2: x[n, g, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[g, d, c, k1, k2]
+    x_legs = x.reshape(n, 2, 3, 12, 10)
+    w_legs = w.reshape(2, 4, 3, 3, 3)
+    # native conv2d
+    term1_in = x_legs.reshape(n, 2 * 3, 12, 10)
+    term1_w = w_legs.reshape(2 * 4, 3, 3, 3)
+    term1 = torch.nn.functional.conv2d(term1_in, term1_w, None, (2, 1), (1, 1), (1, 1), 2)
+    term1 = term1.reshape(n, 2, 4, 6, 10)
+    # term 2 of 2: b[g, d]
+    b_legs = b.reshape(2, 4)
+    term2 = b_legs
+    term2 = term2.reshape(1, 2, 4, 1, 1)  # broadcast over the missing legs
+    result = term1 + term2
+    result = result.reshape(n, 2 * 4, 6, 10)  # [n, (g d), o1, o2]
+    return result
+
+
+def top(x, w, b):
+    """top[n, (g d), o1', o2]: compiled from conv2d_slice.tnd:35.
+
+        top = slice(y, o1=0:3)              # the top three output rows: y[:, :, 0:3] = [n, 8, 3, 10]
+
+    Args:
+        x: [n, (g c), i1, i2], sizes [n, 6, 12, 10]
+        w: [(g d), c, k1, k2], sizes [8, 3, 3, 3]
+        b: [(g d)], sizes [8]
+
+    Returns:
+        [n, (g d), o1', o2], sizes [n, 8, 3, 10]
+
+    Rewrites applied:
+        select-slice: select(o1, o1') -> p1[0:3:1] on o1'
+        pattern-slice: p1(i1, o1', k1) -> conv(stride=2, padding=(1, 0), dilation=1)
+        narrow-input: p1(i1, o1', k1) reads only i1[0:6]
+        select-slice: select(i1, i1~) -> x[0:6:1] on i1~
+        lower: x * p1 * p2 * w -> native conv2d
+
+    Index patterns:
+        p1: conv(stride=2, padding=(1, 0), dilation=1), (I, O, K) = (6, 3, 3)
+        p2: conv(stride=1, padding=1, dilation=1), (I, O, K) = (10, 10, 3)
+    """
+    _check_arguments('top', (
+        ('x', x, ('n', '(g c)', 'i1', 'i2')),
+        ('w', w, ('(g d)', 'c', 'k1', 'k2')),
+        ('b', b, ('(g d)',)),
+    ))
+    n = x.shape[0]  # index n, bound at call time
+    _check_size('top', 'x', 1, '(g c)', x.shape[1], 6)
+    _check_size('top', 'x', 2, 'i1', x.shape[2], 12)
+    _check_size('top', 'x', 3, 'i2', x.shape[3], 10)
+    _check_size('top', 'w', 0, '(g d)', w.shape[0], 8)
+    _check_size('top', 'w', 1, 'c', w.shape[1], 3)
+    _check_size('top', 'w', 2, 'k1', w.shape[2], 3)
+    _check_size('top', 'w', 3, 'k2', w.shape[3], 3)
+    _check_size('top', 'b', 0, '(g d)', b.shape[0], 8)
+    device, dtype = x.device, x.dtype
+    # term 1 of 2: x[n, g, c, i1~, i2] * p1(i1~, o1', k1) * p2(i2, o2, k2) * w[g, d, c, k1, k2]
+    x_legs = x.reshape(n, 2, 3, 12, 10)
+    x_view = x_legs[:, :, :, 0:6]  # [n, g, c, i1~, i2]
+    w_legs = w.reshape(2, 4, 3, 3, 3)
+    # native conv2d
+    term1_in = x_view.reshape(n, 2 * 3, 6, 10)
+    term1_w = w_legs.reshape(2 * 4, 3, 3, 3)
+    term1 = torch.nn.functional.conv2d(term1_in, term1_w, None, (2, 1), (1, 1), (1, 1), 2)
+    term1 = term1.reshape(n, 2, 4, 3, 10)
+    # term 2 of 2: b[g, d]
+    b_legs = b.reshape(2, 4)
+    term2 = b_legs
+    term2 = term2.reshape(1, 2, 4, 1, 1)  # broadcast over the missing legs
+    result = term1 + term2
+    result = result.reshape(n, 2 * 4, 3, 10)  # [n, (g d), o1', o2]
+    return result
+
+
+def even(x, w, b):
+    """even[n, (g d'), o1, o2']: compiled from conv2d_slice.tnd:36.
+
+        even = slice(y, o2=::2, d=1:3)      # every other column, out-channels 1 and 2 of each group
+
+    Args:
+        x: [n, (g c), i1, i2], sizes [n, 6, 12, 10]
+        w: [(g d), c, k1, k2], sizes [8, 3, 3, 3]
+        b: [(g d)], sizes [8]
+
+    Returns:
+        [n, (g d'), o1, o2'], sizes [n, 4, 6, 5]
+
+    Rewrites applied:
+        select-slice: select(o2, o2') -> p2[0:9:2] on o2'
+        pattern-slice: p2(i2, o2', k2) -> conv(stride=2, padding=(1, 0), dilation=1)
+        select-slice: select(d, d') -> w[1:3:1] on d'
+        select-slice: select(d, d') -> b[1:3:1] on d'
+        lower: x * p1 * p2 * w -> native conv2d
+
+    Index patterns:
+        p1: conv(stride=2, padding=1, dilation=1), (I, O, K) = (12, 6, 3)
+        p2: conv(stride=2, padding=(1, 0), dilation=1), (I, O, K) = (10, 5, 3)
+    """
+    _check_arguments('even', (
+        ('x', x, ('n', '(g c)', 'i1', 'i2')),
+        ('w', w, ('(g d)', 'c', 'k1', 'k2')),
+        ('b', b, ('(g d)',)),
+    ))
+    n = x.shape[0]  # index n, bound at call time
+    _check_size('even', 'x', 1, '(g c)', x.shape[1], 6)
+    _check_size('even', 'x', 2, 'i1', x.shape[2], 12)
+    _check_size('even', 'x', 3, 'i2', x.shape[3], 10)
+    _check_size('even', 'w', 0, '(g d)', w.shape[0], 8)
+    _check_size('even', 'w', 1, 'c', w.shape[1], 3)
+    _check_size('even', 'w', 2, 'k1', w.shape[2], 3)
+    _check_size('even', 'w', 3, 'k2', w.shape[3], 3)
+    _check_size('even', 'b', 0, '(g d)', b.shape[0], 8)
+    device, dtype = x.device, x.dtype
+    # term 1 of 2: x[n, g, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2', k2) * w[g, d', c, k1, k2]
+    x_legs = x.reshape(n, 2, 3, 12, 10)
+    w_legs = w.reshape(2, 4, 3, 3, 3)
+    w_view = w_legs[:, 1:3]  # [g, d', c, k1, k2]
+    # native conv2d
+    term1_in = x_legs.reshape(n, 2 * 3, 12, 10)
+    term1_w = w_view.reshape(2 * 2, 3, 3, 3)
+    term1 = torch.nn.functional.conv2d(term1_in, term1_w, None, (2, 2), (1, 1), (1, 1), 2)
+    term1 = term1.reshape(n, 2, 2, 6, 5)
+    # term 2 of 2: b[g, d']
+    b_legs = b.reshape(2, 4)
+    b_view = b_legs[:, 1:3]  # [g, d']
+    term2 = b_view
+    term2 = term2.reshape(1, 2, 2, 1, 1)  # broadcast over the missing legs
+    result = term1 + term2
+    result = result.reshape(n, 2 * 2, 6, 5)  # [n, (g d'), o1, o2']
+    return result
+
+
+def last(x, w, b):
+    """last[n, (g' d), o1', o2]: compiled from conv2d_slice.tnd:38.
+
+        last = slice(y, g=-1:, o1=-2:)      # the last group's channels, the last two rows:
+
+    Args:
+        x: [n, (g c), i1, i2], sizes [n, 6, 12, 10]
+        w: [(g d), c, k1, k2], sizes [8, 3, 3, 3]
+        b: [(g d)], sizes [8]
+
+    Returns:
+        [n, (g' d), o1', o2], sizes [n, 4, 2, 10]
+
+    Rewrites applied:
+        select-slice: select(o1, o1') -> p1[4:6:1] on o1'
+        pattern-slice: p1(i1, o1', k1) -> conv(stride=2, padding=(-7, 0), dilation=1)
+        narrow-input: p1(i1, o1', k1) reads only i1[7:12]
+        select-slice: select(i1, i1~) -> x[7:12:1] on i1~
+        select-slice: select(g, g') -> b[1:2:1] on g'
+        squeeze: size-1 legs g' of b(g', d)
+        lower: p1(i1~, o1', k1) -> a strided window view of the tensor on i1~
+        lower: p2(i2, o2, k2) -> a strided window view of the tensor on i2
+    """
+    _check_arguments('last', (
+        ('x', x, ('n', '(g c)', 'i1', 'i2')),
+        ('w', w, ('(g d)', 'c', 'k1', 'k2')),
+        ('b', b, ('(g d)',)),
+    ))
+    n = x.shape[0]  # index n, bound at call time
+    _check_size('last', 'x', 1, '(g c)', x.shape[1], 6)
+    _check_size('last', 'x', 2, 'i1', x.shape[2], 12)
+    _check_size('last', 'x', 3, 'i2', x.shape[3], 10)
+    _check_size('last', 'w', 0, '(g d)', w.shape[0], 8)
+    _check_size('last', 'w', 1, 'c', w.shape[1], 3)
+    _check_size('last', 'w', 2, 'k1', w.shape[2], 3)
+    _check_size('last', 'w', 3, 'k2', w.shape[3], 3)
+    _check_size('last', 'b', 0, '(g d)', b.shape[0], 8)
+    device, dtype = x.device, x.dtype
+    # term 1 of 2: x[n, g, c, o1', k1, o2, k2] * w[g, d, c, k1, k2] * select(g, g')
+    x_legs = x.reshape(n, 2, 3, 12, 10)
+    x_view = torch.nn.functional.pad(x_legs[:, :, :, 7:12].unfold(3, 3, 2).movedim(-1, 4), (1, 1)).unfold(5, 3, 1).movedim(-1, 6)  # [n, g, c, o1', k1, o2, k2]
+    w_legs = w.reshape(2, 4, 3, 3, 3)
+    select = _select(2, 1, 1, 1, device, dtype)  # select(start=1, step=1)
+    t1 = torch.einsum("bhceg,bi->bhcegi", w_legs, select)  # [g, d, c, k1, k2, g']
+    term1 = torch.einsum("abcdefg,bhcegi->aihdf", x_view, t1)  # [n, g', d, o1', o2]
+    # term 2 of 2: b[d]
+    b_legs = b.reshape(2, 4)
+    b_view = b_legs[1:2].squeeze(0)  # [d]
+    term2 = b_view
+    term2 = term2.reshape(1, 1, 4, 1, 1)  # broadcast over the missing legs
+    result = term1 + term2
+    result = result.reshape(n, 1 * 4, 2, 10)  # [n, (g' d), o1', o2]
+    return result
+
+
+def gw(x, grad_y):
+    """gw[(g d), c, k1, k2]: compiled from conv2d_slice.tnd:42.
+
+        gw = vjp(y, w)                      # the weight gradient gw(x, grad_y): [8, 3, 3, 3]
+
+    Args:
+        x: [n, (g c), i1, i2], sizes [n, 6, 12, 10]
+        grad_y: [n, (g d), o1, o2], sizes [n, 8, 6, 10]
+
+    Returns:
+        [(g d), c, k1, k2], sizes [8, 3, 3, 3]
+
+    Rewrites applied:
+        lower: x * p1 * p2 * grad_y -> native conv_weight2d
+
+    Index patterns:
+        p1: conv(stride=2, padding=1, dilation=1), (I, O, K) = (12, 6, 3)
+        p2: conv(stride=1, padding=1, dilation=1), (I, O, K) = (10, 10, 3)
+    """
+    _check_arguments('gw', (
+        ('x', x, ('n', '(g c)', 'i1', 'i2')),
+        ('grad_y', grad_y, ('n', '(g d)', 'o1', 'o2')),
+    ))
+    n = x.shape[0]  # index n, bound at call time
+    _check_size('gw', 'x', 1, '(g c)', x.shape[1], 6)
+    _check_size('gw', 'x', 2, 'i1', x.shape[2], 12)
+    _check_size('gw', 'x', 3, 'i2', x.shape[3], 10)
+    _check_size('gw', 'grad_y', 0, 'n', grad_y.shape[0], n)
+    _check_size('gw', 'grad_y', 1, '(g d)', grad_y.shape[1], 8)
+    _check_size('gw', 'grad_y', 2, 'o1', grad_y.shape[2], 6)
+    _check_size('gw', 'grad_y', 3, 'o2', grad_y.shape[3], 10)
+    device, dtype = x.device, x.dtype
+    # x[n, g, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * grad_y[n, g, d, o1, o2]
+    x_legs = x.reshape(n, 2, 3, 12, 10)
+    grad_y_legs = grad_y.reshape(n, 2, 4, 6, 10)
+    # native conv_weight2d
+    result_in = x_legs.reshape(n, 2 * 3, 12, 10)
+    result_grad = grad_y_legs.reshape(n, 2 * 4, 6, 10)
+    result = torch.nn.grad.conv2d_weight(result_in, (2 * 4, 3, 3, 3), result_grad, (2, 1), (1, 1), (1, 1), 2)
+    result = result.reshape(2, 4, 3, 3, 3)
+    result = result.reshape(2 * 4, 3, 3, 3)  # [(g d), c, k1, k2]
+    return result
+
+
+def gw_rows(x, grad_y):
+    """gw_rows[(g d), c, k1', k2]: compiled from conv2d_slice.tnd:43.
+
+        gw_rows = slice(gw, k1=1:)          # only kernel rows 1 and 2: [8, 3, 2, 3]
+
+    Args:
+        x: [n, (g c), i1, i2], sizes [n, 6, 12, 10]
+        grad_y: [n, (g d), o1, o2], sizes [n, 8, 6, 10]
+
+    Returns:
+        [(g d), c, k1', k2], sizes [8, 3, 2, 3]
+
+    Rewrites applied:
+        select-slice: select(k1, k1') -> p1[1:3:1] on k1'
+        pattern-slice: p1(i1, o1, k1') -> conv(stride=2, padding=0, dilation=1)
+        dense: p1(i1, o1, k1') -> i1 split into (o1, k1')
+        lower: x * p2 * grad_y -> native conv_weight1d
+
+    Index patterns:
+        p2: conv(stride=1, padding=1, dilation=1), (I, O, K) = (10, 10, 3)
+    """
+    _check_arguments('gw_rows', (
+        ('x', x, ('n', '(g c)', 'i1', 'i2')),
+        ('grad_y', grad_y, ('n', '(g d)', 'o1', 'o2')),
+    ))
+    n = x.shape[0]  # index n, bound at call time
+    _check_size('gw_rows', 'x', 1, '(g c)', x.shape[1], 6)
+    _check_size('gw_rows', 'x', 2, 'i1', x.shape[2], 12)
+    _check_size('gw_rows', 'x', 3, 'i2', x.shape[3], 10)
+    _check_size('gw_rows', 'grad_y', 0, 'n', grad_y.shape[0], n)
+    _check_size('gw_rows', 'grad_y', 1, '(g d)', grad_y.shape[1], 8)
+    _check_size('gw_rows', 'grad_y', 2, 'o1', grad_y.shape[2], 6)
+    _check_size('gw_rows', 'grad_y', 3, 'o2', grad_y.shape[3], 10)
+    device, dtype = x.device, x.dtype
+    # x[n, g, c, o1, k1', i2] * p2(i2, o2, k2) * grad_y[n, g, d, o1, o2]
+    x_legs = x.reshape(n, 2, 3, 12, 10)
+    x_view = x_legs.reshape(n, 2, 3, 6, 2, 10)  # [n, g, c, o1, k1', i2]
+    grad_y_legs = grad_y.reshape(n, 2, 4, 6, 10)
+    # native conv_weight1d
+    result_in = x_view.permute(0, 3, 1, 2, 4, 5).reshape(n * 6, 2 * 3 * 2, 10)
+    result_grad = grad_y_legs.permute(0, 3, 1, 2, 4).reshape(n * 6, 2 * 4, 10)
+    result = torch.nn.grad.conv1d_weight(result_in, (2 * 4, 3 * 2, 3), result_grad, (1,), (1,), (1,), 2)
+    result = result.reshape(2, 4, 3, 2, 3)
+    result = result.reshape(2 * 4, 3, 2, 3)  # [(g d), c, k1', k2]
+    return result
+
+
+def gx(w, grad_y):
+    """gx[n, (g c), i1, i2]: compiled from conv2d_slice.tnd:44.
+
+        gx = vjp(y, x)                      # the input gradient gx(w, grad_y): [n, 6, 12, 10]
+
+    Args:
+        w: [(g d), c, k1, k2], sizes [8, 3, 3, 3]
+        grad_y: [n, (g d), o1, o2], sizes [n, 8, 6, 10]
+
+    Returns:
+        [n, (g c), i1, i2], sizes [n, 6, 12, 10]
+
+    Rewrites applied:
+        lower: p1 * p2 * w * grad_y -> native conv_transpose2d
+
+    Index patterns:
+        p1: conv(stride=2, padding=1, dilation=1), (I, O, K) = (12, 6, 3)
+        p2: conv(stride=1, padding=1, dilation=1), (I, O, K) = (10, 10, 3)
+    """
+    _check_arguments('gx', (
+        ('w', w, ('(g d)', 'c', 'k1', 'k2')),
+        ('grad_y', grad_y, ('n', '(g d)', 'o1', 'o2')),
+    ))
+    n = grad_y.shape[0]  # index n, bound at call time
+    _check_size('gx', 'w', 0, '(g d)', w.shape[0], 8)
+    _check_size('gx', 'w', 1, 'c', w.shape[1], 3)
+    _check_size('gx', 'w', 2, 'k1', w.shape[2], 3)
+    _check_size('gx', 'w', 3, 'k2', w.shape[3], 3)
+    _check_size('gx', 'grad_y', 1, '(g d)', grad_y.shape[1], 8)
+    _check_size('gx', 'grad_y', 2, 'o1', grad_y.shape[2], 6)
+    _check_size('gx', 'grad_y', 3, 'o2', grad_y.shape[3], 10)
+    device, dtype = w.device, w.dtype
+    # p1(i1, o1, k1) * p2(i2, o2, k2) * w[g, d, c, k1, k2] * grad_y[n, g, d, o1, o2]
+    grad_y_legs = grad_y.reshape(n, 2, 4, 6, 10)
+    w_legs = w.reshape(2, 4, 3, 3, 3)
+    # native conv_transpose2d
+    result_in = grad_y_legs.reshape(n, 2 * 4, 6, 10)
+    result_w = w_legs.reshape(2 * 4, 3, 3, 3)
+    result = torch.nn.functional.conv_transpose2d(result_in, result_w, None, (2, 1), (1, 1), (1, 0), 2, (1, 1))
+    result = result.reshape(n, 2, 3, 12, 10)
+    result = result.reshape(n, 2 * 3, 12, 10)  # [n, (g c), i1, i2]
+    return result
+
+
+def gx_crop(w, grad_y):
+    """gx_crop[n, (g c), i1', i2']: compiled from conv2d_slice.tnd:45.
+
+        gx_crop = slice(gx, i1=2:10, i2=2:8)  # the input gradient of a crop of the image: [n, 6, 8, 6]
+
+    Args:
+        w: [(g d), c, k1, k2], sizes [8, 3, 3, 3]
+        grad_y: [n, (g d), o1, o2], sizes [n, 8, 6, 10]
+
+    Returns:
+        [n, (g c), i1', i2'], sizes [n, 6, 8, 6]
+
+    Rewrites applied:
+        select-slice: select(i1, i1') -> p1[2:10:1] on i1'
+        pattern-slice: p1(i1', o1, k1) -> conv(stride=2, padding=(3, 2), dilation=1)
+        select-slice: select(i2, i2') -> p2[2:8:1] on i2'
+        pattern-slice: p2(i2', o2, k2) -> conv(stride=1, padding=3, dilation=1)
+        lower: p1 * p2 * w * grad_y -> native conv_transpose2d
+
+    Index patterns:
+        p1: conv(stride=2, padding=(3, 2), dilation=1), (I, O, K) = (8, 6, 3)
+        p2: conv(stride=1, padding=3, dilation=1), (I, O, K) = (6, 10, 3)
+    """
+    _check_arguments('gx_crop', (
+        ('w', w, ('(g d)', 'c', 'k1', 'k2')),
+        ('grad_y', grad_y, ('n', '(g d)', 'o1', 'o2')),
+    ))
+    n = grad_y.shape[0]  # index n, bound at call time
+    _check_size('gx_crop', 'w', 0, '(g d)', w.shape[0], 8)
+    _check_size('gx_crop', 'w', 1, 'c', w.shape[1], 3)
+    _check_size('gx_crop', 'w', 2, 'k1', w.shape[2], 3)
+    _check_size('gx_crop', 'w', 3, 'k2', w.shape[3], 3)
+    _check_size('gx_crop', 'grad_y', 1, '(g d)', grad_y.shape[1], 8)
+    _check_size('gx_crop', 'grad_y', 2, 'o1', grad_y.shape[2], 6)
+    _check_size('gx_crop', 'grad_y', 3, 'o2', grad_y.shape[3], 10)
+    device, dtype = w.device, w.dtype
+    # p1(i1', o1, k1) * p2(i2', o2, k2) * w[g, d, c, k1, k2] * grad_y[n, g, d, o1, o2]
+    grad_y_legs = grad_y.reshape(n, 2, 4, 6, 10)
+    w_legs = w.reshape(2, 4, 3, 3, 3)
+    # native conv_transpose2d
+    result_in = grad_y_legs.reshape(n, 2 * 4, 6, 10)
+    result_w = w_legs.reshape(2 * 4, 3, 3, 3)
+    result = torch.nn.functional.conv_transpose2d(result_in, result_w, None, (2, 1), (3, 3), (1, 0), 2, (1, 1))
+    result = result.reshape(n, 2, 3, 8, 6)
+    result = result.reshape(n, 2 * 3, 8, 6)  # [n, (g c), i1', i2']
+    return result

@@ -1,0 +1,83 @@
+"""Tensor-network functions compiled by tnc from depthwise_conv2d.tnd: y.
+
+Generated code: edit the .tnd file and recompile."""
+
+import torch
+
+__all__ = ['y']
+
+
+def _check_arguments(function, arguments):
+    """Each argument is a tensor of the declared rank; all share one floating dtype and one device."""
+    first = None
+    for name, value, layout in arguments:
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+        if value.dim() != len(layout):
+            raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
+                             f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
+        if not (value.is_floating_point() or value.is_complex()):
+            raise ValueError(f"{function}(): argument {name!r} must have a floating dtype, got {value.dtype}")
+        if first is None:
+            first = (name, value)
+        elif value.dtype != first[1].dtype:
+            raise ValueError(f"{function}(): argument {name!r} has dtype {value.dtype}, "
+                             f"but {first[0]!r} has {first[1].dtype}")
+        elif value.device != first[1].device:
+            raise ValueError(f"{function}(): argument {name!r} is on {value.device}, "
+                             f"but {first[0]!r} is on {first[1].device}")
+
+
+def _check_size(function, argument, axis, index, actual, expected):
+    """An axis has the size the file gives its index (or that an earlier argument bound)."""
+    if actual != expected:
+        raise ValueError(f"{function}(): argument {argument!r} axis {axis} ({index}) has size {actual}, "
+                         f"expected {expected}")
+
+
+def y(x, w):
+    """y[n, (g m), o1, o2]: compiled from depthwise_conv2d.tnd:25.
+
+        y[n, (g m), o1, o2] = x[n, (g c), i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[(g m), c, k1, k2]
+
+    Args:
+        x: [n, (g c), i1, i2], sizes [n, 8, 12, 10]
+        w: [(g m), c, k1, k2], sizes [16, 1, 3, 3]
+
+    Returns:
+        [n, (g m), o1, o2], sizes [n, 16, 12, 10]
+
+    Rewrites applied:
+        squeeze: size-1 legs c of x(n, g, c, i1, i2)
+        squeeze: size-1 legs c of w(g, m, c, k1, k2)
+        lower: x * p1 * p2 * w -> native conv2d
+
+    Index patterns:
+        p1: conv(stride=1, padding=1, dilation=1), (I, O, K) = (12, 12, 3)
+        p2: conv(stride=1, padding=1, dilation=1), (I, O, K) = (10, 10, 3)
+    """
+    _check_arguments('y', (
+        ('x', x, ('n', '(g c)', 'i1', 'i2')),
+        ('w', w, ('(g m)', 'c', 'k1', 'k2')),
+    ))
+    n = x.shape[0]  # index n, bound at call time
+    _check_size('y', 'x', 1, '(g c)', x.shape[1], 8)
+    _check_size('y', 'x', 2, 'i1', x.shape[2], 12)
+    _check_size('y', 'x', 3, 'i2', x.shape[3], 10)
+    _check_size('y', 'w', 0, '(g m)', w.shape[0], 16)
+    _check_size('y', 'w', 1, 'c', w.shape[1], 1)
+    _check_size('y', 'w', 2, 'k1', w.shape[2], 3)
+    _check_size('y', 'w', 3, 'k2', w.shape[3], 3)
+    device, dtype = x.device, x.dtype
+    # x[n, g, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[g, m, k1, k2]
+    x_legs = x.reshape(n, 8, 1, 12, 10)
+    x_view = x_legs.squeeze(2)  # [n, g, i1, i2]
+    w_legs = w.reshape(8, 2, 1, 3, 3)
+    w_view = w_legs.squeeze(2)  # [g, m, k1, k2]
+    # native conv2d
+    result_in = x_view
+    result_w = w_view.reshape(8 * 2, 1, 3, 3)
+    result = torch.nn.functional.conv2d(result_in, result_w, None, (1, 1), (1, 1), (1, 1), 8)
+    result = result.reshape(n, 8, 2, 12, 10)
+    result = result.reshape(n, 8 * 2, 12, 10)  # [n, (g m), o1, o2]
+    return result

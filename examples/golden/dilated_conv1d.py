@@ -1,0 +1,79 @@
+"""Tensor-network functions compiled by tnc from dilated_conv1d.tnd: y.
+
+Generated code: edit the .tnd file and recompile."""
+
+import torch
+
+__all__ = ['y']
+
+
+def _check_arguments(function, arguments):
+    """Each argument is a tensor of the declared rank; all share one floating dtype and one device."""
+    first = None
+    for name, value, layout in arguments:
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+        if value.dim() != len(layout):
+            raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
+                             f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
+        if not (value.is_floating_point() or value.is_complex()):
+            raise ValueError(f"{function}(): argument {name!r} must have a floating dtype, got {value.dtype}")
+        if first is None:
+            first = (name, value)
+        elif value.dtype != first[1].dtype:
+            raise ValueError(f"{function}(): argument {name!r} has dtype {value.dtype}, "
+                             f"but {first[0]!r} has {first[1].dtype}")
+        elif value.device != first[1].device:
+            raise ValueError(f"{function}(): argument {name!r} is on {value.device}, "
+                             f"but {first[0]!r} is on {first[1].device}")
+
+
+def _check_size(function, argument, axis, index, actual, expected):
+    """An axis has the size the file gives its index (or that an earlier argument bound)."""
+    if actual != expected:
+        raise ValueError(f"{function}(): argument {argument!r} axis {axis} ({index}) has size {actual}, "
+                         f"expected {expected}")
+
+
+def y(x, w, b):
+    """y[n, d, o]: compiled from dilated_conv1d.tnd:22.
+
+        y[n, d, o] = x[n, c, i] * p(i, o, k) * w[d, c, k] + b[d]
+
+    Args:
+        x: [n, c, i], sizes [n, 3, 16]
+        w: [d, c, k], sizes [5, 3, 3]
+        b: [d], sizes [5]
+
+    Returns:
+        [n, d, o], sizes [n, 5, 16]
+
+    Rewrites applied:
+        lower: x * p * w -> native conv1d
+
+    Index patterns:
+        p: conv(stride=1, padding=2, dilation=2), (I, O, K) = (16, 16, 3)
+    """
+    _check_arguments('y', (
+        ('x', x, ('n', 'c', 'i')),
+        ('w', w, ('d', 'c', 'k')),
+        ('b', b, ('d',)),
+    ))
+    n = x.shape[0]  # index n, bound at call time
+    _check_size('y', 'x', 1, 'c', x.shape[1], 3)
+    _check_size('y', 'x', 2, 'i', x.shape[2], 16)
+    _check_size('y', 'w', 0, 'd', w.shape[0], 5)
+    _check_size('y', 'w', 1, 'c', w.shape[1], 3)
+    _check_size('y', 'w', 2, 'k', w.shape[2], 3)
+    _check_size('y', 'b', 0, 'd', b.shape[0], 5)
+    device, dtype = x.device, x.dtype
+    # term 1 of 2: x[n, c, i] * p(i, o, k) * w[d, c, k]
+    # native conv1d
+    term1_in = x
+    term1_w = w
+    term1 = torch.nn.functional.conv1d(term1_in, term1_w, None, (1,), (2,), (2,), 1)
+    # term 2 of 2: b[d]
+    term2 = b
+    term2 = term2.reshape(1, 5, 1)  # broadcast over the missing legs
+    result = term1 + term2
+    return result

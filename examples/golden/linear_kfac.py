@@ -1,0 +1,234 @@
+"""Tensor-network functions compiled by tnc from linear_kfac.tnd: y, gx, gw, gb, A, Ar, B, Br.
+
+Generated code: edit the .tnd file and recompile."""
+
+import torch
+
+__all__ = ['y', 'gx', 'gw', 'gb', 'A', 'Ar', 'B', 'Br']
+
+
+def _check_arguments(function, arguments):
+    """Each argument is a tensor of the declared rank; all share one floating dtype and one device."""
+    first = None
+    for name, value, layout in arguments:
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+        if value.dim() != len(layout):
+            raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
+                             f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
+        if not (value.is_floating_point() or value.is_complex()):
+            raise ValueError(f"{function}(): argument {name!r} must have a floating dtype, got {value.dtype}")
+        if first is None:
+            first = (name, value)
+        elif value.dtype != first[1].dtype:
+            raise ValueError(f"{function}(): argument {name!r} has dtype {value.dtype}, "
+                             f"but {first[0]!r} has {first[1].dtype}")
+        elif value.device != first[1].device:
+            raise ValueError(f"{function}(): argument {name!r} is on {value.device}, "
+                             f"but {first[0]!r} is on {first[1].device}")
+
+
+def _check_size(function, argument, axis, index, actual, expected):
+    """An axis has the size the file gives its index (or that an earlier argument bound)."""
+    if actual != expected:
+        raise ValueError(f"{function}(): argument {argument!r} axis {axis} ({index}) has size {actual}, "
+                         f"expected {expected}")
+
+
+def y(x, w, b):
+    """y[n, d]: compiled from linear_kfac.tnd:19.
+
+        y[n, d] = x[n, c] * w[d, c] + b[d]
+
+    Args:
+        x: [n, c], sizes [n, 5]
+        w: [d, c], sizes [3, 5]
+        b: [d], sizes [3]
+
+    Returns:
+        [n, d], sizes [n, 3]
+    """
+    _check_arguments('y', (
+        ('x', x, ('n', 'c')),
+        ('w', w, ('d', 'c')),
+        ('b', b, ('d',)),
+    ))
+    n = x.shape[0]  # index n, bound at call time
+    _check_size('y', 'x', 1, 'c', x.shape[1], 5)
+    _check_size('y', 'w', 0, 'd', w.shape[0], 3)
+    _check_size('y', 'w', 1, 'c', w.shape[1], 5)
+    _check_size('y', 'b', 0, 'd', b.shape[0], 3)
+    device, dtype = x.device, x.dtype
+    # term 1 of 2: x[n, c] * w[d, c]
+    term1 = torch.tensordot(x, w, dims=([1], [1]))  # [n, d]
+    # term 2 of 2: b[d]
+    term2 = b
+    term2 = term2.reshape(1, 3)  # broadcast over the missing legs
+    result = term1 + term2
+    return result
+
+
+def gx(w, grad_y):
+    """gx[n, c]: compiled from linear_kfac.tnd:21.
+
+        gx = vjp(y, x)                   # gx(w, grad_y) -> [n, c]
+
+    Args:
+        w: [d, c], sizes [3, 5]
+        grad_y: [n, d], sizes [n, 3]
+
+    Returns:
+        [n, c], sizes [n, 5]
+    """
+    _check_arguments('gx', (
+        ('w', w, ('d', 'c')),
+        ('grad_y', grad_y, ('n', 'd')),
+    ))
+    n = grad_y.shape[0]  # index n, bound at call time
+    _check_size('gx', 'w', 0, 'd', w.shape[0], 3)
+    _check_size('gx', 'w', 1, 'c', w.shape[1], 5)
+    _check_size('gx', 'grad_y', 1, 'd', grad_y.shape[1], 3)
+    device, dtype = w.device, w.dtype
+    # w[d, c] * grad_y[n, d]
+    result = torch.einsum("ab,ca->cb", w, grad_y)  # [n, c]
+    return result
+
+
+def gw(x, grad_y):
+    """gw[d, c]: compiled from linear_kfac.tnd:22.
+
+        gw = vjp(y, w)                   # gw(x, grad_y) -> [d, c]
+
+    Args:
+        x: [n, c], sizes [n, 5]
+        grad_y: [n, d], sizes [n, 3]
+
+    Returns:
+        [d, c], sizes [3, 5]
+    """
+    _check_arguments('gw', (
+        ('x', x, ('n', 'c')),
+        ('grad_y', grad_y, ('n', 'd')),
+    ))
+    n = x.shape[0]  # index n, bound at call time
+    _check_size('gw', 'x', 1, 'c', x.shape[1], 5)
+    _check_size('gw', 'grad_y', 0, 'n', grad_y.shape[0], n)
+    _check_size('gw', 'grad_y', 1, 'd', grad_y.shape[1], 3)
+    device, dtype = x.device, x.dtype
+    # x[n, c] * grad_y[n, d]
+    result = torch.einsum("ab,ac->cb", x, grad_y)  # [d, c]
+    return result
+
+
+def gb(grad_y):
+    """gb[d]: compiled from linear_kfac.tnd:23.
+
+        gb = vjp(y, b)                   # gb(grad_y) -> [d]
+
+    Args:
+        grad_y: [n, d], sizes [n, 3]
+
+    Returns:
+        [d], sizes [3]
+    """
+    _check_arguments('gb', (
+        ('grad_y', grad_y, ('n', 'd')),
+    ))
+    n = grad_y.shape[0]  # index n, bound at call time
+    _check_size('gb', 'grad_y', 1, 'd', grad_y.shape[1], 3)
+    device, dtype = grad_y.device, grad_y.dtype
+    # grad_y[n, d]
+    result = torch.einsum("ab->b", grad_y)  # [d]
+    return result
+
+
+def A(x):
+    """A[c, c']: compiled from linear_kfac.tnd:25.
+
+        A = kfac(y, w, batch=n)                        # A(x) -> [c, c']
+
+    Args:
+        x: [n, c], sizes [n, 5]
+
+    Returns:
+        [c, c'], sizes [5, 5]
+    """
+    _check_arguments('A', (
+        ('x', x, ('n', 'c')),
+    ))
+    n = x.shape[0]  # index n, bound at call time
+    _check_size('A', 'x', 1, 'c', x.shape[1], 5)
+    device, dtype = x.device, x.dtype
+    # 1/n * x[n, c] * x[n, c']
+    result = torch.tensordot(x, x, dims=([0], [0]))  # [c, c']
+    result = result * (1/n)
+    return result
+
+
+def Ar(x):
+    """Ar[c, c']: compiled from linear_kfac.tnd:26.
+
+        Ar = kfac(y, w, batch=n, approx=reduce)        # equal to A here
+
+    Args:
+        x: [n, c], sizes [n, 5]
+
+    Returns:
+        [c, c'], sizes [5, 5]
+    """
+    _check_arguments('Ar', (
+        ('x', x, ('n', 'c')),
+    ))
+    n = x.shape[0]  # index n, bound at call time
+    _check_size('Ar', 'x', 1, 'c', x.shape[1], 5)
+    device, dtype = x.device, x.dtype
+    # 1/n * x[n, c] * x[n, c']
+    result = torch.tensordot(x, x, dims=([0], [0]))  # [c, c']
+    result = result * (1/n)
+    return result
+
+
+def B(grad_y):
+    """B[d, d']: compiled from linear_kfac.tnd:27.
+
+        B = kfac_grad(y, w, batch=n)                   # B(grad_y) -> [d, d']
+
+    Args:
+        grad_y: [n, d], sizes [n, 3]
+
+    Returns:
+        [d, d'], sizes [3, 3]
+    """
+    _check_arguments('B', (
+        ('grad_y', grad_y, ('n', 'd')),
+    ))
+    n = grad_y.shape[0]  # index n, bound at call time
+    _check_size('B', 'grad_y', 1, 'd', grad_y.shape[1], 3)
+    device, dtype = grad_y.device, grad_y.dtype
+    # 1/n * grad_y[n, d] * grad_y[n, d']
+    result = torch.tensordot(grad_y, grad_y, dims=([0], [0]))  # [d, d']
+    result = result * (1/n)
+    return result
+
+
+def Br(grad_y):
+    """Br[d, d']: compiled from linear_kfac.tnd:28.
+
+        Br = kfac_grad(y, w, batch=n, approx=reduce)   # equal to B here
+
+    Args:
+        grad_y: [n, d], sizes [n, 3]
+
+    Returns:
+        [d, d'], sizes [3, 3]
+    """
+    _check_arguments('Br', (
+        ('grad_y', grad_y, ('n', 'd')),
+    ))
+    n = grad_y.shape[0]  # index n, bound at call time
+    _check_size('Br', 'grad_y', 1, 'd', grad_y.shape[1], 3)
+    device, dtype = grad_y.device, grad_y.dtype
+    # 1/n * grad_y[n, d] * grad_y[n, d']
+    result = torch.tensordot(grad_y, grad_y, dims=([0], [0]))  # [d, d']
+    result = result * (1/n)
+    return result

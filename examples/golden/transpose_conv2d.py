@@ -1,0 +1,82 @@
+"""Tensor-network functions compiled by tnc from transpose_conv2d.tnd: y.
+
+Generated code: edit the .tnd file and recompile."""
+
+import torch
+
+__all__ = ['y']
+
+
+def _check_arguments(function, arguments):
+    """Each argument is a tensor of the declared rank; all share one floating dtype and one device."""
+    first = None
+    for name, value, layout in arguments:
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+        if value.dim() != len(layout):
+            raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
+                             f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
+        if not (value.is_floating_point() or value.is_complex()):
+            raise ValueError(f"{function}(): argument {name!r} must have a floating dtype, got {value.dtype}")
+        if first is None:
+            first = (name, value)
+        elif value.dtype != first[1].dtype:
+            raise ValueError(f"{function}(): argument {name!r} has dtype {value.dtype}, "
+                             f"but {first[0]!r} has {first[1].dtype}")
+        elif value.device != first[1].device:
+            raise ValueError(f"{function}(): argument {name!r} is on {value.device}, "
+                             f"but {first[0]!r} is on {first[1].device}")
+
+
+def _check_size(function, argument, axis, index, actual, expected):
+    """An axis has the size the file gives its index (or that an earlier argument bound)."""
+    if actual != expected:
+        raise ValueError(f"{function}(): argument {argument!r} axis {axis} ({index}) has size {actual}, "
+                         f"expected {expected}")
+
+
+def y(x, w, b):
+    """y[n, d, i1, i2]: compiled from transpose_conv2d.tnd:34.
+
+        y[n, d, i1, i2] = x[n, c, o1, o2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[c, d, k1, k2] + b[d]
+
+    Args:
+        x: [n, c, o1, o2], sizes [n, 6, 8, 6]
+        w: [c, d, k1, k2], sizes [6, 4, 3, 3]
+        b: [d], sizes [4]
+
+    Returns:
+        [n, d, i1, i2], sizes [n, 4, 16, 12]
+
+    Rewrites applied:
+        lower: x * p1 * p2 * w -> native conv_transpose2d
+
+    Index patterns:
+        p1: conv(stride=2, padding=1, dilation=1), (I, O, K) = (16, 8, 3)
+        p2: conv(stride=2, padding=1, dilation=1), (I, O, K) = (12, 6, 3)
+    """
+    _check_arguments('y', (
+        ('x', x, ('n', 'c', 'o1', 'o2')),
+        ('w', w, ('c', 'd', 'k1', 'k2')),
+        ('b', b, ('d',)),
+    ))
+    n = x.shape[0]  # index n, bound at call time
+    _check_size('y', 'x', 1, 'c', x.shape[1], 6)
+    _check_size('y', 'x', 2, 'o1', x.shape[2], 8)
+    _check_size('y', 'x', 3, 'o2', x.shape[3], 6)
+    _check_size('y', 'w', 0, 'c', w.shape[0], 6)
+    _check_size('y', 'w', 1, 'd', w.shape[1], 4)
+    _check_size('y', 'w', 2, 'k1', w.shape[2], 3)
+    _check_size('y', 'w', 3, 'k2', w.shape[3], 3)
+    _check_size('y', 'b', 0, 'd', b.shape[0], 4)
+    device, dtype = x.device, x.dtype
+    # term 1 of 2: x[n, c, o1, o2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[c, d, k1, k2]
+    # native conv_transpose2d
+    term1_in = x
+    term1_w = w
+    term1 = torch.nn.functional.conv_transpose2d(term1_in, term1_w, None, (2, 2), (1, 1), (1, 1), 1, (1, 1))
+    # term 2 of 2: b[d]
+    term2 = b
+    term2 = term2.reshape(1, 4, 1, 1)  # broadcast over the missing legs
+    result = term1 + term2
+    return result
