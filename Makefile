@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint format golden clean
+.PHONY: setup demo test test-fast lint format golden bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ test-fast: setup  ## the suite without the slow tests
 	$(PY) -m pytest -q -m "not slow"
 
 lint: setup  ## ruff and mypy (strict on the package)
-	$(PY) -m ruff check tncompiler tests examples
+	$(PY) -m ruff check tncompiler tests examples bench
 	$(PY) -m ruff format --check tncompiler
 	$(PY) -m mypy
 
@@ -34,6 +34,10 @@ format: setup
 
 golden: setup  ## regenerate the golden files of examples/golden after an intended change
 	$(PY) -m pytest -q tests/test_golden.py --regen-golden
+
+bench: setup  ## benchmarks: tnc vs PyTorch, einconv and unfold-based KFAC (bench/README.md); BENCH_ARGS="--quick"
+	$(PY) -m pip install -q -c constraints.txt -e ".[bench]"
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,85 @@
+"""The GPU check, for a machine with CUDA (a few minutes at most): `python -m bench.gpu_check`.
+
+1. Correctness on CUDA: every generated function of every layer's file (bench/layers.py, bench/ops.py), called on CUDA
+   tensors, against each of its references (1e-4 relative, float32 without TF32); sampled ops with a CUDA generator
+   against the dense estimate that keeps the same entries. Also checks that each result is on the GPU.
+2. Timing: `python -m bench.run --device cuda --quick` in this process (table, targets, CSV and chart in --out).
+Prints a summary; exit status 1 when a result is wrong or the timing run fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+import tncompiler
+from bench import run
+from bench.layers import LAYERS, Layer
+from bench.ops import OPS, make_inputs, references, tnc_thunk, tnd_source
+
+__all__ = ["check_layer", "main"]
+
+
+def check_layer(layer: Layer, device: str) -> list[str]:
+    """Failures (as lines of text) of every op of `layer` on `device`; empty when all agree."""
+    module = tncompiler.load_source(tnd_source(layer), f"{layer.name}.tnd")
+    tensors = make_inputs(layer, device)
+    failures = []
+    for op in OPS:
+        tnc = tnc_thunk(module, op, tensors, torch.Generator(device=device).manual_seed(0))
+        try:
+            result = tnc()
+            refs = references(layer, op, tensors, tnc_thunk(module, OPS[2], tensors))
+            errors = run.check_errors(layer, module, op, tensors, refs)
+        except Exception as error:  # report and go on: one broken op must not hide the others
+            failures.append(f"{layer.name} {op.name}: raised {type(error).__name__}: {error}")
+            continue
+        if result.device.type != torch.device(device).type:
+            failures.append(f"{layer.name} {op.name}: result on {result.device}, not {device}")
+        failures += [
+            f"{layer.name} {op.name}: vs {name}: relative error {error:.2e}"
+            for name, error in errors.items()
+            if not error <= run.TOLERANCE
+        ]
+    return failures
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda", help="cuda (cpu only to try the script out)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gpu")
+    parser.add_argument("--no-timing", action="store_true", help="only the correctness check")
+    args = parser.parse_args(argv)
+    if args.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            print("no CUDA device: nothing to check")
+            return 1
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+    start, failures = time.perf_counter(), []
+    for layer in LAYERS:
+        layer_failures = check_layer(layer, args.device)
+        print(f"  {layer.name:22} {'ok' if not layer_failures else f'{len(layer_failures)} FAILED'}", flush=True)
+        failures += layer_failures
+    checked = len(LAYERS) * len(OPS)
+    print(f"correctness: {checked} generated functions checked in {time.perf_counter() - start:.0f} s")
+    for line in failures:
+        print(f"  !!! {line}")
+    status = 0
+    if not args.no_timing:
+        status = run.main(["--device", args.device, "--quick", "--out", str(args.out)])
+    print("\nSUMMARY")
+    print(f"  correctness on {args.device}: {'all ok' if not failures else f'{len(failures)} FAILURES'}")
+    if not args.no_timing:
+        print(f"  quick timing run: {'ok' if status == 0 else 'FAILED'}; table, targets and chart above, in {args.out}")
+    return 1 if failures or status else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
