@@ -110,7 +110,7 @@ def A(x):
     # 1/n * x[n, c, o1, k1, o2, k2] * x[n, c', o1, k1', o2, k2']
     x_view = torch.nn.functional.pad(x, (0, 0, 1, 0)).unfold(2, 3, 2).movedim(-1, 3).unfold(4, 3, 1)[..., ::2].movedim(-1, 5)  # [n, c, o1, k1, o2, k2]
     result = torch.tensordot(x_view, x_view, dims=([0, 2, 4], [0, 2, 4]))  # [c, k1, k2, c', k1', k2']
-    result = result * (1/n)
+    result.mul_(1/n)
     result = result.reshape(2 * 3 * 2, 2 * 3 * 2)  # [(c k1 k2), (c' k1' k2')]
     return result
 
@@ -143,9 +143,8 @@ def Ar(x):
     # 1/(225*n) * x[n, c, o1, k1, o2, k2] * x[n, c', o1', k1', o2', k2']
     x_view = torch.nn.functional.pad(x, (0, 0, 1, 0)).unfold(2, 3, 2).movedim(-1, 3).unfold(4, 3, 1)[..., ::2].movedim(-1, 5)  # [n, c, o1, k1, o2, k2]
     t1 = torch.einsum("abcdef->abdf", x_view)  # [n, c, k1, k2]
-    t2 = torch.einsum("aghijk->agik", x_view)  # [n, c', k1', k2']
-    result = torch.tensordot(t1, t2, dims=([0], [0]))  # [c, k1, k2, c', k1', k2']
-    result = result * (1/(225*n))
+    result = torch.tensordot(t1, t1, dims=([0], [0]))  # [c, k1, k2, c', k1', k2']
+    result.mul_(1/(225*n))
     result = result.reshape(2 * 3 * 2, 2 * 3 * 2)  # [(c k1 k2), (c' k1' k2')]
     return result
 
@@ -175,7 +174,7 @@ def B(grad_y):
     # 1/n * grad_y[n, d, o1.o2] * grad_y[n, d', o1.o2]
     grad_y_view = grad_y.reshape(n, 3, 3 * 5)  # [n, d, o1.o2]
     result = torch.tensordot(grad_y_view, grad_y_view, dims=([0, 2], [0, 2]))  # [d, d']
-    result = result * (1/n)
+    result.mul_(1/n)
     return result
 
 
@@ -205,7 +204,6 @@ def Br(grad_y):
     # 1/n * grad_y[n, d, o1.o2] * grad_y[n, d', o1'.o2']
     grad_y_view = grad_y.reshape(n, 3, 3 * 5)  # [n, d, o1.o2]
     t1 = torch.einsum("abc->ab", grad_y_view)  # [n, d]
-    t2 = torch.einsum("ade->ad", grad_y_view)  # [n, d']
-    result = torch.tensordot(t1, t2, dims=([0], [0]))  # [d, d']
-    result = result * (1/n)
+    result = torch.tensordot(t1, t1, dims=([0], [0]))  # [d, d']
+    result.mul_(1/n)
     return result

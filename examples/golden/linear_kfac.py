@@ -161,7 +161,7 @@ def A(x):
     device, dtype = x.device, x.dtype
     # 1/n * x[n, c] * x[n, c']
     result = torch.tensordot(x, x, dims=([0], [0]))  # [c, c']
-    result = result * (1/n)
+    result.mul_(1/n)
     return result
 
 
@@ -184,7 +184,7 @@ def Ar(x):
     device, dtype = x.device, x.dtype
     # 1/n * x[n, c] * x[n, c']
     result = torch.tensordot(x, x, dims=([0], [0]))  # [c, c']
-    result = result * (1/n)
+    result.mul_(1/n)
     return result
 
 
@@ -207,7 +207,7 @@ def B(grad_y):
     device, dtype = grad_y.device, grad_y.dtype
     # 1/n * grad_y[n, d] * grad_y[n, d']
     result = torch.tensordot(grad_y, grad_y, dims=([0], [0]))  # [d, d']
-    result = result * (1/n)
+    result.mul_(1/n)
     return result
 
 
@@ -230,5 +230,5 @@ def Br(grad_y):
     device, dtype = grad_y.device, grad_y.dtype
     # 1/n * grad_y[n, d] * grad_y[n, d']
     result = torch.tensordot(grad_y, grad_y, dims=([0], [0]))  # [d, d']
-    result = result * (1/n)
+    result.mul_(1/n)
     return result

@@ -77,6 +77,14 @@ class _Native:
         padding, crop, extra_windows = _symmetric(self.conv)
         if padding is None or (extra_windows and m.role == "weight"):
             pads = [(str(p.pad_left), right_pad(p, self.size)) for p in self.conv]
+            cuts = [int(right) if right.lstrip("-").isdigit() and int(right) < 0 else 0 for _, right in pads]
+            if any(cuts):  # cut unread rows first: F.pad cannot crop more than a tensor holds
+                ends = [
+                    f":{max(0, p.in_size - -c)}" if c and isinstance(p.in_size, int) else ":"
+                    for p, c in zip(self.conv, cuts, strict=True)
+                ]
+                self.lines.append(f"{self.var}_in = {self.var}_in[:, :, {', '.join(ends)}]  # rows no window reaches")
+                pads = [(left, "0" if cut else right) for (left, right), cut in zip(pads, cuts, strict=True)]
             if any(pair != ("0", "0") for pair in pads):
                 self.lines.append(f"{self.var}_in = torch.nn.functional.pad({self.var}_in, ({pad_arguments(pads)}))")
             return "0", False
@@ -175,6 +183,8 @@ def _symmetric(conv: list[ConvPattern]) -> tuple[str | None, list[int], bool]:
             return None, [], False
         needed = max(0, p.in_size + 2 * p.pad_left - _extent(p) - p.out_size * p.stride + 1)
         allowed = max(0, p.in_size - 1 - last_read)
+        if p.in_size - min(needed, allowed) < 1:
+            return None, [], False  # every window lies in the padding: F.pad keeps one (zero) row to convolve
         crops.append(min(needed, allowed))
         extra_windows = extra_windows or needed > allowed
     return _tuple(str(p.pad_left) for p in conv), crops, extra_windows

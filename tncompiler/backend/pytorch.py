@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import string
-from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import PurePath
 
@@ -91,6 +90,7 @@ class _FunctionWriter:
         self.operands: dict[tuple[str, ...], str] = {}
         self.samplers: dict[str, str] = {}
         self.fused: dict[str, str] = {}
+        self.fresh: set[str] = set()
         self.samplers_meta: tuple[Sampler, ...] = tuple(diagram.meta.get("samplers", ()))
         if self.samplers_meta:
             self.namespace.create("generator")
@@ -297,10 +297,8 @@ class _FunctionWriter:
     def _fused(self, factor: Factor, fused: Fused) -> str:
         """Constants contracted once per device and dtype, then cached (equal ones shared)."""
         self.helpers.add("_cached")
-        sizes = dict(fused.sizes)
-        letters = {leg: _LETTERS[k] for k, leg in enumerate(sizes)}
         parts = [self._view_chain(part, self._constant(part)) for part in fused.parts]
-        einsum = _einsum(parts, [part.legs for part in fused.parts], fused.legs, letters)
+        einsum = _einsum(parts, [part.legs for part in fused.parts], fused.legs)
         if einsum not in self.fused:
             var = self.namespace.create("fused")
             self.emit(f"{var} = _cached(({f'{self.name}.{var}'!r}, device, dtype), lambda: {einsum})")
@@ -417,38 +415,34 @@ class _FunctionWriter:
     def _contract(
         self, term: Network, plan: Plan, operands: list[str], target: tuple[str, ...], var: str, indent: str
     ) -> None:
-        letters = {leg: _LETTERS[k] for k, leg in enumerate(term.indices)} if len(term.indices) <= 52 else None
-        if letters is None:
-            raise TncError(f"a term of {self.diagram.name!r} has more than 52 indices", self.diagram.span)
         names, legs = list(operands), [f.legs for f in term.factors]
+        done: dict[str, str] = {}  # a step that repeats an earlier one (the two copies of x in KFAC) reuses it
         for k, step in enumerate(plan.steps):
             last = k == len(plan.steps) - 1
             result_legs = target if last else step.legs
+            call = _pairwise([names[i] for i in step.operands], [legs[i] for i in step.operands], result_legs)
+            if call in done and not last:
+                names.append(done[call])
+                legs.append(result_legs)
+                continue
             result = var if last else self.namespace.create(f"t{len(names) - len(operands) + 1}")
-            call = _pairwise([names[i] for i in step.operands], [legs[i] for i in step.operands], result_legs, letters)
-            self.emit(f"{indent}{result} = {call}  # [{', '.join(result_legs)}]")
+            self.emit(f"{indent}{result} = {done.get(call, call)}  # [{', '.join(result_legs)}]")
+            if call not in done and len(step.operands) == 2:
+                self.fresh.add(result)  # new storage: safe to scale in place
+            done.setdefault(call, result)
             names.append(result)
             legs.append(result_legs)
         if not plan.steps:
-            self._single(term, operands, target, var, letters, indent)
+            self._single(term, operands, target, var, indent)
 
-    def _single(
-        self,
-        term: Network,
-        operands: list[str],
-        target: tuple[str, ...],
-        var: str,
-        letters: dict[str, str],
-        indent: str,
-    ) -> None:
+    def _single(self, term: Network, operands: list[str], target: tuple[str, ...], var: str, indent: str) -> None:
         if not operands:
             self.emit(f"{indent}{var} = torch.ones((), device=device, dtype=dtype)")
         elif term.factors[0].legs == target:
             self.emit(f"{indent}{var} = {operands[0]}")
         else:
             self.emit(
-                f"{indent}{var} = {_einsum([operands[0]], [term.factors[0].legs], target, letters)}"
-                f"  # [{', '.join(target)}]"
+                f"{indent}{var} = {_einsum([operands[0]], [term.factors[0].legs], target)}  # [{', '.join(target)}]"
             )
 
     def _scale(self, term: Network, var: str) -> None:
@@ -458,7 +452,10 @@ class _FunctionWriter:
         if coefficient == -1:
             self.emit(f"{var} = -{var}")
             return
-        self.emit(f"{var} = {var} * ({self.size(coefficient)})")
+        if var in self.fresh:  # the term's own new tensor: scaling it in place saves a buffer of its size
+            self.emit(f"{var}.mul_({self.size(coefficient)})")
+        else:
+            self.emit(f"{var} = {var} * ({self.size(coefficient)})")
 
     # -- the result --------------------------------------------------------------------------------------
     def _assemble(self, term_vars: list[str]) -> None:
@@ -504,15 +501,20 @@ def tensordot_dims(legs: list[tuple[str, ...]], result: tuple[str, ...]) -> tupl
     return [a.index(leg) for leg in shared], [b.index(leg) for leg in shared]
 
 
-def _pairwise(names: list[str], legs: list[tuple[str, ...]], result: tuple[str, ...], letters: dict[str, str]) -> str:
+def _pairwise(names: list[str], legs: list[tuple[str, ...]], result: tuple[str, ...]) -> str:
     """tensordot where the step is a plain contraction in the natural order, einsum otherwise."""
     dims = tensordot_dims(legs, result)
     if dims is not None:
         return f"torch.tensordot({names[0]}, {names[1]}, dims=({dims[0]}, {dims[1]}))"
-    return _einsum(names, legs, result, letters)
+    return _einsum(names, legs, result)
 
 
-def _einsum(names: list[str], legs: list[tuple[str, ...]], result: tuple[str, ...], letters: Mapping[str, str]) -> str:
+def _einsum(names: list[str], legs: list[tuple[str, ...]], result: tuple[str, ...]) -> str:
+    """An einsum call, with letters given in order of appearance (so equal steps are equal text)."""
+    order = list(dict.fromkeys(leg for x in [*legs, result] for leg in x))
+    if len(order) > len(_LETTERS):
+        raise TncError(f"an einsum step needs {len(order)} indices; torch.einsum takes at most {len(_LETTERS)}")
+    letters = {leg: _LETTERS[k] for k, leg in enumerate(order)}
     inputs = ",".join("".join(letters[leg] for leg in x) for x in legs)
     output = "".join(letters[leg] for leg in result)
     return f'torch.einsum("{inputs}->{output}", {", ".join(names)})'

@@ -50,8 +50,7 @@ def match_native(net: Network) -> NativeConv | None:
         return None
     if any(net.factors[k].kind != "input" for k in others) or any(len(set(f.legs)) != len(f.legs) for f in net.factors):
         return None
-    if any(f.view is not None and any(isinstance(op, GatherOp) for op in f.view.ops) for f in net.factors):
-        return None  # a sampled axis may keep no entry at all, which the kernels reject; einsum handles it
+    sampled = {leg for leg, size in net.sizes.items() if _is_kept(size)}
     roles = set()
     for k in patterns:
         legs = net.factors[k].legs
@@ -64,9 +63,15 @@ def match_native(net: Network) -> NativeConv | None:
     role: Role = roles.pop()  # type: ignore[assignment]
     for data, other in (others, others[::-1]):
         match = _assign(net, role, data, other, patterns)
-        if match is not None:
+        # A sampled leg may keep no entry at all: the kernels take an empty batch, not empty channels or positions.
+        if match is not None and sampled <= set(match.batch):
             return match
     return None
+
+
+def _is_kept(size: object) -> bool:
+    """A size drawn at call time by tensor dropout (`c_kept`)."""
+    return isinstance(size, sympy.Expr) and any(str(s).endswith("_kept") for s in size.free_symbols)
 
 
 # For each role: which pattern legs (by position i=0, o=1, k=2) the data tensor and the other tensor carry.
@@ -138,6 +143,12 @@ def lower_network(net: Network) -> tuple[Network, list[str]]:
     native = match_native(net)
     if native is not None:
         return replace_meta(net, native), [f"lower: {_text(net)} -> {native.describe()}"]
+    written = net.meta.get("as_written")
+    if isinstance(written, Network) and _kernel_wins(net, written):
+        native = match_native(written)
+        assert native is not None
+        note = f"lower: {_text(written)} -> {native.describe()} (the kernel beats the rewritten network)"
+        return replace_meta(written, native), [note]
     notes = []
     changed = True
     while changed:
@@ -152,6 +163,19 @@ def lower_network(net: Network) -> tuple[Network, list[str]]:
                 net, changed = windowed, True
                 break
     return net, notes
+
+
+def _kernel_wins(rewritten: Network, written: Network) -> bool:
+    """The cost model between a native kernel and a rewritten network of the same term. Both do the same
+    multiply-adds, but PyTorch's convolution kernels run them faster than the permute-and-matmul of a rewritten
+    convolution or weight gradient; a rewritten transpose convolution that needs no constant at all (patchify:
+    reshapes only) beats the transpose kernel; one that still multiplies by selections or patterns does not."""
+    native = match_native(written)
+    if native is None or rewritten.outputs != written.outputs:
+        return False
+    if native.role != "transpose":
+        return True
+    return any(f.kind in ("pattern", "select", "delta", "fused") for f in rewritten.factors)
 
 
 def replace_meta(net: Network, native: NativeConv) -> Network:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from tncompiler.ir.network import Diagram, Network
 from tncompiler.ir.values import Layout
 from tncompiler.passes.fuse import fuse
-from tncompiler.passes.lower import lower
+from tncompiler.passes.lower import lower, match_native
 from tncompiler.passes.simplify import simplify_network
 
 __all__ = ["Pass", "PIPELINE", "Stage", "run_pipeline", "stage_names"]
@@ -39,6 +39,8 @@ def simplify(diagram: Diagram, lint: bool) -> tuple[Diagram, tuple[str, ...]]:
     for term in diagram.terms:
         check: Callable[[Network], None] | None = Network.lint if lint else None
         new, changed, splits = simplify_network(term, len(diagram.terms) == 1, check)
+        if changed and match_native(term) is not None:  # lowering may prefer the kernel on the term as written
+            new = Network(new.factors, new.outputs, new.sizes, new.coefficient, {**new.meta, "as_written": term})
         terms.append(new)
         notes += changed
         layout = _split_layout(layout, splits)
