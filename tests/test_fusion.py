@@ -196,20 +196,14 @@ def fuse_by_hand(net: Network, members: list[int]) -> Network:
     )
 
 
-def test_no_fusion_where_it_would_raise_the_cost() -> None:
-    """Strided KFAC-reduce: Σ_o Π[i, o, k] is a fusable group, but summing strided windows over the few output
-    positions is cheaper than a product with an (I, K) matrix, so the pass leaves it."""
+def test_a_single_pattern_summed_alone_is_always_fused() -> None:
+    """Strided KFAC-reduce: summing strided windows over the few output positions has fewer multiply-adds than a
+    product with the small (I, K) matrix Σ_o Π[i, o, k], but the strided sum runs slower and needs a padded copy of
+    the input (bench/), so a single pattern reduced over a leg only it carries is always fused."""
     source = kfac_source(1, STRIDED)
-    assert fuse_notes(source, "Ar") == []
+    assert len(fuse_notes(source, "Ar")) == 2
     term = stages(source, "Ar")["fuse"].terms[0]
-    patterns = [k for k, f in enumerate(term.factors) if isinstance(f.pattern, ConvPattern)]
-    assert len(patterns) == 2
-    at = {N: 32}
-    for k in patterns:
-        o = term.factors[k].legs[1]
-        assert term.tensors_on(o) == (k,) and o not in term.outputs  # Σ_o over one pattern alone: a group
-        assert lowered_cost(fuse_by_hand(term, [k]), at) >= lowered_cost(term, at)
-    # the result is still right
+    assert not [f for f in term.factors if isinstance(f.pattern, ConvPattern)]
     x = torch.randn(3, 2, 9, dtype=torch.float64)
     expected = kfac_reduce_reference(x, STRIDED)
     torch.testing.assert_close(tncompiler.load_source(source).Ar(x), expected, rtol=0, atol=1e-10)

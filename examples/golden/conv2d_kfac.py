@@ -7,6 +7,31 @@ import torch
 __all__ = ['y', 'A', 'Ar', 'B', 'Br']
 
 
+# Index patterns and copy tensors, built once per shape, device and dtype, then reused.
+_CONSTANTS = {}
+
+
+def _conv_pattern(I, O, K, stride, pad_left, dilation, device, dtype):
+    """Pi[i, o, k] = 1 iff i = o*stride + k*dilation - pad_left, as a dense (I, O, K) tensor."""
+    key = ("conv", I, O, K, stride, pad_left, dilation, device, dtype)
+    pattern = _CONSTANTS.get(key)
+    if pattern is None:
+        o = torch.arange(O, device=device).view(1, O, 1)
+        k = torch.arange(K, device=device).view(1, 1, K)
+        i = torch.arange(I, device=device).view(I, 1, 1)
+        pattern = (i == o * stride + k * dilation - pad_left).to(dtype)
+        _CONSTANTS[key] = pattern
+    return pattern
+
+
+def _cached(key, build):
+    """A constant built once per key (function, position, device, dtype), then reused."""
+    value = _CONSTANTS.get(key)
+    if value is None:
+        value = _CONSTANTS[key] = build()
+    return value
+
+
 def _check_arguments(function, arguments):
     """Each argument is a tensor of the declared rank; all share one floating dtype and one device."""
     first = None
@@ -109,7 +134,8 @@ def A(x):
     device, dtype = x.device, x.dtype
     # 1/n * x[n, c, o1, k1, o2, k2] * x[n, c', o1, k1', o2, k2']
     x_view = torch.nn.functional.pad(x, (0, 0, 1, 0)).unfold(2, 3, 2).movedim(-1, 3).unfold(4, 3, 1)[..., ::2].movedim(-1, 5)  # [n, c, o1, k1, o2, k2]
-    result = torch.tensordot(x_view, x_view, dims=([0, 2, 4], [0, 2, 4]))  # [c, k1, k2, c', k1', k2']
+    result_rows = x_view.permute(1, 3, 5, 0, 2, 4).reshape(1, 2 * 3 * 2, n * 3 * 5)  # laid out once
+    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(2, 3, 2, 2, 3, 2)  # [c, k1, k2, c', k1', k2']
     result.mul_(1/n)
     result = result.reshape(2 * 3 * 2, 2 * 3 * 2)  # [(c k1 k2), (c' k1' k2')]
     return result
@@ -127,10 +153,10 @@ def Ar(x):
         [(c k1 k2), (c' k1' k2')], sizes [12, 12]
 
     Rewrites applied:
-        lower: p1(i1, o1, k1) -> a strided window view of the tensor on i1
-        lower: p2(i2, o2, k2) -> a strided window view of the tensor on i2
-        lower: p1(i1', o1', k1') -> a strided window view of the tensor on i1'
-        lower: p2(i2', o2', k2') -> a strided window view of the tensor on i2'
+        fuse: p1(i1, o1, k1) -> one constant over (i1, k1), built once
+        fuse: p2(i2, o2, k2) -> one constant over (i2, k2), built once
+        fuse: p1(i1', o1', k1') -> one constant over (i1', k1'), built once
+        fuse: p2(i2', o2', k2') -> one constant over (i2', k2'), built once
     """
     _check_arguments('Ar', (
         ('x', x, ('n', 'c', 'i1', 'i2')),
@@ -140,10 +166,16 @@ def Ar(x):
     _check_size('Ar', 'x', 2, 'i1', x.shape[2], 6)
     _check_size('Ar', 'x', 3, 'i2', x.shape[3], 7)
     device, dtype = x.device, x.dtype
-    # 1/(225*n) * x[n, c, o1, k1, o2, k2] * x[n, c', o1', k1', o2', k2']
-    x_view = torch.nn.functional.pad(x, (0, 0, 1, 0)).unfold(2, 3, 2).movedim(-1, 3).unfold(4, 3, 1)[..., ::2].movedim(-1, 5)  # [n, c, o1, k1, o2, k2]
-    t1 = torch.einsum("abcdef->abdf", x_view)  # [n, c, k1, k2]
-    result = torch.tensordot(t1, t1, dims=([0], [0]))  # [c, k1, k2, c', k1', k2']
+    # 1/(225*n) * x[n, c, i1, i2] * x[n, c', i1', i2'] * fused(i1, k1) * fused(i2, k2) * fused(i1', k1') * fused(i2', k2')
+    fused = _cached(('Ar.fused', device, dtype), lambda: torch.einsum("abc->ac", _conv_pattern(6, 3, 3, 2, 1, 1, device, dtype)))
+    # fused: p1(i1, o1, k1), contracted once
+    fused_2 = _cached(('Ar.fused_2', device, dtype), lambda: torch.einsum("abc->ac", _conv_pattern(7, 5, 2, 1, 0, 2, device, dtype)))
+    # fused_2: p2(i2, o2, k2), contracted once
+    t1 = torch.tensordot(x, fused_2, dims=([3], [0]))  # [n, c, i1, k2]
+    t2 = torch.tensordot(fused, t1, dims=([0], [2]))  # [k1, n, c, k2]
+    result_rows = t2.permute(0, 2, 3, 1).reshape(1, 3 * 2 * 2, n)  # laid out once
+    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(3, 2, 2, 3, 2, 2)  # [k1, c, k2, k1', c', k2']
+    result = result.permute(1, 0, 2, 4, 3, 5)
     result.mul_(1/(225*n))
     result = result.reshape(2 * 3 * 2, 2 * 3 * 2)  # [(c k1 k2), (c' k1' k2')]
     return result
@@ -173,7 +205,8 @@ def B(grad_y):
     device, dtype = grad_y.device, grad_y.dtype
     # 1/n * grad_y[n, d, o1.o2] * grad_y[n, d', o1.o2]
     grad_y_view = grad_y.reshape(n, 3, 3 * 5)  # [n, d, o1.o2]
-    result = torch.tensordot(grad_y_view, grad_y_view, dims=([0, 2], [0, 2]))  # [d, d']
+    result_rows = grad_y_view.permute(1, 0, 2).reshape(1, 3, n * 15)  # laid out once
+    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(3, 3)  # [d, d']
     result.mul_(1/n)
     return result
 
@@ -204,6 +237,7 @@ def Br(grad_y):
     # 1/n * grad_y[n, d, o1.o2] * grad_y[n, d', o1'.o2']
     grad_y_view = grad_y.reshape(n, 3, 3 * 5)  # [n, d, o1.o2]
     t1 = torch.einsum("abc->ab", grad_y_view)  # [n, d]
-    result = torch.tensordot(t1, t1, dims=([0], [0]))  # [d, d']
+    result_rows = t1.permute(1, 0).reshape(1, 3, n)  # laid out once
+    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(3, 3)  # [d, d']
     result.mul_(1/n)
     return result

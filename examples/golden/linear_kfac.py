@@ -160,7 +160,8 @@ def A(x):
     _check_size('A', 'x', 1, 'c', x.shape[1], 5)
     device, dtype = x.device, x.dtype
     # 1/n * x[n, c] * x[n, c']
-    result = torch.tensordot(x, x, dims=([0], [0]))  # [c, c']
+    result_rows = x.permute(1, 0).reshape(1, 5, n)  # laid out once
+    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(5, 5)  # [c, c']
     result.mul_(1/n)
     return result
 
@@ -183,7 +184,8 @@ def Ar(x):
     _check_size('Ar', 'x', 1, 'c', x.shape[1], 5)
     device, dtype = x.device, x.dtype
     # 1/n * x[n, c] * x[n, c']
-    result = torch.tensordot(x, x, dims=([0], [0]))  # [c, c']
+    result_rows = x.permute(1, 0).reshape(1, 5, n)  # laid out once
+    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(5, 5)  # [c, c']
     result.mul_(1/n)
     return result
 
@@ -206,7 +208,8 @@ def B(grad_y):
     _check_size('B', 'grad_y', 1, 'd', grad_y.shape[1], 3)
     device, dtype = grad_y.device, grad_y.dtype
     # 1/n * grad_y[n, d] * grad_y[n, d']
-    result = torch.tensordot(grad_y, grad_y, dims=([0], [0]))  # [d, d']
+    result_rows = grad_y.permute(1, 0).reshape(1, 3, n)  # laid out once
+    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(3, 3)  # [d, d']
     result.mul_(1/n)
     return result
 
@@ -229,6 +232,7 @@ def Br(grad_y):
     _check_size('Br', 'grad_y', 1, 'd', grad_y.shape[1], 3)
     device, dtype = grad_y.device, grad_y.dtype
     # 1/n * grad_y[n, d] * grad_y[n, d']
-    result = torch.tensordot(grad_y, grad_y, dims=([0], [0]))  # [d, d']
+    result_rows = grad_y.permute(1, 0).reshape(1, 3, n)  # laid out once
+    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(3, 3)  # [d, d']
     result.mul_(1/n)
     return result

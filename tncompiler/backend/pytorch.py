@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import PurePath
 
@@ -426,7 +427,12 @@ class _FunctionWriter:
                 legs.append(result_legs)
                 continue
             result = var if last else self.namespace.create(f"t{len(names) - len(operands) + 1}")
-            self.emit(f"{indent}{result} = {done.get(call, call)}  # [{', '.join(result_legs)}]")
+            gram = self._gram(term, [names[i] for i in step.operands], [legs[i] for i in step.operands], result_legs)
+            if gram is not None and call not in done:
+                for line in gram(result):
+                    self.emit(f"{indent}{line}")
+            else:
+                self.emit(f"{indent}{result} = {done.get(call, call)}  # [{', '.join(result_legs)}]")
             if call not in done and len(step.operands) == 2:
                 self.fresh.add(result)  # new storage: safe to scale in place
             done.setdefault(call, result)
@@ -434,6 +440,47 @@ class _FunctionWriter:
             legs.append(result_legs)
         if not plan.steps:
             self._single(term, operands, target, var, indent)
+
+    def _gram(
+        self, term: Network, names: list[str], legs: list[tuple[str, ...]], result: tuple[str, ...]
+    ) -> Callable[[str], list[str]] | None:
+        """A tensor contracted with a renamed copy of itself (KFC: u uᵀ) is laid out once as [batch, free, summed]
+        and multiplied by its own transpose, instead of being copied once per operand."""
+        if len(names) != 2 or names[0] != names[1] or len(legs[0]) != len(legs[1]):
+            return None
+        a, b = legs
+        shared = [j for j in range(len(a)) if a[j] == b[j]]
+        free = [j for j in range(len(a)) if a[j] != b[j]]
+        batch = [j for j in shared if a[j] in result]
+        summed = [j for j in shared if a[j] not in result]
+        if (
+            not free
+            or not summed
+            or len(set(a)) != len(a)
+            or set(result) != {a[j] for j in batch + free} | {b[j] for j in free}
+        ):
+            return None
+        size = [self.size(term.size(leg)) for leg in a]
+
+        def product(positions: list[int]) -> str:
+            return " * ".join(size[j] for j in positions) or "1"
+
+        order = tuple(a[j] for j in batch + free) + tuple(b[j] for j in free)
+        permutation = ", ".join(str(j) for j in batch + free + summed)
+        shape = ", ".join([size[j] for j in batch + free] + [size[j] for j in free])
+
+        def lines(var: str) -> list[str]:
+            laid = f"{var}_rows"
+            out = [
+                f"{laid} = {names[0]}.permute({permutation}).reshape({product(batch)}, {product(free)}, "
+                f"{product(summed)})  # laid out once",
+                f"{var} = torch.bmm({laid}, {laid}.transpose(1, 2)).reshape({shape})  # [{', '.join(order)}]",
+            ]
+            if order != result:
+                out.append(f"{var} = {var}.permute({', '.join(str(order.index(leg)) for leg in result)})")
+            return out
+
+        return lines
 
     def _single(self, term: Network, operands: list[str], target: tuple[str, ...], var: str, indent: str) -> None:
         if not operands:

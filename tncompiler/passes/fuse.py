@@ -83,6 +83,16 @@ def _entries(net: Network, legs: tuple[str, ...]) -> int | None:
     return total
 
 
+def _shrinks(net: Network, parts: tuple[Factor, ...], entries: int) -> bool:
+    """A single constant summed over a leg only it carries (Σ_o Π[i, o, k]) becomes a smaller one: always worth it.
+    Multiply-adds alone would not say so (a window view sums as few), but the summed view is strided and a product
+    with a small dense matrix runs as a matrix product, and needs no padded copy."""
+    if len(parts) != 1:
+        return False
+    whole = _entries(net, parts[0].legs)
+    return whole is not None and entries < whole
+
+
 def fuse_network(net: Network) -> tuple[Network, list[str]]:
     notes = []
     for group in _groups(net):
@@ -97,7 +107,7 @@ def fuse_network(net: Network) -> tuple[Network, list[str]]:
         candidate = Network(
             factors, net.outputs, {k: v for k, v in net.sizes.items() if k in kept}, net.coefficient, net.meta
         )
-        if _cost(candidate) < _cost(net):
+        if _shrinks(net, parts, entries) or _cost(candidate) < _cost(net):
             described = " * ".join(f"{f.name or f.kind}({', '.join(f.legs)})" for f in parts)
             notes.append(f"fuse: {described} -> one constant over ({', '.join(group.legs)}), built once")
             rest, more = fuse_network(candidate)
