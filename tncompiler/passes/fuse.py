@@ -4,16 +4,16 @@ carry is contracted once, when the constants are built, where the cost model say
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import sympy
 
-from tncompiler.ir.network import Diagram, Network
+from tncompiler.ir.network import Network
 from tncompiler.ir.values import Factor, Fused, GatherOp, Size
 from tncompiler.order import REGIMES
 from tncompiler.passes.lower import lowered_cost
 
-__all__ = ["fuse", "fuse_network", "MAX_FUSED_ENTRIES"]
+__all__ = ["fuse_network", "MAX_FUSED_ENTRIES"]
 
 # A fused constant larger than this is never built, whatever it saves.
 MAX_FUSED_ENTRIES = 2**24
@@ -113,15 +113,3 @@ def fuse_network(net: Network) -> tuple[Network, list[str]]:
             rest, more = fuse_network(candidate)
             return rest, notes + more
     return net, notes
-
-
-def fuse(diagram: Diagram, lint: bool) -> tuple[Diagram, tuple[str, ...]]:
-    """Fusion on every term."""
-    terms, notes = [], []
-    for term in diagram.terms:
-        new, changed = fuse_network(term)
-        if lint:
-            new.lint()
-        terms.append(new)
-        notes += changed
-    return replace(diagram, terms=tuple(terms)), tuple(notes)

@@ -11,11 +11,11 @@ from typing import Literal
 
 import sympy
 
-from tncompiler.ir.network import Diagram, Network
+from tncompiler.ir.network import Network
 from tncompiler.ir.values import ConvPattern, Factor, GatherOp, View, WindowOp
 from tncompiler.order import plan_network
 
-__all__ = ["NativeConv", "lower", "lower_network", "match_native", "native_flops", "lowered_cost"]
+__all__ = ["NativeConv", "lower_network", "match_native", "native_flops", "lowered_cost"]
 
 Role = Literal["forward", "transpose", "weight"]
 _ROLE_OF_OPEN_LEG = {0: "transpose", 1: "forward", 2: "weight"}  # which pattern leg (i, o, k) is open
@@ -184,17 +184,6 @@ def replace_meta(net: Network, native: NativeConv) -> Network:
 
 def _text(net: Network) -> str:
     return " * ".join(f"{f.name or f.kind}" for f in net.factors)
-
-
-def lower(diagram: Diagram, lint: bool) -> tuple[Diagram, tuple[str, ...]]:
-    terms, notes = [], []
-    for term in diagram.terms:
-        new, changed = lower_network(term)
-        if lint:
-            new.lint()
-        terms.append(new)
-        notes += changed
-    return replace(diagram, terms=tuple(terms)), tuple(notes)
 
 
 def native_flops(term: Network, native: NativeConv) -> sympy.Expr:

@@ -8,8 +8,8 @@ from dataclasses import dataclass, replace
 
 from tncompiler.ir.network import Diagram, Network
 from tncompiler.ir.values import Layout
-from tncompiler.passes.fuse import fuse
-from tncompiler.passes.lower import lower, match_native
+from tncompiler.passes.fuse import fuse_network
+from tncompiler.passes.lower import lower_network, match_native
 from tncompiler.passes.simplify import simplify_network
 
 __all__ = ["Pass", "PIPELINE", "Stage", "run_pipeline", "stage_names"]
@@ -50,6 +50,24 @@ def simplify(diagram: Diagram, lint: bool) -> tuple[Diagram, tuple[str, ...]]:
     return replace(diagram, terms=tuple(terms), layout=layout, sizes=sizes), tuple(notes)
 
 
+def per_term(
+    run: Callable[[Network], tuple[Network, list[str]]],
+) -> Callable[[Diagram, bool], tuple[Diagram, tuple[str, ...]]]:
+    """A diagram pass from a network pass that leaves open legs alone: applied to every term."""
+
+    def diagram_pass(diagram: Diagram, lint: bool) -> tuple[Diagram, tuple[str, ...]]:
+        terms, notes = [], []
+        for term in diagram.terms:
+            new, changed = run(term)
+            if lint:
+                new.lint()
+            terms.append(new)
+            notes += changed
+        return replace(diagram, terms=tuple(terms)), tuple(notes)
+
+    return diagram_pass
+
+
 def _split_layout(layout: Layout, splits: dict[str, tuple[str, ...]]) -> Layout:
     """Replace each split open leg by its parts, in place, within its axis."""
     return Layout(tuple(tuple(part for leg in axis for part in splits.get(leg, (leg,))) for axis in layout.axes))
@@ -57,8 +75,14 @@ def _split_layout(layout: Layout, splits: dict[str, tuple[str, ...]]) -> Layout:
 
 PIPELINE: tuple[Pass, ...] = (
     Pass("simplify", "index patterns become selections, reshapes and slices; copy tensors and unit legs go", simplify),
-    Pass("fuse", "groups of constants are contracted once, where that lowers the work per call", fuse),
-    Pass("lower", "convolutions go to PyTorch's kernels; other patterns become strided window views", lower),
+    Pass(
+        "fuse", "groups of constants are contracted once, where that lowers the work per call", per_term(fuse_network)
+    ),
+    Pass(
+        "lower",
+        "convolutions go to PyTorch's kernels; other patterns become strided window views",
+        per_term(lower_network),
+    ),
 )
 
 
