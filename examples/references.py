@@ -128,6 +128,13 @@ def by_group(y: torch.Tensor) -> torch.Tensor:
     return y.reshape(y.shape[0], 2, -1, *y.shape[2:])
 
 
+def blank_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """x with every image row from `rows` on set to zero."""
+    out = x.clone()
+    out[:, :, rows:] = 0
+    return out
+
+
 def slice_gx(w: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
     return torch.nn.grad.conv2d_input((grad_y.shape[0], 6, 12, 10), w, grad_y, **SLICE_CONV)
 
@@ -145,6 +152,7 @@ SLICES: dict[str, Reference] = {
     "gw_rows": lambda x, grad_y: slice_gw(x, grad_y)[:, :, 1:],
     "gx": slice_gx,
     "gx_crop": lambda w, grad_y: slice_gx(w, grad_y)[:, :, 2:10, 2:8],
+    "masked": lambda x, w: F.conv2d(blank_rows(x, 8), w, **SLICE_CONV),
 }
 
 

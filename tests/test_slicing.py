@@ -424,3 +424,59 @@ def test_an_input_slice_of_the_input_vjp_runs_less() -> None:
     source = CONV2D + "s = slice(gx, i1=0:4)\n"
     module, a = tncompiler.load_source(source), conv2d_arguments()
     assert runtime_flops(module.s, a["w"], a["grad_y"]) < 0.75 * runtime_flops(module.gx, a["w"], a["grad_y"])
+
+
+# --- slices in index lists: x[n, c, 0:8] keeps the declared index, zero outside the slice ---------------------------
+
+INDEX_LIST = """
+index n
+index c = 2, d = 3, i = 12, k = 3
+pattern p(i, o, k) = conv(stride=1, padding=1)
+input x[n, c, i]
+input w[d, c, k]
+y[n, d, o] = x[n, c, 0:8] * p(i, o, k) * w[d, c, k]
+z[n, c, i] = x[n, c, ::2]
+u[n, d] = y[n, d, 2:5] * delta(o)
+gw = vjp(y, w)
+"""
+
+
+def _masked(x: Tensor, keep: slice) -> Tensor:
+    out = torch.zeros_like(x)
+    out[..., keep] = x[..., keep]
+    return out
+
+
+@pytest.mark.parametrize("rewrite", [True, False], ids=["rewritten", "as-written"])
+def test_a_slice_in_an_index_list_masks_the_axis(rewrite: bool) -> None:
+    module = tncompiler.load_source(INDEX_LIST, rewrite=rewrite)
+    g = torch.Generator().manual_seed(0)
+    x, w = (
+        torch.randn(2, 2, 12, generator=g, dtype=torch.float64),
+        torch.randn(3, 2, 3, generator=g, dtype=torch.float64),
+    )
+    y = torch.nn.functional.conv1d(_masked(x, slice(0, 8)), w, padding=1)
+    torch.testing.assert_close(module.y(x, w), y, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(module.z(x), _masked(x, slice(None, None, 2)), rtol=0, atol=0)
+    torch.testing.assert_close(module.u(x, w), y[..., 2:5].sum(-1), rtol=1e-10, atol=1e-12)
+    grad = torch.randn(2, 3, 12, generator=g, dtype=torch.float64)
+    expected = torch.nn.grad.conv1d_weight(_masked(x, slice(0, 8)), w.shape, grad, padding=1)
+    torch.testing.assert_close(module.gw(x, grad), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_a_slice_in_an_index_list_reads_only_the_slice() -> None:
+    code = tncompiler.compile_source(INDEX_LIST)
+    body = code[code.index("def y(") : code.index("def z(")]
+    assert "x[:, :, 0:8]" in body and "_select(" not in body
+
+
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        ("v[n, d] = x[n, c, 0:0] * delta(c) * delta(i) * delta(d)", "is empty"),
+        ("v[n, c] = x[n, c, ::0] * delta(i)", "step must be at least 1"),
+    ],
+)
+def test_bad_slices_in_index_lists(line: str, fragment: str) -> None:
+    with pytest.raises(TncError, match=fragment):
+        tncompiler.compile_source(INDEX_LIST + line + "\n")

@@ -1,10 +1,10 @@
-"""Tensor-network functions compiled by tnc from conv2d_slice.tnd: y, top, even, last, gw, gw_rows, gx, gx_crop.
+"""Tensor-network functions compiled by tnc from conv2d_slice.tnd: y, top, even, last, gw, gw_rows, gx, gx_crop, masked.
 
 Generated code: edit the .tnd file and recompile."""
 
 import torch
 
-__all__ = ['y', 'top', 'even', 'last', 'gw', 'gw_rows', 'gx', 'gx_crop']
+__all__ = ['y', 'top', 'even', 'last', 'gw', 'gw_rows', 'gx', 'gx_crop', 'masked']
 
 
 # Index patterns and copy tensors, built once per shape, device and dtype, then reused.
@@ -454,4 +454,53 @@ def gx_crop(w, grad_y):
     result = torch.nn.functional.conv_transpose2d(result_in, result_w, None, (2, 1), (3, 3), (1, 0), 2, (1, 1))
     result = result.reshape(n, 2, 3, 8, 6)
     result = result.reshape(n, 2 * 3, 8, 6)  # [n, (g c), i1', i2']
+    return result
+
+
+def masked(x, w):
+    """masked[n, (g d), o1, o2]: compiled from conv2d_slice.tnd:50.
+
+        masked[n, (g d), o1, o2] = x[n, (g c), 0:8, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[(g d), c, k1, k2]
+
+    Args:
+        x: [n, (g c), i1, i2], sizes [n, 6, 12, 10]
+        w: [(g d), c, k1, k2], sizes [8, 3, 3, 3]
+
+    Returns:
+        [n, (g d), o1, o2], sizes [n, 8, 6, 10]
+
+    Rewrites applied:
+        select-slice: select(i1~0, i1~1) -> x[0:8:1] on i1~1
+        select-slice: select(i1, i1~1) -> p1[0:8:1] on i1~1
+        pattern-slice: p1(i1~1, o1, k1) -> conv(stride=2, padding=(1, 4), dilation=1)
+        lower: x * p1 * p2 * w -> native conv2d
+
+    Index patterns:
+        p1: conv(stride=2, padding=(1, 4), dilation=1), (I, O, K) = (8, 6, 3)
+        p2: conv(stride=1, padding=1, dilation=1), (I, O, K) = (10, 10, 3)
+    """
+    _check_arguments('masked', (
+        ('x', x, ('n', '(g c)', 'i1', 'i2')),
+        ('w', w, ('(g d)', 'c', 'k1', 'k2')),
+    ))
+    n = x.shape[0]  # index n, bound at call time
+    _check_size('masked', 'x', 1, '(g c)', x.shape[1], 6)
+    _check_size('masked', 'x', 2, 'i1', x.shape[2], 12)
+    _check_size('masked', 'x', 3, 'i2', x.shape[3], 10)
+    _check_size('masked', 'w', 0, '(g d)', w.shape[0], 8)
+    _check_size('masked', 'w', 1, 'c', w.shape[1], 3)
+    _check_size('masked', 'w', 2, 'k1', w.shape[2], 3)
+    _check_size('masked', 'w', 3, 'k2', w.shape[3], 3)
+    device, dtype = x.device, x.dtype
+    # x[n, g, c, i1~1, i2] * p1(i1~1, o1, k1) * p2(i2, o2, k2) * w[g, d, c, k1, k2]
+    x_legs = x.reshape(n, 2, 3, 12, 10)
+    x_view = x_legs[:, :, :, 0:8]  # [n, g, c, i1~1, i2]
+    w_legs = w.reshape(2, 4, 3, 3, 3)
+    # native conv2d
+    result_in = x_view.reshape(n, 2 * 3, 8, 10)
+    result_in = torch.nn.functional.pad(result_in, (1, 1, 1, 4))
+    result_w = w_legs.reshape(2 * 4, 3, 3, 3)
+    result = torch.nn.functional.conv2d(result_in, result_w, None, (2, 1), 0, (1, 1), 2)
+    result = result.reshape(n, 2, 4, 6, 10)
+    result = result.reshape(n, 2 * 4, 6, 10)  # [n, (g d), o1, o2]
     return result

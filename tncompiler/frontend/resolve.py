@@ -13,7 +13,7 @@ import sympy
 from tncompiler.errors import Span, TncError
 from tncompiler.frontend import ast
 from tncompiler.ir.network import Argument, AutogradSpec, Diagram, Network, Program
-from tncompiler.ir.values import ConvPattern, Factor, Layout, Size, out_size, size_symbol
+from tncompiler.ir.values import ConvPattern, Factor, Layout, Select, Size, out_size, size_symbol
 from tncompiler.passes import autodiff, kfac, sampling, slicing
 
 __all__ = ["resolve", "MAX_TERMS"]
@@ -311,7 +311,7 @@ def _definition(scope: _Scope, decl: ast.Definition) -> None:
 
 
 def _leg_size(scope: _Scope, leg: str) -> Size:
-    return scope.sizes[leg.split("~")[0]]
+    return scope.sizes[leg] if leg in scope.sizes else scope.sizes[leg.split("~")[0]]
 
 
 def _text(scope: _Scope, span: Span) -> str:
@@ -429,10 +429,12 @@ def _expect_size(actual: Size, expected: Size, span: Span, what: str) -> None:
 def _tensor_ref(scope: _Scope, ref: ast.TensorRef, owner: str) -> list[_Expanded]:
     name = ref.name.text
     if name in scope.arguments:
+        ref, window = _unslice(scope, ref, scope.arguments[name].layout)
         legs = _ref_legs(scope, ref, scope.arguments[name].layout, f"input {name!r}")
-        return [_Expanded(sympy.Integer(1), [Factor("input", name, legs, ref.span)])]
+        return [_Expanded(sympy.Integer(1), [Factor("input", name, legs, ref.span), *window])]
     if name in scope.definitions:
-        return _inline(scope, ref, scope.definitions[name])
+        ref, window = _unslice(scope, ref, scope.definitions[name].layout)
+        return [_Expanded(e.coefficient, e.factors + window) for e in _inline(scope, ref, scope.definitions[name])]
     if name == owner:
         raise TncError(f"{name!r} refers to itself", ref.name.span, "a definition can only use earlier ones")
     if name in scope.later:
@@ -444,6 +446,50 @@ def _tensor_ref(scope: _Scope, ref: ast.TensorRef, owner: str) -> list[_Expanded
     known = list(scope.arguments) + list(scope.definitions)
     hint = _suggest(name, known, "inputs and definitions so far: " + (", ".join(known) or "none"))
     raise TncError(f"unknown tensor {name!r}", ref.name.span, hint)
+
+
+def _unslice(scope: _Scope, ref: ast.TensorRef, layout: Layout) -> tuple[ast.TensorRef, list[Factor]]:
+    """`x[n, c, 0:16]`: the axis keeps its declared index, and entries outside the slice count as zero. Written
+    as a network: x's axis gets a fresh leg u, and select(u, j) · select(i, j) joins it to i through the kept
+    entries j; the rewrite rules then turn the selections into a slice of x and push the rest into the patterns."""
+    if not any(isinstance(axis, ast.SliceSpec) for axis in ref.axes):
+        return ref, []
+    if len(ref.axes) != len(layout.axes):
+        raise TncError(f"{ref.name.text!r} has {len(layout.axes)} axes {layout.text()}, got {len(ref.axes)}", ref.span)
+    axes: list[ast.Axis] = []
+    window: list[Factor] = []
+    for axis, legs in zip(ref.axes, layout.axes):
+        if not isinstance(axis, ast.SliceSpec):
+            axes.append(axis)
+            continue
+        leg = _sliced_leg(scope, axis, legs)
+        size = scope.sizes[leg]
+        assert isinstance(size, int)
+        try:
+            start, stop, step = slicing.normalise(size, axis.start, axis.stop, axis.step)
+        except TncError as error:
+            raise TncError(error.message, axis.span) from None
+        select = Select(size, len(range(start, stop, step)), start, step)
+        full, kept = f"{leg}~{next(scope.fresh)}", f"{leg}~{next(scope.fresh)}"
+        scope.sizes[full], scope.sizes[kept] = size, select.out_size
+        axes.append(ast.AxisNames((ast.Name(full, axis.span),), False, axis.span))
+        window += [
+            Factor("select", "", (full, kept), axis.span, select),
+            Factor("select", "", (leg, kept), axis.span, select),
+        ]
+    return replace(ref, axes=tuple(axes)), window
+
+
+def _sliced_leg(scope: _Scope, axis: ast.SliceSpec, legs: tuple[str, ...]) -> str:
+    if len(legs) != 1:
+        raise TncError(
+            "a slice in place of a grouped axis is not supported",
+            axis.span,
+            "name the axis's legs, e.g. (g c), and slice one of them with slice(...) on a result",
+        )
+    if not isinstance(scope.sizes[legs[0]], int):
+        raise TncError(f"slicing {legs[0]!r} needs its size known in the file", axis.span)
+    return legs[0]
 
 
 def _ref_legs(scope: _Scope, ref: ast.TensorRef, layout: Layout, what: str) -> tuple[str, ...]:
@@ -476,7 +522,9 @@ def _inline(scope: _Scope, ref: ast.TensorRef, diagram: Diagram) -> list[_Expand
     result = []
     for term in diagram.terms:
         mapping = dict(zip(diagram.layout.legs, legs))
-        mapping.update({leg: f"{leg.split('~')[0]}~{next(scope.fresh)}" for leg in term.summed()})
+        for leg in term.summed():
+            mapping[leg] = f"{leg.split('~')[0]}~{next(scope.fresh)}"
+            scope.sizes[mapping[leg]] = term.size(leg)
         factors = [f.renamed(mapping) for f in term.factors]
         factors += [
             Factor("delta", "", (mapping[leg],), ref.span) for leg in diagram.layout.legs if leg not in term.outputs
@@ -486,12 +534,8 @@ def _inline(scope: _Scope, ref: ast.TensorRef, diagram: Diagram) -> list[_Expand
 
 
 def _axis_names(axis: ast.Axis) -> tuple[ast.Name, ...]:
-    if isinstance(axis, ast.SliceSpec):
-        raise TncError(
-            "slices in index lists are not supported yet",
-            axis.span,
-            "index the full axis; sub-tensor slicing arrives with the rewrite passes",
-        )
+    if isinstance(axis, ast.SliceSpec):  # slices were replaced by _unslice; what is left is a misplaced one
+        raise TncError("a slice can only stand in the index list of a tensor on the right side", axis.span)
     return axis.names
 
 
