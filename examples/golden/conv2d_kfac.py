@@ -173,9 +173,8 @@ def Ar(x):
     # fused_2: p2(i2, o2, k2), contracted once
     t1 = torch.tensordot(x, fused_2, dims=([3], [0]))  # [n, c, i1, k2]
     t2 = torch.tensordot(fused, t1, dims=([0], [2]))  # [k1, n, c, k2]
-    result_rows = t2.permute(0, 2, 3, 1).reshape(1, 3 * 2 * 2, n)  # laid out once
-    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(3, 2, 2, 3, 2, 2)  # [k1, c, k2, k1', c', k2']
-    result = result.permute(1, 0, 2, 4, 3, 5)
+    result_rows = t2.permute(2, 0, 3, 1).reshape(1, 2 * 3 * 2, n)  # laid out once
+    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(2, 3, 2, 2, 3, 2)  # [c, k1, k2, c', k1', k2']
     result.mul_(1/(225*n))
     result = result.reshape(2 * 3 * 2, 2 * 3 * 2)  # [(c k1 k2), (c' k1' k2')]
     return result

@@ -461,6 +461,9 @@ class _FunctionWriter:
         ):
             return None
         size = [self.size(term.size(leg)) for leg in a]
+        # Lay the (small) operand out in the order the (large) result wants, so the product needs no permute.
+        batch.sort(key=lambda j: result.index(a[j]))
+        free.sort(key=lambda j: result.index(a[j]))
 
         def product(positions: list[int]) -> str:
             return " * ".join(size[j] for j in positions) or "1"
