@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -18,6 +20,8 @@ __all__ = ["Step", "Plan", "plan_network", "REGIMES", "OPTIMAL_UP_TO"]
 REGIMES = (1, 32, 1024)
 # Exhaustive search up to this many tensors; cotengra's (deterministic) greedy search beyond.
 OPTIMAL_UP_TO = 12
+# On a terminal, searches over this many tensors or more report their progress on stderr.
+SHOW_PROGRESS_FROM = 9
 
 
 @dataclass(frozen=True, order=True)
@@ -71,7 +75,18 @@ def _path(inputs: list[tuple[str, ...]], outputs: tuple[str, ...], sizes: dict[s
     if len(inputs) < 2:
         return []
     method = "optimal" if len(inputs) <= OPTIMAL_UP_TO else "greedy"
+    show = len(inputs) >= SHOW_PROGRESS_FROM and sys.stderr.isatty()
+    if show:  # exhaustive search grows fast with the number of tensors: say what is going on
+        print(
+            f"tnc: planning a contraction of {len(inputs)} tensors ({method} search) ...",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+    start = time.perf_counter()
     path = ctg.array_contract_path(inputs, outputs, size_dict=sizes, optimize=method, cache=False)
+    if show:
+        print(f" {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return [tuple(int(i) for i in step) for step in path]
 
 
