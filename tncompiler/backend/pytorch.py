@@ -92,6 +92,7 @@ class _FunctionWriter:
         self.samplers: dict[str, str] = {}
         self.fused: dict[str, str] = {}
         self.fresh: set[str] = set()
+        self.prescaled: set[str] = set()
         self.samplers_meta: tuple[Sampler, ...] = tuple(diagram.meta.get("samplers", ()))
         if self.samplers_meta:
             self.namespace.create("generator")
@@ -429,8 +430,12 @@ class _FunctionWriter:
             result = var if last else self.namespace.create(f"t{len(names) - len(operands) + 1}")
             gram = self._gram(term, [names[i] for i in step.operands], [legs[i] for i in step.operands], result_legs)
             if gram is not None and call not in done:
-                for line in gram(result):
+                # With one plan, the last product takes the coefficient on its small operand, not on the result.
+                scale = self.size(term.coefficient) if last and not indent and term.coefficient != 1 else None
+                for line in gram(result, scale):
                     self.emit(f"{indent}{line}")
+                if scale is not None:
+                    self.prescaled.add(result)
             else:
                 self.emit(f"{indent}{result} = {done.get(call, call)}  # [{', '.join(result_legs)}]")
             if call not in done and len(step.operands) == 2:
@@ -443,7 +448,7 @@ class _FunctionWriter:
 
     def _gram(
         self, term: Network, names: list[str], legs: list[tuple[str, ...]], result: tuple[str, ...]
-    ) -> Callable[[str], list[str]] | None:
+    ) -> Callable[[str, str | None], list[str]] | None:
         """A tensor contracted with a renamed copy of itself (KFC: u uᵀ) is laid out once as [batch, free, summed]
         and multiplied by its own transpose, instead of being copied once per operand."""
         if len(names) != 2 or names[0] != names[1] or len(legs[0]) != len(legs[1]):
@@ -472,12 +477,13 @@ class _FunctionWriter:
         permutation = ", ".join(str(j) for j in batch + free + summed)
         shape = ", ".join([size[j] for j in batch + free] + [size[j] for j in free])
 
-        def lines(var: str) -> list[str]:
+        def lines(var: str, scale: str | None) -> list[str]:
             laid = f"{var}_rows"
+            left = laid if scale is None else f"{laid} * ({scale})"
             out = [
                 f"{laid} = {names[0]}.permute({permutation}).reshape({product(batch)}, {product(free)}, "
                 f"{product(summed)})  # laid out once",
-                f"{var} = torch.bmm({laid}, {laid}.transpose(1, 2)).reshape({shape})  # [{', '.join(order)}]",
+                f"{var} = torch.bmm({left}, {laid}.transpose(1, 2)).reshape({shape})  # [{', '.join(order)}]",
             ]
             if order != result:
                 out.append(f"{var} = {var}.permute({', '.join(str(order.index(leg)) for leg in result)})")
@@ -497,7 +503,7 @@ class _FunctionWriter:
 
     def _scale(self, term: Network, var: str) -> None:
         coefficient = term.coefficient
-        if coefficient == 1:
+        if coefficient == 1 or var in self.prescaled:
             return
         if coefficient == -1:
             self.emit(f"{var} = -{var}")
