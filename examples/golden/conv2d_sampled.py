@@ -102,11 +102,8 @@ def gw(x, grad_y, *, generator=None):
         [d, c, k1, k2], sizes [4, 3, 3, 3]
 
     Rewrites applied:
-        lower: x * p1 * p2 * grad_y -> kept output rows folded into the batch of a native conv_weight2d
-
-    Index patterns:
-        p1: conv(stride=1, padding=0, dilation=1), (I, O, K) = (3, 1, 3)
-        p2: conv(stride=1, padding=1, dilation=1), (I, O, K) = (8, 8, 3)
+        lower: p1(i1, o1', k1) -> a strided window view of the tensor on i1
+        lower: p2(i2, o2, k2) -> a strided window view of the tensor on i2
     """
     _check_arguments('gw', (
         ('x', x, ('n', 'c', 'i1', 'i2')),
@@ -123,15 +120,11 @@ def gw(x, grad_y, *, generator=None):
     device, dtype = x.device, x.dtype
     keep_o1 = _keep(10, 0.5, generator, device)  # entries of o1 kept with probability 0.5
     o1_kept = keep_o1.numel()
-    # 2 * p2(i2, o2, k2) * x[n, c, o1', i1~rows, i2] * p1(i1~rows, o1'~one, k1) * grad_y[n, d, o1', o1'~one, o2]
-    x_view = torch.nn.functional.pad(x, (0, 0, 1, 1)).unfold(2, 3, 1).movedim(-1, 3).index_select(2, keep_o1)  # [n, c, o1', i1~rows, i2]
-    grad_y_view = grad_y.index_select(2, keep_o1).reshape(n, 4, o1_kept, 1, 8)  # [n, d, o1', o1'~one, o2]
-    # native conv_weight2d
-    result_in = x_view.permute(0, 2, 1, 4, 3).reshape(n * o1_kept, 3, 8, 3)
-    result_grad = grad_y_view.permute(0, 2, 1, 4, 3).reshape(n * o1_kept, 4, 8, 1)
-    result = torch.nn.grad.conv2d_weight(result_in, (4, 3, 3, 3), result_grad, (1, 1), (1, 0), (1, 1), 1)
-    result = result.reshape(4, 3, 3, 3).permute(0, 1, 3, 2)
-    result = result * (2)
+    # 2 * x[n, c, o1', k1, o2, k2] * grad_y[n, d, o1', o2]
+    x_view = torch.nn.functional.pad(torch.nn.functional.pad(x, (0, 0, 1, 1)).unfold(2, 3, 1).movedim(-1, 3).index_select(2, keep_o1), (1, 1)).unfold(4, 3, 1).movedim(-1, 5)  # [n, c, o1', k1, o2, k2]
+    grad_y_view = grad_y.index_select(2, keep_o1)  # [n, d, o1', o2]
+    result = torch.einsum("abcdef,agce->gbdf", x_view, grad_y_view)  # [d, c, k1, k2]
+    result.mul_(2)
     return result
 
 

@@ -12,9 +12,8 @@ from typing import Literal
 import sympy
 
 from tncompiler.ir.network import Network
-from tncompiler.ir.values import ConvPattern, Factor, GatherOp, SplitOp, View, ViewOp, WindowOp
+from tncompiler.ir.values import ConvPattern, Factor, GatherOp, View, WindowOp
 from tncompiler.order import plan_network
-from tncompiler.passes.names import fresh_name
 
 __all__ = ["NativeConv", "lower_network", "match_native", "native_flops", "lowered_cost"]
 
@@ -136,46 +135,6 @@ def _window(net: Network, position: int) -> Network | None:
     return Network(factors, net.outputs, sizes, net.coefficient, net.meta)
 
 
-def _sampled_rows(net: Network, position: int) -> Network | None:
-    """Π(i, o, k) with o sampled (tensor dropout on output positions) and k open, as in a sampled weight gradient:
-    each kept output row reads a window of D·(K − 1) + 1 input rows. Those windows, gathered, become extra batch
-    entries of the input, and the kernel leg meets them through a pattern with one output position, so the term
-    is again a native weight gradient, with work proportional to the kept rows."""
-    factor = net.factors[position]
-    p = factor.pattern
-    if not isinstance(p, ConvPattern) or factor.view is None or not _only_gathers_on_o(factor):
-        return None
-    i, o, k = factor.legs
-    data = [j for j in net.tensors_on(i) if j != position]
-    grad = [j for j in net.tensors_on(o) if j != position]
-    if k not in net.outputs or len(data) != 1 or len(grad) != 1 or data == grad:
-        return None
-    x, g = net.factors[data[0]], net.factors[grad[0]]
-    if x.kind != "input" or g.kind != "input" or x.legs.count(i) != 1 or g.legs.count(o) != 1:
-        return None
-    taken = set(net.sizes)
-    rows, one = fresh_name(f"{i}~rows", taken), fresh_name(f"{o}~one", taken)
-    extent = p.dilation * (p.kernel_size - 1) + 1
-    window = replace(p, kernel_size=extent, dilation=1)
-    gathers = tuple(op for op in factor.view.ops if isinstance(op, GatherOp))
-    axis = x.legs.index(i)
-    x_ops: tuple[ViewOp, ...] = (WindowOp(axis, window), *(GatherOp(axis, op.index) for op in gathers))
-    x_new = _extended(x, net, x_ops, x.legs[:axis] + (o, rows) + x.legs[axis + 1 :])
-    axis = g.legs.index(o)
-    g_new = _extended(g, net, (SplitOp(axis, (net.size(o), 1)),), g.legs[:axis] + (o, one) + g.legs[axis + 1 :])
-    taps = ConvPattern(extent, 1, p.kernel_size, 1, 0, 0, p.dilation)
-    factors = [f for j, f in enumerate(net.factors) if j not in (position, data[0], grad[0])]
-    factors += [x_new, Factor("pattern", factor.name, (rows, one, k), factor.span, taps), g_new]
-    sizes = {name: size for name, size in net.sizes.items() if name != i}
-    sizes.update({rows: extent, one: 1})
-    return Network(factors, net.outputs, sizes, net.coefficient, net.meta)
-
-
-def _extended(factor: Factor, net: Network, ops: tuple[ViewOp, ...], legs: tuple[str, ...]) -> Factor:
-    view = factor.view or View(tuple(net.size(leg) for leg in factor.legs))
-    return replace(factor, legs=legs, view=View(view.base, view.ops + ops))
-
-
 def _only_gathers_on_o(factor: Factor) -> bool:
     return factor.view is None or all(isinstance(op, GatherOp) and op.axis == 1 for op in factor.view.ops)
 
@@ -184,12 +143,6 @@ def lower_network(net: Network) -> tuple[Network, list[str]]:
     native = match_native(net)
     if native is not None:
         return replace_meta(net, native), [f"lower: {_text(net)} -> {native.describe()}"]
-    for position in range(len(net.factors)):
-        rows = _sampled_rows(net, position)
-        native = match_native(rows) if rows is not None else None
-        if rows is not None and native is not None:
-            note = f"lower: {_text(net)} -> kept output rows folded into the batch of a {native.describe()}"
-            return replace_meta(rows, native), [note]
     written = net.meta.get("as_written")
     if isinstance(written, Network) and _kernel_wins(net, written):
         native = match_native(written)
