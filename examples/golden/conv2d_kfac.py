@@ -135,7 +135,8 @@ def A(x):
     # 1/n * x[n, c, o1, k1, o2, k2] * x[n, c', o1, k1', o2, k2']
     x_view = torch.nn.functional.pad(x, (0, 0, 1, 0)).unfold(2, 3, 2).movedim(-1, 3).unfold(4, 3, 1)[..., ::2].movedim(-1, 5)  # [n, c, o1, k1, o2, k2]
     result_rows = x_view.permute(1, 3, 5, 0, 2, 4).reshape(1, 2 * 3 * 2, n * 3 * 5)  # laid out once
-    result = torch.bmm(result_rows * (1/n), result_rows.transpose(1, 2)).reshape(2, 3, 2, 2, 3, 2)  # [c, k1, k2, c', k1', k2']
+    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(2, 3, 2, 2, 3, 2)  # [c, k1, k2, c', k1', k2']
+    result.mul_(1/n)
     result = result.reshape(2 * 3 * 2, 2 * 3 * 2)  # [(c k1 k2), (c' k1' k2')]
     return result
 
@@ -173,7 +174,8 @@ def Ar(x):
     t1 = torch.tensordot(x, fused_2, dims=([3], [0]))  # [n, c, i1, k2]
     t2 = torch.tensordot(fused, t1, dims=([0], [2]))  # [k1, n, c, k2]
     result_rows = t2.permute(2, 0, 3, 1).reshape(1, 2 * 3 * 2, n)  # laid out once
-    result = torch.bmm(result_rows * (1/(225*n)), result_rows.transpose(1, 2)).reshape(2, 3, 2, 2, 3, 2)  # [c, k1, k2, c', k1', k2']
+    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(2, 3, 2, 2, 3, 2)  # [c, k1, k2, c', k1', k2']
+    result.mul_(1/(225*n))
     result = result.reshape(2 * 3 * 2, 2 * 3 * 2)  # [(c k1 k2), (c' k1' k2')]
     return result
 
@@ -203,7 +205,8 @@ def B(grad_y):
     # 1/n * grad_y[n, d, o1.o2] * grad_y[n, d', o1.o2]
     grad_y_view = grad_y.reshape(n, 3, 3 * 5)  # [n, d, o1.o2]
     result_rows = grad_y_view.permute(1, 0, 2).reshape(1, 3, n * 15)  # laid out once
-    result = torch.bmm(result_rows * (1/n), result_rows.transpose(1, 2)).reshape(3, 3)  # [d, d']
+    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(3, 3)  # [d, d']
+    result.mul_(1/n)
     return result
 
 
@@ -234,5 +237,6 @@ def Br(grad_y):
     grad_y_view = grad_y.reshape(n, 3, 3 * 5)  # [n, d, o1.o2]
     t1 = torch.einsum("abc->ab", grad_y_view)  # [n, d]
     result_rows = t1.permute(1, 0).reshape(1, 3, n)  # laid out once
-    result = torch.bmm(result_rows * (1/n), result_rows.transpose(1, 2)).reshape(3, 3)  # [d, d']
+    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(3, 3)  # [d, d']
+    result.mul_(1/n)
     return result

@@ -161,7 +161,8 @@ def A(x):
     device, dtype = x.device, x.dtype
     # 1/n * x[n, c] * x[n, c']
     result_rows = x.permute(1, 0).reshape(1, 5, n)  # laid out once
-    result = torch.bmm(result_rows * (1/n), result_rows.transpose(1, 2)).reshape(5, 5)  # [c, c']
+    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(5, 5)  # [c, c']
+    result.mul_(1/n)
     return result
 
 
@@ -184,7 +185,8 @@ def Ar(x):
     device, dtype = x.device, x.dtype
     # 1/n * x[n, c] * x[n, c']
     result_rows = x.permute(1, 0).reshape(1, 5, n)  # laid out once
-    result = torch.bmm(result_rows * (1/n), result_rows.transpose(1, 2)).reshape(5, 5)  # [c, c']
+    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(5, 5)  # [c, c']
+    result.mul_(1/n)
     return result
 
 
@@ -207,7 +209,8 @@ def B(grad_y):
     device, dtype = grad_y.device, grad_y.dtype
     # 1/n * grad_y[n, d] * grad_y[n, d']
     result_rows = grad_y.permute(1, 0).reshape(1, 3, n)  # laid out once
-    result = torch.bmm(result_rows * (1/n), result_rows.transpose(1, 2)).reshape(3, 3)  # [d, d']
+    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(3, 3)  # [d, d']
+    result.mul_(1/n)
     return result
 
 
@@ -230,5 +233,6 @@ def Br(grad_y):
     device, dtype = grad_y.device, grad_y.dtype
     # 1/n * grad_y[n, d] * grad_y[n, d']
     result_rows = grad_y.permute(1, 0).reshape(1, 3, n)  # laid out once
-    result = torch.bmm(result_rows * (1/n), result_rows.transpose(1, 2)).reshape(3, 3)  # [d, d']
+    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(3, 3)  # [d, d']
+    result.mul_(1/n)
     return result

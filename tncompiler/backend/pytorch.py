@@ -31,7 +31,7 @@ from tncompiler.ir.values import (
     WindowOp,
     slice_length,
 )
-from tncompiler.order import Plan, plan_network
+from tncompiler.order import REGIMES, Plan, plan_network
 from tncompiler.passes.lower import NativeConv
 from tncompiler.passes.pipeline import run_pipeline
 from tncompiler.passes.sampling import Sampler, kept_symbol
@@ -93,6 +93,7 @@ class _FunctionWriter:
         self.fused: dict[str, str] = {}
         self.fresh: set[str] = set()
         self.prescaled: set[str] = set()
+        self.padded_windows: set[int] = set()
         self.samplers_meta: tuple[Sampler, ...] = tuple(diagram.meta.get("samplers", ()))
         if self.samplers_meta:
             self.namespace.create("generator")
@@ -319,11 +320,37 @@ class _FunctionWriter:
             return base
         shape = [self.size(s) for s in factor.view.base]
         expr, before_reshape = base, None
-        for op in factor.view.ops:
+        ops = factor.view.ops
+        for position, op in enumerate(ops):
+            if isinstance(op, WindowOp) and position not in self.padded_windows:
+                expr = self._pad_windows(expr, shape, ops, position)
             start = before_reshape if isinstance(op, SplitOp | MergeOp) and before_reshape is not None else expr
             expr, shape = self._view_op(start, shape, op)
             before_reshape = start if isinstance(op, SplitOp | MergeOp) else None  # fold reshape chains
+        self.padded_windows.clear()
         return expr
+
+    def _pad_windows(self, expr: str, shape: list[str], ops: tuple[ViewOp, ...], first: int) -> str:
+        """Pad every axis of a run of windows at once, before the first unfold: padding after an unfold would copy
+        the (larger) windowed view."""
+        axes: dict[int, tuple[int, str]] = {}
+        earlier: list[int] = []
+        for position in range(first, len(ops)):
+            op = ops[position]
+            if not isinstance(op, WindowOp):
+                break
+            axis = op.axis
+            for split in reversed(earlier):  # undo the axes that the run's earlier windows inserted
+                axis -= 1 if axis > split else 0
+            earlier.append(op.axis)
+            axes[axis] = (op.pattern.pad_left, _right_pad(op.pattern, self.size))
+            self.padded_windows.add(position)
+        if all(left == 0 and right == "0" for left, right in axes.values()):
+            return expr
+        pairs = [
+            f"{axes[a][0]}, {axes[a][1]}" if a in axes else "0, 0" for a in range(len(shape) - 1, min(axes) - 1, -1)
+        ]
+        return f"torch.nn.functional.pad({expr}, ({', '.join(pairs)}))"
 
     def _view_op(self, expr: str, shape: list[str], op: ViewOp) -> tuple[str, list[str]]:
         if isinstance(op, SliceOp):
@@ -346,11 +373,7 @@ class _FunctionWriter:
 
     def _window(self, expr: str, shape: list[str], op: WindowOp) -> tuple[str, list[str]]:
         """x[.., i, ..] -> x[.., o, k, ..] = x_padded[.., o·S + k·D, ..]: zero padding, then strided windows."""
-        p = op.pattern
-        right = _right_pad(p, self.size)
-        if p.pad_left != 0 or right != "0":
-            trailing = "0, 0, " * (len(shape) - op.axis - 1)
-            expr = f"torch.nn.functional.pad({expr}, ({trailing}{p.pad_left}, {right}))"
+        p = op.pattern  # padded already, by _pad_windows
         expr = f"{expr}.unfold({op.axis}, {p.dilation * (p.kernel_size - 1) + 1}, {p.stride})"
         if p.dilation != 1:
             expr += f"[..., ::{p.dilation}]"
@@ -430,9 +453,11 @@ class _FunctionWriter:
             result = var if last else self.namespace.create(f"t{len(names) - len(operands) + 1}")
             gram = self._gram(term, [names[i] for i in step.operands], [legs[i] for i in step.operands], result_legs)
             if gram is not None and call not in done:
-                # With one plan, the last product takes the coefficient on its small operand, not on the result.
-                scale = self.size(term.coefficient) if last and not indent and term.coefficient != 1 else None
-                for line in gram(result, scale):
+                # With one plan, the last product takes the coefficient on its operand where that is the smaller.
+                lines, operand_smaller = gram
+                use = last and not indent and term.coefficient != 1 and operand_smaller
+                scale = self.size(term.coefficient) if use else None
+                for line in lines(result, scale):
                     self.emit(f"{indent}{line}")
                 if scale is not None:
                     self.prescaled.add(result)
@@ -448,7 +473,7 @@ class _FunctionWriter:
 
     def _gram(
         self, term: Network, names: list[str], legs: list[tuple[str, ...]], result: tuple[str, ...]
-    ) -> Callable[[str, str | None], list[str]] | None:
+    ) -> tuple[Callable[[str, str | None], list[str]], bool] | None:
         """A tensor contracted with a renamed copy of itself (KFC: u uᵀ) is laid out once as [batch, free, summed]
         and multiplied by its own transpose, instead of being copied once per operand."""
         if len(names) != 2 or names[0] != names[1] or len(legs[0]) != len(legs[1]):
@@ -489,7 +514,12 @@ class _FunctionWriter:
                 out.append(f"{var} = {var}.permute({', '.join(str(order.index(leg)) for leg in result)})")
             return out
 
-        return lines
+        middle = {sym: REGIMES[len(REGIMES) // 2] for leg in a for sym in sympy.sympify(term.size(leg)).free_symbols}
+
+        def entries(positions: list[int]) -> float:
+            return float(sympy.Mul(*[sympy.sympify(term.size(a[j])) for j in positions]).subs(middle))
+
+        return lines, entries(summed) < entries(free)  # the operand is batch·free·summed, the result batch·free²
 
     def _single(self, term: Network, operands: list[str], target: tuple[str, ...], var: str, indent: str) -> None:
         if not operands:
