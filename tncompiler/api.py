@@ -12,7 +12,16 @@ from tncompiler.frontend.parse import parse, require_definitions
 from tncompiler.frontend.resolve import resolve
 from tncompiler.ir.network import Program
 
-__all__ = ["build_program", "compile_source", "compile_file", "load", "load_source", "read_source", "MAX_SOURCE_BYTES"]
+__all__ = [
+    "build_program",
+    "compile_source",
+    "compile_program",
+    "compile_file",
+    "load",
+    "load_source",
+    "read_source",
+    "MAX_SOURCE_BYTES",
+]
 
 # A .tnd file is a few kilobytes; anything past this is not one, and is refused before it is read whole.
 MAX_SOURCE_BYTES = 10 * 2**20
@@ -85,13 +94,17 @@ def _too_deep(filename: str, source: str) -> TncError:
 def compile_source(source: str, filename: str = "<string>", rewrite: bool = True, max_memory: int | None = None) -> str:
     """The generated Python module for `.tnd` text, as source; `rewrite=False` skips the rewrite passes;
     `max_memory` (bytes, default half the machine's memory) refuses diagrams that would need more."""
-    program = build_program(source, filename)
+    return compile_program(build_program(source, filename), source, rewrite, max_memory)
+
+
+def compile_program(program: Program, source: str, rewrite: bool = True, max_memory: int | None = None) -> str:
+    """The generated module of a program already built from `source` (errors point into that source)."""
     try:
         return generate(program, rewrite, max_memory)
     except TncError as error:
-        raise error.located(filename, source) from None
+        raise error.located(program.filename, source) from None
     except RecursionError:
-        raise _too_deep(filename, source) from None
+        raise _too_deep(program.filename, source) from None
 
 
 def compile_file(path: str | Path, rewrite: bool = True) -> str:

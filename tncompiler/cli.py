@@ -13,7 +13,7 @@ from pathlib import Path
 
 import sympy
 
-from tncompiler.api import build_program, compile_source, read_source
+from tncompiler.api import build_program, compile_program, read_source
 from tncompiler.backend.pytorch import public_names
 from tncompiler.dot import diagram_dot
 from tncompiler.errors import TncError
@@ -49,8 +49,9 @@ def _dot_files(program: Program, rewrite: bool = True) -> dict[str, str]:
 
 def _compile(args: argparse.Namespace) -> int:
     source = read_source(args.file)
-    code = compile_source(source, str(args.file), not args.no_rewrite, args.max_memory)
-    dots = _dot_files(build_program(source, str(args.file)), not args.no_rewrite) if args.dot else {}
+    program = build_program(source, str(args.file))
+    code = compile_program(program, source, not args.no_rewrite, args.max_memory)
+    dots = _dot_files(program, not args.no_rewrite) if args.dot else {}
     output = args.output or Path(args.file).with_suffix(".py")
     write_atomic(output, code)
     for name, text in dots.items():
@@ -76,7 +77,7 @@ def _explain(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     source = read_source(args.file)
     program = build_program(source, str(args.file))
-    compile_source(source, str(args.file))  # also checks what only code generation can (call-time sizes)
+    compile_program(program, source)  # also checks what only code generation can (call-time sizes)
     names = public_names(program)
     for diagram in program.diagrams:
         print(_signature(program, diagram, names[diagram.name]))

@@ -12,7 +12,6 @@ from tncompiler.errors import Span
 __all__ = [
     "Size",
     "size_symbol",
-    "is_known",
     "ConvPattern",
     "Select",
     "SliceOp",
@@ -36,11 +35,6 @@ Size: TypeAlias = int | sympy.Expr
 def size_symbol(name: str) -> sympy.Symbol:
     """The symbol standing for an index size that is bound from the arguments at call time."""
     return sympy.Symbol(name, integer=True, positive=True)
-
-
-def is_known(size: Size) -> bool:
-    """Whether a size is a compile-time integer."""
-    return isinstance(size, int)
 
 
 def simplify_size(size: Size) -> Size:

@@ -11,7 +11,7 @@ from tncompiler.ir.network import Argument, Diagram, Network
 from tncompiler.ir.values import Factor, Layout, Size
 from tncompiler.passes.names import fresh_name
 
-__all__ = ["vjp", "jvp", "jacobian", "occurrences", "cut"]
+__all__ = ["vjp", "jvp", "jacobian", "occurrences", "cut", "derived_diagram"]
 
 
 def occurrences(term: Network, name: str) -> list[int]:
@@ -75,7 +75,7 @@ def _used_arguments(diagram: Diagram, terms: list[Network], new: tuple[Argument,
     return tuple(a for a in diagram.arguments + new if a.name in used or a in new)
 
 
-def _derived(
+def derived_diagram(
     diagram: Diagram, name: str, layout: Layout, terms: list[Network], new: tuple[Argument, ...], source: str
 ) -> Diagram:
     """The derived diagram; its sizes cover its layout, its arguments' layouts and every index of its terms."""
@@ -100,7 +100,7 @@ def vjp(diagram: Diagram, wrt: str, cotangent: str, name: str, span: Span, sourc
             outer = {leg: diagram.sizes[leg] for leg in diagram.layout.legs}
             factors, sizes = cut(term, position, targets, (), extra, outer)
             terms.append(Network(factors, targets, sizes, term.coefficient, term.meta))
-    derived = _derived(diagram, name, argument.layout, terms, (Argument(cotangent, diagram.layout),), source)
+    derived = derived_diagram(diagram, name, argument.layout, terms, (Argument(cotangent, diagram.layout),), source)
     return replace(derived, meta={**derived.meta, "vjp_of": (diagram.name, wrt, cotangent)})
 
 
@@ -114,7 +114,7 @@ def jvp(diagram: Diagram, wrt: str, tangent: str, name: str, span: Span, source:
             factors = list(term.factors)
             factors[position] = replace(factors[position], name=tangent)
             terms.append(term.replace(factors=factors))
-    return _derived(diagram, name, diagram.layout, terms, (Argument(tangent, argument.layout),), source)
+    return derived_diagram(diagram, name, diagram.layout, terms, (Argument(tangent, argument.layout),), source)
 
 
 def jacobian(diagram: Diagram, wrt: str, name: str, span: Span, source: str = "") -> Diagram:
@@ -132,6 +132,6 @@ def jacobian(diagram: Diagram, wrt: str, name: str, span: Span, source: str = ""
             outputs = tuple(leg for leg in keep if leg in sizes) + targets
             terms.append(Network(factors, outputs, sizes, term.coefficient, term.meta))
     layout = Layout(diagram.layout.axes + tuple(tuple(renames[leg] for leg in axis) for axis in argument.layout.axes))
-    derived = _derived(diagram, name, layout, terms, (), source)
+    derived = derived_diagram(diagram, name, layout, terms, (), source)
     sizes = {**derived.sizes, **{renames[leg]: diagram.sizes[leg] for leg in renames}}
     return replace(derived, sizes=sizes)

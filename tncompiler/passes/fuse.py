@@ -94,7 +94,7 @@ def _shrinks(net: Network, parts: tuple[Factor, ...], entries: int) -> bool:
 
 
 def fuse_network(net: Network) -> tuple[Network, list[str]]:
-    notes = []
+    base: float | None = None  # the unfused network's cost, computed once, when first needed
     for group in _groups(net):
         entries = _entries(net, group.legs)
         if entries is None or entries > MAX_FUSED_ENTRIES:
@@ -107,9 +107,11 @@ def fuse_network(net: Network) -> tuple[Network, list[str]]:
         candidate = Network(
             factors, net.outputs, {k: v for k, v in net.sizes.items() if k in kept}, net.coefficient, net.meta
         )
-        if _shrinks(net, parts, entries) or _cost(candidate) < _cost(net):
-            described = " * ".join(f"{f.name or f.kind}({', '.join(f.legs)})" for f in parts)
-            notes.append(f"fuse: {described} -> one constant over ({', '.join(group.legs)}), built once")
-            rest, more = fuse_network(candidate)
-            return rest, notes + more
-    return net, notes
+        if not _shrinks(net, parts, entries):
+            base = _cost(net) if base is None else base
+            if _cost(candidate) >= base:
+                continue
+        described = " * ".join(f"{f.name or f.kind}({', '.join(f.legs)})" for f in parts)
+        rest, more = fuse_network(candidate)
+        return rest, [f"fuse: {described} -> one constant over ({', '.join(group.legs)}), built once", *more]
+    return net, []

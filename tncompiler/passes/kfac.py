@@ -16,7 +16,7 @@ import sympy
 from tncompiler.errors import Span, TncError
 from tncompiler.ir.network import Argument, Diagram, Network
 from tncompiler.ir.values import Factor, Layout, Size
-from tncompiler.passes.autodiff import occurrences
+from tncompiler.passes.autodiff import derived_diagram, occurrences
 from tncompiler.passes.names import fresh_names
 
 __all__ = ["Roles", "kfac_input", "kfac_grad", "APPROXIMATIONS"]
@@ -172,12 +172,4 @@ def _factor_diagram(
     scale = _scale(diagram, r, approx, input_side)
     terms = [_outer(left, r, features, approx, right, scale, outputs, primes) for left in parts for right in parts]
     layout = _factor_layout(r, features, primes)
-    used = {f.name for t in terms for f in t.factors if f.kind == "input"}
-    arguments = tuple(a for a in diagram.arguments if a.name in used) + new
-    sizes: dict[str, Size] = {
-        leg: diagram.sizes[leg] for a in arguments for leg in a.layout.legs if leg in diagram.sizes
-    }
-    for term in terms:
-        sizes.update(term.sizes)
-    meta = {"new_arguments": tuple(a.name for a in new), "roles": r}
-    return Diagram(name, layout, tuple(terms), arguments, sizes, diagram.span, source, meta)
+    return derived_diagram(diagram, name, layout, terms, new, source)

@@ -12,7 +12,7 @@ from tncompiler.passes.fuse import fuse_network
 from tncompiler.passes.lower import lower_network, match_native
 from tncompiler.passes.simplify import simplify_network
 
-__all__ = ["Pass", "PIPELINE", "Stage", "run_pipeline", "stage_names"]
+__all__ = ["Pass", "PIPELINE", "Stage", "run_pipeline"]
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,6 @@ PIPELINE: tuple[Pass, ...] = (
         per_term(lower_network),
     ),
 )
-
-
-def stage_names() -> tuple[str, ...]:
-    return ("built",) + tuple(p.name for p in PIPELINE)
 
 
 def run_pipeline(diagram: Diagram, rewrite: bool = True, lint: bool = False) -> list[Stage]:
