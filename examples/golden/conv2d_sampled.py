@@ -102,8 +102,11 @@ def gw(x, grad_y, *, generator=None):
         [d, c, k1, k2], sizes [4, 3, 3, 3]
 
     Rewrites applied:
-        lower: p1(i1, o1', k1) -> a strided window view of the tensor on i1
-        lower: p2(i2, o2, k2) -> a strided window view of the tensor on i2
+        lower: x * p1 * p2 * grad_y -> native conv_weight2d
+
+    Index patterns:
+        p1: conv(stride=1, padding=1, dilation=1), (I, O, K) = (10, 10, 3)
+        p2: conv(stride=1, padding=1, dilation=1), (I, O, K) = (8, 8, 3)
     """
     _check_arguments('gw', (
         ('x', x, ('n', 'c', 'i1', 'i2')),
@@ -120,10 +123,18 @@ def gw(x, grad_y, *, generator=None):
     device, dtype = x.device, x.dtype
     keep_o1 = _keep(10, 0.5, generator, device)  # entries of o1 kept with probability 0.5
     o1_kept = keep_o1.numel()
-    # 2 * x[n, c, o1', k1, o2, k2] * grad_y[n, d, o1', o2]
-    x_view = torch.nn.functional.pad(torch.nn.functional.pad(x, (0, 0, 1, 1)).unfold(2, 3, 1).movedim(-1, 3).index_select(2, keep_o1), (1, 1)).unfold(4, 3, 1).movedim(-1, 5)  # [n, c, o1', k1, o2, k2]
+    # 2 * x[n, c, i1, i2] * p1(i1, o1', k1) * p2(i2, o2, k2) * grad_y[n, d, o1', o2]
     grad_y_view = grad_y.index_select(2, keep_o1)  # [n, d, o1', o2]
-    result = torch.einsum("abcdef,agce->gbdf", x_view, grad_y_view)  # [d, c, k1, k2]
+    # native conv_weight2d
+    result_in = x
+    result_rows1 = (keep_o1.view(-1, 1) + torch.arange(0, 3, 1, device=device) - 1).flatten()  # rows read
+    result_in = result_in.index_select(2, result_rows1.clamp(0, 9))
+    result_in.index_fill_(2, ((result_rows1 < 0) | (result_rows1 > 9)).nonzero().flatten(), 0)  # rows in the padding
+    result_grad = grad_y_view
+    if o1_kept:
+        result = torch.nn.grad.conv2d_weight(result_in, (4, 3, 3, 3), result_grad, (3, 1), (0, 1), (1, 1), 1)
+    else:  # no entry kept
+        result = result_in.new_zeros((4, 3, 3, 3))
     result.mul_(2)
     return result
 
@@ -169,7 +180,7 @@ def gw_batch(x, grad_y, *, generator=None):
     result_in = x_view
     result_grad = grad_y_view
     result = torch.nn.grad.conv2d_weight(result_in, (4, 3, 3, 3), result_grad, (1, 1), (1, 1), (1, 1), 1)
-    result = result * (4)
+    result.mul_(4)
     return result
 
 

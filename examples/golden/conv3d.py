@@ -51,11 +51,12 @@ def y(x, w, b):
 
     Rewrites applied:
         dense: p3(i3, o3, k3) -> i3 split into (o3, k3)
-        lower: x * p1 * p2 * w -> native conv2d
+        lower: x * p1 * p2 * p3 * w -> native conv3d (the kernel beats the rewritten network)
 
     Index patterns:
         p1: conv(stride=1, padding=1, dilation=1), (I, O, K) = (6, 6, 3)
         p2: conv(stride=2, padding=1, dilation=1), (I, O, K) = (8, 4, 3)
+        p3: conv(stride=2, padding=0, dilation=1), (I, O, K) = (8, 4, 2)
     """
     _check_arguments('y', (
         ('x', x, ('n', 'c', 'i1', 'i2', 'i3')),
@@ -74,13 +75,11 @@ def y(x, w, b):
     _check_size('y', 'w', 4, 'k3', w.shape[4], 2)
     _check_size('y', 'b', 0, 'd', b.shape[0], 4)
     device, dtype = x.device, x.dtype
-    # term 1 of 2: x[n, c, i1, i2, o3, k3] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[d, c, k1, k2, k3]
-    x_view = x.reshape(n, 3, 6, 8, 4, 2)  # [n, c, i1, i2, o3, k3]
-    # native conv2d
-    term1_in = x_view.permute(0, 4, 1, 5, 2, 3).reshape(n * 4, 3 * 2, 6, 8)
-    term1_w = w.permute(0, 1, 4, 2, 3).reshape(4, 3 * 2, 3, 3)
-    term1 = torch.nn.functional.conv2d(term1_in, term1_w, None, (1, 2), (1, 1), (1, 1), 1)
-    term1 = term1.reshape(n, 4, 4, 6, 4).permute(0, 2, 3, 4, 1)
+    # term 1 of 2: x[n, c, i1, i2, i3] * p1(i1, o1, k1) * p2(i2, o2, k2) * p3(i3, o3, k3) * w[d, c, k1, k2, k3]
+    # native conv3d
+    term1_in = x
+    term1_w = w
+    term1 = torch.nn.functional.conv3d(term1_in, term1_w, None, (1, 2, 2), (1, 1, 0), (1, 1, 1), 1)
     # term 2 of 2: b[d]
     term2 = b
     term2 = term2.reshape(1, 4, 1, 1, 1)  # broadcast over the missing legs

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from tncompiler.ir.network import Network
-from tncompiler.ir.values import ConvPattern, Size
+from tncompiler.ir.values import ConvPattern, GatherOp, Size
 from tncompiler.passes.lower import NativeConv
 
 __all__ = ["native_lines", "pad_arguments", "right_pad"]
@@ -47,10 +47,23 @@ def right_pad(p: ConvPattern, size: Callable[[Size], str]) -> str:
 class _Native:
     """Writes one native call: the operands arranged as the kernel wants them, the call, the result's legs."""
 
-    def __init__(self, net: Network, m: NativeConv, var: str, size: Callable[[Size], str]) -> None:
-        self.net, self.m, self.var, self.size = net, m, var, size
+    def __init__(
+        self, net: Network, m: NativeConv, var: str, size: Callable[[Size], str], keep: Callable[[str], str]
+    ) -> None:
+        self.net, self.m, self.var, self.size, self.keep = net, m, var, size, keep
         self.patterns = [net.factors[k] for k in m.patterns]
-        self.conv = [p.pattern for p in self.patterns if isinstance(p.pattern, ConvPattern)]
+        self.written = [p.pattern for p in self.patterns if isinstance(p.pattern, ConvPattern)]
+        # axis -> the sampled index whose kept windows the kernel reads (tiled: stride K, no padding)
+        self.gathered = {
+            axis: op.index
+            for axis, f in enumerate(self.patterns)
+            for op in (f.view.ops if f.view else ())
+            if isinstance(op, GatherOp)
+        }
+        self.conv = [
+            _tiled(p, net.size(f.legs[1])) if axis in self.gathered else p
+            for axis, (f, p) in enumerate(zip(self.patterns, self.written, strict=True))
+        ]
         self.d = len(self.conv)
         self.strides = _tuple(str(p.stride) for p in self.conv)
         self.dilations = _tuple(str(p.dilation) for p in self.conv)
@@ -74,9 +87,11 @@ class _Native:
         shape = [_product(m.batch, self.leg), _product(m.groups + m.data_channels, self.leg)]
         shape += [self.leg(x) for x in self.spatial(0)]
         self.arrange("in", m.data, m.batch + m.groups + m.data_channels + self.spatial(0), shape, a)
+        for axis, index in self.gathered.items():
+            self.gather_windows(axis, self.written[axis], self.keep(index))
         padding, crop, extra_windows = _symmetric(self.conv)
         if padding is None or (extra_windows and m.role == "weight"):
-            pads = [(str(p.pad_left), right_pad(p, self.size)) for p in self.conv]
+            pads = [("0", "0") if _is_tiling(p) else (str(p.pad_left), right_pad(p, self.size)) for p in self.conv]
             cuts = [int(right) if right.lstrip("-").isdigit() and int(right) < 0 else 0 for _, right in pads]
             if any(cuts):  # cut unread rows first: F.pad cannot crop more than a tensor holds
                 ends = [
@@ -93,6 +108,36 @@ class _Native:
             self.lines.append(f"{self.var}_in = {self.var}_in[:, :, {', '.join(ends)}]  # rows no window reaches")
         return padding, extra_windows
 
+    def gather_windows(self, axis: int, p: ConvPattern, keep: str) -> None:
+        """Sampled output positions: the K rows that each kept window reads, one window after the other, so that a
+        kernel with stride K and no padding reads exactly the kept windows. Rows in the padding are zeroed."""
+        rows, data, dim = f"{self.var}_rows{axis + 1}", f"{self.var}_in", 2 + axis
+        step = f"torch.arange(0, {p.kernel_size * p.dilation}, {p.dilation}, device=device)"
+        shift = f" - {p.pad_left}" if p.pad_left else ""
+        scale = f" * {p.stride}" if p.stride != 1 else ""
+        self.lines.append(f"{rows} = ({keep}.view(-1, 1){scale} + {step}{shift}).flatten()  # rows read")
+        if not _reads_padding(p):
+            self.lines.append(f"{data} = {data}.index_select({dim}, {rows})")
+            return
+        last = str(p.in_size - 1) if isinstance(p.in_size, int) else f"{self.size(p.in_size)} - 1"
+        self.lines.append(f"{data} = {data}.index_select({dim}, {rows}.clamp(0, {last}))")
+        outside = f"(({rows} < 0) | ({rows} > {last})).nonzero().flatten()"
+        self.lines.append(f"{data}.index_fill_({dim}, {outside}, 0)  # rows in the padding")
+
+    def call(self, expr: str, empty: list[str]) -> None:
+        """`var = expr`; with sampled positions, zeros of shape `empty` when no entry was kept (the kernels reject
+        inputs without rows)."""
+        if not self.gathered:
+            self.lines.append(f"{self.var} = {expr}")
+            return
+        kept = " and ".join(self.leg(self.patterns[axis].legs[1]) for axis in self.gathered)
+        self.lines += [
+            f"if {kept}:",
+            f"    {self.var} = {expr}",
+            "else:  # no entry kept",
+            f"    {self.var} = {self.var}_in.new_zeros(({', '.join(empty)}))",
+        ]
+
     def forward(self, a: str, b: str) -> tuple[str, ...]:
         m, var = self.m, self.var
         padding, extra_windows = self.data_input(a)
@@ -104,9 +149,11 @@ class _Native:
             shape + [self.leg(x) for x in self.spatial(2)],
             b,
         )
-        self.lines.append(
-            f"{var} = torch.nn.functional.conv{self.d}d({var}_in, {var}_w, None, {self.strides}, "
-            f"{padding}, {self.dilations}, {self.groups})"
+        empty = [_product(m.batch, self.leg), shape[0]] + [self.leg(x) for x in self.spatial(1)]
+        self.call(
+            f"torch.nn.functional.conv{self.d}d({var}_in, {var}_w, None, {self.strides}, "
+            f"{padding}, {self.dilations}, {self.groups})",
+            empty,
         )
         if extra_windows:
             ends = ", ".join(f":{self.size(p.out_size)}" for p in self.conv)
@@ -136,18 +183,27 @@ class _Native:
         )
         weight = [_product(m.groups + m.other_channels, self.leg), _product(m.data_channels, self.leg)]
         weight += [str(p.kernel_size) for p in self.conv]
-        self.lines.append(
-            f"{var} = torch.nn.grad.conv{self.d}d_weight({var}_in, {_tuple(weight)}, {var}_grad, "
-            f"{self.strides}, {padding}, {self.dilations}, {self.groups})"
+        self.call(
+            f"torch.nn.grad.conv{self.d}d_weight({var}_in, {_tuple(weight)}, {var}_grad, "
+            f"{self.strides}, {padding}, {self.dilations}, {self.groups})",
+            weight,
         )
         return m.groups + m.other_channels + m.data_channels + self.spatial(2)
 
 
 def native_lines(
-    net: Network, m: NativeConv, a: str, b: str, target: tuple[str, ...], var: str, size: Callable[[Size], str]
+    net: Network,
+    m: NativeConv,
+    operands: tuple[str, str],
+    target: tuple[str, ...],
+    var: str,
+    size: Callable[[Size], str],
+    keep: Callable[[str], str],
 ) -> list[str]:
-    """Lines that compute the term with one native call, ending with `var` laid out as `target`."""
-    writer = _Native(net, m, var, size)
+    """Lines that compute the term with one native call, ending with `var` laid out as `target`. `keep` names the
+    tensor of kept entries of a sampled index."""
+    a, b = operands
+    writer = _Native(net, m, var, size, keep)
     out_legs = {"forward": writer.forward, "transpose": writer.transpose, "weight": writer.weight}[m.role](a, b)
     if out_legs != target or not _kernel_shape_matches(m):
         shape = ", ".join(writer.leg(x) for x in out_legs) or "()"
@@ -166,6 +222,25 @@ def _crop_right(p: ConvPattern, size: Callable[[Size], str]) -> str:
     )
 
 
+def _tiled(p: ConvPattern, kept: Size) -> ConvPattern:
+    """The pattern a kernel sees on gathered windows: `kept` windows of K rows, one after the other."""
+    k = p.kernel_size
+    return ConvPattern(kept * k, kept, k, k, 0, 0, 1)
+
+
+def _is_tiling(p: ConvPattern) -> bool:
+    return p.stride == p.kernel_size and p.dilation == 1 and p.pad_left == 0 and p.in_size == p.out_size * p.stride
+
+
+def _reads_padding(p: ConvPattern) -> bool:
+    """Some window of the pattern may read a row outside the input (sizes known at call time: assume so)."""
+    if p.pad_left > 0:
+        return True
+    if not isinstance(p.in_size, int) or not isinstance(p.out_size, int):
+        return True
+    return (p.out_size - 1) * p.stride + _extent(p) - 1 - p.pad_left > p.in_size - 1
+
+
 def _extent(p: ConvPattern) -> int:
     return p.dilation * (p.kernel_size - 1) + 1
 
@@ -176,6 +251,9 @@ def _symmetric(conv: list[ConvPattern]) -> tuple[str | None, list[int], bool]:
     right than on the left (then F.pad is used)."""
     crops, extra_windows = [], False
     for p in conv:
+        if _is_tiling(p):
+            crops.append(0)
+            continue
         if not isinstance(p.in_size, int) or not isinstance(p.out_size, int) or p.pad_left < 0:
             return None, [], False
         last_read = (p.out_size - 1) * p.stride + _extent(p) - 1 - p.pad_left

@@ -392,8 +392,9 @@ class _FunctionWriter:
         if isinstance(native, NativeConv):
             a, b = (self._operand(term.factors[k], term) for k in (native.data, native.other))
             self.emit(f"# {native.describe()}")
-            for line in native_lines(term, native, a, b, target, var, self.size):
+            for line in native_lines(term, native, (a, b), target, var, self.size, self.samplers.__getitem__):
                 self.emit(line)
+            self.fresh.add(var)  # a kernel's own output (perhaps reshaped): nothing else holds it
             self._scale(term, var)
             return var
         operands = [self._operand(f, term) for f in term.factors]

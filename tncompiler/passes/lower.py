@@ -44,7 +44,9 @@ class NativeConv:
 
 def match_native(net: Network) -> NativeConv | None:
     """The native convolution this term is, if it is one."""
-    patterns = tuple(k for k, f in enumerate(net.factors) if isinstance(f.pattern, ConvPattern) and f.view is None)
+    patterns = tuple(
+        k for k, f in enumerate(net.factors) if isinstance(f.pattern, ConvPattern) and _only_gathers_on_o(f)
+    )
     others = [k for k in range(len(net.factors)) if k not in patterns]
     if not 1 <= len(patterns) <= 3 or len(others) != 2:
         return None
@@ -61,10 +63,16 @@ def match_native(net: Network) -> NativeConv | None:
     if len(roles) != 1:
         return None
     role: Role = roles.pop()  # type: ignore[assignment]
+    # Sampled output positions (a pattern gathered on o) become a tiling of the kept windows: the data's rows are
+    # gathered, and the kernel reads them with stride K (backend/native.py). Only where the data carries i.
+    gathered = {net.factors[k].legs[1] for k in patterns if net.factors[k].view is not None}
+    if gathered and role == "transpose":
+        return None
     for data, other in (others, others[::-1]):
         match = _assign(net, role, data, other, patterns)
-        # A sampled leg may keep no entry at all: the kernels take an empty batch, not empty channels or positions.
-        if match is not None and sampled <= set(match.batch):
+        # A sampled leg may keep no entry at all: the kernels take an empty batch, and the generated code guards
+        # sampled positions, but nothing guards empty channels.
+        if match is not None and sampled <= set(match.batch) | gathered:
             return match
     return None
 
@@ -140,15 +148,15 @@ def _only_gathers_on_o(factor: Factor) -> bool:
 
 
 def lower_network(net: Network) -> tuple[Network, list[str]]:
-    native = match_native(net)
-    if native is not None:
-        return replace_meta(net, native), [f"lower: {_text(net)} -> {native.describe()}"]
     written = net.meta.get("as_written")
     if isinstance(written, Network) and _kernel_wins(net, written):
         native = match_native(written)
         assert native is not None
         note = f"lower: {_text(written)} -> {native.describe()} (the kernel beats the rewritten network)"
         return replace_meta(written, native), [note]
+    native = match_native(net)
+    if native is not None:
+        return replace_meta(net, native), [f"lower: {_text(net)} -> {native.describe()}"]
     notes = []
     changed = True
     while changed:
@@ -173,6 +181,8 @@ def _kernel_wins(rewritten: Network, written: Network) -> bool:
     native = match_native(written)
     if native is None or rewritten.outputs != written.outputs:
         return False
+    if match_native(rewritten) is not None:  # a kernel either way: the file's layout needs no permuted copies
+        return True
     if native.role != "transpose":
         return True
     return any(f.kind in ("pattern", "select", "delta", "fused") for f in rewritten.factors)

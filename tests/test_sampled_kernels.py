@@ -1,0 +1,87 @@
+"""Sampled output positions run on PyTorch's weight-gradient kernel: the kept windows are gathered one after the
+other and read with stride K. Each draw is checked against the exact weight VJP of an output gradient masked to the
+same kept positions and scaled by 1/p (the draw is reproduced from the seed), over a sweep of hyper-parameters."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import pytest
+import torch
+
+import tncompiler
+from tests.helpers import ConvSpec, assert_close, conv_reference, conv_source, conv_spec, load_cached, make_arguments
+
+SPECS = {
+    "1d-dilated-padded": conv_spec([17], [3], padding=4, dilation=4),
+    "1d-stride-same": conv_spec([12], [4], stride=1, padding="same"),
+    "2d-stride2-pad1": conv_spec([9, 8], [3, 3], stride=2, padding=1),
+    "2d-asymmetric": conv_spec([10, 7], [3, 2], stride=[2, 1], padding=[(2, 0), (1, 1)], dilation=[1, 2]),
+    "2d-patchify": conv_spec([8, 8], [4, 4], stride=4),
+    "2d-stride-over-kernel": conv_spec([11, 9], [2, 3], stride=3),
+    "2d-grouped": conv_spec([8, 6], [3, 3], padding=[1, "valid"], groups=3, c_in=2, c_out=3),
+    "2d-depthwise": conv_spec([7, 7], [3, 3], stride=[1, 2], padding=["same", 1], groups=4, c_in=1, c_out=2),
+    "2d-unread-rows": conv_spec([10, 6], [3, 3], stride=3, padding=0),
+    "3d": conv_spec([5, 6, 4], [3, 2, 2], stride=[2, 1, 1], padding=[1, 0, (1, 0)], dilation=[1, 2, 1]),
+}
+
+
+def weight_reference(spec: ConvSpec, x: torch.Tensor, w: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
+    """The weight VJP by autograd through PyTorch's convolution."""
+    w = w.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(conv_reference(spec, x, w), w, grad_y)
+    return grad
+
+
+def kept_mask(size: int, p: float, seed: int) -> torch.Tensor:
+    """The entries the generated code keeps with a generator seeded with `seed`: rand(size) < p."""
+    return (torch.rand(size, generator=torch.Generator().manual_seed(seed)) < p).double()
+
+
+def sampled_module(spec: ConvSpec, p: float) -> tuple[Callable[..., torch.Tensor], ...]:
+    axes = range(1, spec.dims + 1)
+    lines = ["gw = vjp(y, w)"] + [f"s{a} = sample(gw, index=o{a}, p={p})" for a in axes]
+    module = load_cached(conv_source(spec) + "\n".join(lines) + "\n")
+    return tuple(getattr(module, f"s{a}") for a in axes)
+
+
+@pytest.mark.parametrize("name", SPECS)
+@pytest.mark.parametrize("p", [0.5, 0.2])
+def test_each_draw_is_the_masked_weight_vjp(name: str, p: float) -> None:
+    spec = SPECS[name]
+    x, w = make_arguments(spec, batch=3, dtype=torch.float64)
+    grad_y = torch.randn(3, spec.groups * spec.c_out, *spec.out_sizes(), dtype=torch.float64)
+    empty = 0
+    for axis, function in enumerate(sampled_module(spec, p)):
+        for seed in range(4):
+            mask = kept_mask(spec.out_sizes()[axis], p, seed)
+            shape = [1] * grad_y.dim()
+            shape[2 + axis] = -1
+            expected = weight_reference(spec, x, w, grad_y * mask.view(shape) / p)
+            assert_close(function(x, grad_y, generator=torch.Generator().manual_seed(seed)), expected)
+            empty += not mask.any()
+    if p == 0.2 and name == "3d":
+        assert empty, "some draw keeps no position: the sweep covers the kernels' empty case"
+
+
+@pytest.mark.parametrize("name", ["2d-asymmetric", "3d"])
+def test_float32(name: str) -> None:
+    spec = SPECS[name]
+    x, w = make_arguments(spec, batch=2, dtype=torch.float32)
+    grad_y = torch.randn(2, spec.groups * spec.c_out, *spec.out_sizes())
+    mask = kept_mask(spec.out_sizes()[0], 0.5, 7).float()
+    expected = weight_reference(spec, x, w, grad_y * mask.view(1, 1, -1, *[1] * (spec.dims - 1)) / 0.5)
+    assert_close(sampled_module(spec, 0.5)[0](x, grad_y, generator=torch.Generator().manual_seed(7)), expected)
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_the_kernel_reads_only_the_kept_windows(name: str) -> None:
+    """One weight-gradient call with stride K on the sampled axis; no dense pattern, no window einsum."""
+    spec = SPECS[name]
+    code = tncompiler.compile_source(conv_source(spec) + "gw = vjp(y, w)\ns1 = sample(gw, index=o1, p=0.5)\n")
+    body = code.split("\ndef s1(", 1)[1].split("\ndef ", 1)[0]
+    assert "_conv_pattern" not in body and "einsum" not in body
+    # o1's pattern comes first among the kernel's axes (a dense rewrite may have taken others away)
+    stride = re.findall(r"torch\.nn\.grad\.conv\dd_weight\(result_in, \([^)]*\), result_grad, \((\d+)", body)
+    assert len(stride) == 1 and int(stride[0]) == spec.kernel[0]
