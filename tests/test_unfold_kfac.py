@@ -79,6 +79,9 @@ KFACS: dict[str, Conv] = {
     "2d-depthwise": conv([6, 6], [3, 3], stride=2, padding="valid", groups=3, c_in=1, c_out=2),
     "3d-g1": conv([4, 4, 5], [2, 2, 3], stride=[1, 2, 1], padding=[0, 1, "same"], c_in=1),
     "3d-g2": conv([3, 4, 4], [2, 2, 2], dilation=[1, 2, 1], groups=2, c_in=1, c_out=2, bias=True),
+    # long axes: KFAC-reduce sums the windows of x (backend `_window_sum`) instead of a product with Σ_o Π
+    "1d-long-dilated": conv([1100], [5], stride=2, padding=9, dilation=3),
+    "2d-long-stride2": conv([60, 57], [3, 2], stride=2, padding=[1, (0, 1)], groups=2, c_out=1),
 }
 
 

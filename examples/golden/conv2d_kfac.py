@@ -171,9 +171,9 @@ def Ar(x):
     # fused: p1(i1, o1, k1), contracted once
     fused_2 = _cached(('Ar.fused_2', device, dtype), lambda: torch.einsum("abc->ac", _conv_pattern(7, 5, 2, 1, 0, 2, device, dtype)))
     # fused_2: p2(i2, o2, k2), contracted once
-    t1 = torch.tensordot(x, fused_2, dims=([3], [0]))  # [n, c, i1, k2]
-    t2 = torch.tensordot(fused, t1, dims=([0], [2]))  # [k1, n, c, k2]
-    result_rows = t2.permute(2, 0, 3, 1).reshape(1, 2 * 3 * 2, n)  # laid out once
+    t1 = torch.tensordot(fused_2, x, dims=([0], [3]))  # [k2, n, c, i1]
+    t2 = torch.tensordot(fused, t1, dims=([0], [3]))  # [k1, k2, n, c]
+    result_rows = t2.permute(3, 0, 1, 2).reshape(1, 2 * 3 * 2, n)  # laid out once
     result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(2, 3, 2, 2, 3, 2)  # [c, k1, k2, c', k1', k2']
     result.mul_(1/(225*n))
     result = result.reshape(2 * 3 * 2, 2 * 3 * 2)  # [(c k1 k2), (c' k1' k2')]
@@ -235,7 +235,7 @@ def Br(grad_y):
     device, dtype = grad_y.device, grad_y.dtype
     # 1/n * grad_y[n, d, o1.o2] * grad_y[n, d', o1'.o2']
     grad_y_view = grad_y.reshape(n, 3, 3 * 5)  # [n, d, o1.o2]
-    t1 = torch.einsum("abc->ab", grad_y_view)  # [n, d]
+    t1 = grad_y_view.sum(2)  # [n, d]
     result_rows = t1.permute(1, 0).reshape(1, 3, n)  # laid out once
     result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(3, 3)  # [d, d']
     result.mul_(1/n)

@@ -262,8 +262,8 @@ def last(x, w, b):
     x_view = torch.nn.functional.pad(x_legs[:, :, :, 7:12], (1, 1, 0, 0)).unfold(3, 3, 2).movedim(-1, 4).unfold(5, 3, 1).movedim(-1, 6)  # [n, g, c, o1', k1, o2, k2]
     w_legs = w.reshape(2, 4, 3, 3, 3)
     select = _select(2, 1, 1, 1, device, dtype)  # select(start=1, step=1)
-    t1 = torch.einsum("abcde,af->abcdef", w_legs, select)  # [g, d, c, k1, k2, g']
-    term1 = torch.einsum("abcdefg,bhcegi->aihdf", x_view, t1)  # [n, g', d, o1', o2]
+    t1 = torch.einsum("ab,acdef->abcdef", select, w_legs)  # [g, g', d, c, k1, k2]
+    term1 = torch.einsum("abcdefg,bhiceg->ahidf", x_view, t1)  # [n, g', d, o1', o2]
     # term 2 of 2: b[d]
     b_legs = b.reshape(2, 4)
     b_view = b_legs[1:2].squeeze(0)  # [d]

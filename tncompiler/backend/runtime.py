@@ -57,6 +57,36 @@ def _keep(size, p, generator, device):
     return torch.nonzero(draw < p).flatten().to(device)
 '''
 
+_WINDOW_SUM = '''
+def _window_sum(t, axis, I, O, K, stride, pad_left, dilation):
+    """sum_o t[.., o*stride + k*dilation - pad_left, ..] for each k (indices outside 0..I-1 read zero): axis i of t
+    becomes axis k. One strided sum per residue of i mod stride, minus the few entries outside each k's windows."""
+    def part(start, stop):  # t[.., start:stop:stride, ..], summed over the axis
+        return t[(slice(None),) * axis + (slice(start, stop, stride),)].sum(axis)
+    totals, sums = {}, []
+    for k in range(K):
+        first = k * dilation - pad_left
+        lo = first if first >= 0 else first + (-first + stride - 1) // stride * stride
+        hi = min(first + (O - 1) * stride, first + (I - 1 - first) // stride * stride)
+        if lo > hi:
+            sums.append(t.narrow(axis, 0, 1).sum(axis) * 0)
+            continue
+        kept = (hi - lo) // stride + 1
+        residue = lo % stride
+        if 2 * kept <= (I - residue + stride - 1) // stride:  # few windows: sum them directly
+            sums.append(part(lo, hi + 1))
+            continue
+        if residue not in totals:
+            totals[residue] = part(residue, I)
+        value = totals[residue]
+        if lo > residue:
+            value = value - part(residue, lo)
+        if hi + stride < I:
+            value = value - part(hi + stride, I)
+        sums.append(value)
+    return torch.stack(sums, axis)
+'''
+
 _CACHED = '''
 def _cached(key, build):
     """A constant built once per key (function, position, device, dtype), then reused."""
@@ -111,6 +141,7 @@ HELPERS = {
     "_delta": _DELTA,
     "_select": _SELECT,
     "_keep": _KEEP,
+    "_window_sum": _WINDOW_SUM,
     "_cached": _CACHED,
     "_check_arguments": _CHECK_ARGUMENTS,
     "_check_size": _CHECK_SIZE,

@@ -1,0 +1,38 @@
+"""The generated modules' `_window_sum` helper (KFAC-reduce on long axes): Σ_o t[.., o·S + k·D − P, ..] for each k,
+checked against a contraction with the index pattern written out entry by entry, over random hyper-parameters
+(negative padding, stride beyond the kernel, windows that only partly overlap the input, any axis)."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.helpers import pattern_tensor
+from tncompiler.backend.runtime import HELPERS
+
+NAMESPACE: dict[str, object] = {"torch": torch}
+exec(HELPERS["_window_sum"], NAMESPACE)  # the helper exactly as generated modules carry it
+window_sum = NAMESPACE["_window_sum"]
+
+
+@st.composite
+def patterns(draw: st.DrawFn) -> tuple[int, int, int, int, int, int]:
+    """(I, O, K, stride, pad_left, dilation) with 1 ≤ O ≤ the number of windows that start before the end."""
+    size, kernel = draw(st.integers(1, 30)), draw(st.integers(1, 6))
+    stride, dilation, pad = draw(st.integers(1, 5)), draw(st.integers(1, 4)), draw(st.integers(-4, 9))
+    windows = (size + 2 * max(pad, 0) - dilation * (kernel - 1) - 1) // stride + 1
+    out = draw(st.integers(1, max(1, windows)))
+    return size, out, kernel, stride, pad, dilation
+
+
+@settings(max_examples=300, deadline=None)
+@given(patterns(), st.integers(0, 2))
+def test_window_sums_equal_the_pattern_product(pattern: tuple[int, int, int, int, int, int], axis: int) -> None:
+    size, out, kernel, stride, pad, dilation = pattern
+    shape = [2, 3, 2]
+    shape[axis] = size
+    t = torch.randn(shape, dtype=torch.float64)
+    expected = torch.tensordot(t, pattern_tensor(size, out, kernel, stride, pad, dilation).sum(1), dims=([axis], [0]))
+    actual = window_sum(t, axis, size, out, kernel, stride, pad, dilation)  # type: ignore[operator]
+    torch.testing.assert_close(actual, expected.movedim(-1, axis), rtol=0, atol=1e-12)
