@@ -1,6 +1,8 @@
-"""Sampled output positions run on PyTorch's weight-gradient kernel: the kept windows are gathered one after the
-other and read with stride K. Each draw is checked against the exact weight VJP of an output gradient masked to the
-same kept positions and scaled by 1/p (the draw is reproduced from the seed), over a sweep of hyper-parameters."""
+"""Sampled output positions run on PyTorch's kernels: for the weight VJP the kept windows of x are gathered one
+after the other and read with stride K; for the input VJP a transpose convolution writes the kept windows with
+stride K and they are added back into place. Each draw is checked against the exact VJP of an output gradient masked
+to the same kept positions and scaled by 1/p (the draw is reproduced from the seed), over a sweep of
+hyper-parameters."""
 
 from __future__ import annotations
 
@@ -31,6 +33,13 @@ def weight_reference(spec: ConvSpec, x: torch.Tensor, w: torch.Tensor, grad_y: t
     """The weight VJP by autograd through PyTorch's convolution."""
     w = w.detach().requires_grad_(True)
     (grad,) = torch.autograd.grad(conv_reference(spec, x, w), w, grad_y)
+    return grad
+
+
+def input_reference(spec: ConvSpec, x: torch.Tensor, w: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
+    """The input VJP by autograd through PyTorch's convolution."""
+    x = x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(conv_reference(spec, x, w), x, grad_y)
     return grad
 
 
@@ -84,4 +93,32 @@ def test_the_kernel_reads_only_the_kept_windows(name: str) -> None:
     assert "_conv_pattern" not in body and "einsum" not in body
     # o1's pattern comes first among the kernel's axes (a dense rewrite may have taken others away)
     stride = re.findall(r"torch\.nn\.grad\.conv\dd_weight\(result_in, \([^)]*\), result_grad, \((\d+)", body)
+    assert len(stride) == 1 and int(stride[0]) == spec.kernel[0]
+
+
+def input_module(spec: ConvSpec, p: float) -> Callable[..., torch.Tensor]:
+    return load_cached(conv_source(spec) + f"gx = vjp(y, x)\ns1 = sample(gx, index=o1, p={p})\n").s1  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("name", SPECS)
+@pytest.mark.parametrize("p", [0.5, 0.2])
+def test_each_draw_of_the_input_vjp_is_the_masked_input_vjp(name: str, p: float) -> None:
+    spec = SPECS[name]
+    x, w = make_arguments(spec, batch=3, dtype=torch.float64)
+    grad_y = torch.randn(3, spec.groups * spec.c_out, *spec.out_sizes(), dtype=torch.float64)
+    function = input_module(spec, p)
+    for seed in range(4):
+        mask = kept_mask(spec.out_sizes()[0], p, seed).view(1, 1, -1, *[1] * (spec.dims - 1))
+        expected = input_reference(spec, x, w, grad_y * mask / p)
+        assert_close(function(w, grad_y, generator=torch.Generator().manual_seed(seed)), expected)
+
+
+@pytest.mark.parametrize("name", ["2d-asymmetric", "2d-depthwise"])
+def test_the_input_vjp_writes_only_the_kept_windows(name: str) -> None:
+    """One transpose-convolution call with stride K on the sampled axis, its rows added back into place."""
+    spec = SPECS[name]
+    code = tncompiler.compile_source(conv_source(spec) + "gx = vjp(y, x)\ns1 = sample(gx, index=o1, p=0.5)\n")
+    body = code.split("\ndef s1(", 1)[1].split("\ndef ", 1)[0]
+    assert "_conv_pattern" not in body and "einsum" not in body and ".index_add_(2, " in body
+    stride = re.findall(r"conv_transpose\dd\(result_in, result_w, None, \((\d+)", body)
     assert len(stride) == 1 and int(stride[0]) == spec.kernel[0]

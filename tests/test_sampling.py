@@ -266,17 +266,7 @@ def work(diagram: Diagram, expected: dict[sympy.Symbol, int]) -> float:
     [
         ("w_o1", "gw", "o1", 16),
         ("w_n", "gw", "n", 32),
-        pytest.param(
-            "x_o1",
-            "gx",
-            "o1",
-            16,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="an input VJP with sampled positions keeps a dense pattern: "
-                "scattering the kept windows back (col2im on kept positions) is not lowered yet",
-            ),
-        ),
+        ("x_o1", "gx", "o1", 16),
     ],
 )
 def test_a_quarter_of_the_entries_costs_about_a_quarter(name: str, base: str, index: str, size: int) -> None:

@@ -108,21 +108,28 @@ class _Native:
             self.lines.append(f"{self.var}_in = {self.var}_in[:, :, {', '.join(ends)}]  # rows no window reaches")
         return padding, extra_windows
 
-    def gather_windows(self, axis: int, p: ConvPattern, keep: str) -> None:
-        """Sampled output positions: the K rows that each kept window reads, one window after the other, so that a
-        kernel with stride K and no padding reads exactly the kept windows. Rows in the padding are zeroed."""
-        rows, data, dim = f"{self.var}_rows{axis + 1}", f"{self.var}_in", 2 + axis
+    def window_rows(self, axis: int, p: ConvPattern, keep: str, indent: str = "") -> tuple[str, str | None]:
+        """The rows of the input that each kept window reads (K per window, one window after the other), as a
+        variable, and the expression of the positions among them that lie in the padding (None: there are none).
+        Returns (the row indices clamped into the input, that expression)."""
+        rows = f"{self.var}_rows{axis + 1}"
         step = f"torch.arange(0, {p.kernel_size * p.dilation}, {p.dilation}, device=device)"
         shift = f" - {p.pad_left}" if p.pad_left else ""
         scale = f" * {p.stride}" if p.stride != 1 else ""
-        self.lines.append(f"{rows} = ({keep}.view(-1, 1){scale} + {step}{shift}).flatten()  # rows read")
+        self.lines.append(f"{indent}{rows} = ({keep}.view(-1, 1){scale} + {step}{shift}).flatten()  # rows read")
         if not _reads_padding(p):
-            self.lines.append(f"{data} = {data}.index_select({dim}, {rows})")
-            return
+            return rows, None
         last = str(p.in_size - 1) if isinstance(p.in_size, int) else f"{self.size(p.in_size)} - 1"
-        self.lines.append(f"{data} = {data}.index_select({dim}, {rows}.clamp(0, {last}))")
-        outside = f"(({rows} < 0) | ({rows} > {last})).nonzero().flatten()"
-        self.lines.append(f"{data}.index_fill_({dim}, {outside}, 0)  # rows in the padding")
+        return f"{rows}.clamp(0, {last})", f"(({rows} < 0) | ({rows} > {last})).nonzero().flatten()"
+
+    def gather_windows(self, axis: int, p: ConvPattern, keep: str) -> None:
+        """Sampled output positions: the kernel (stride K, no padding) reads exactly the kept windows of the
+        gathered rows. Rows in the padding are zeroed."""
+        data, dim = f"{self.var}_in", 2 + axis
+        rows, outside = self.window_rows(axis, p, keep)
+        self.lines.append(f"{data} = {data}.index_select({dim}, {rows})")
+        if outside is not None:
+            self.lines.append(f"{data}.index_fill_({dim}, {outside}, 0)  # rows in the padding")
 
     def call(self, expr: str, empty: list[str]) -> None:
         """`var = expr`; with sampled positions, zeros of shape `empty` when no entry was kept (the kernels reject
@@ -167,8 +174,28 @@ class _Native:
         self.arrange("in", m.data, m.batch + m.groups + m.data_channels + self.spatial(1), shape, a)
         shape = [channels, _product(m.other_channels, self.leg)] + [self.leg(x) for x in self.spatial(2)]
         self.arrange("w", m.other, m.groups + m.data_channels + m.other_channels + self.spatial(2), shape, b)
-        self.lines += _transpose_call(self.var, self.conv, self.d, self.strides, self.dilations, self.groups, self.size)
+        out = f"{self.var}_taps" if self.gathered else self.var
+        call = _transpose_call(self.var, out, self.conv, self.d, self.strides, self.dilations, self.groups, self.size)
+        if not self.gathered:
+            self.lines += call
+        else:
+            self.scatter_windows(call)
         return m.batch + m.groups + m.other_channels + self.spatial(0)
+
+    def scatter_windows(self, call: list[str]) -> None:
+        """Sampled output positions of a transpose convolution (an input VJP): the kernel (stride K, no padding)
+        writes each kept window's K rows one after the other; they are added into the rows they belong to."""
+        ((axis, index),) = self.gathered.items()
+        var, p, kept = self.var, self.written[axis], self.leg(self.patterns[axis].legs[1])
+        full = [_product(self.m.batch, self.leg), _product(self.m.groups + self.m.other_channels, self.leg)]
+        full += [self.leg(x) for x in self.spatial(0)]
+        self.lines.append(f"{var} = {var}_in.new_zeros(({', '.join(full)}))")
+        self.lines.append(f"if {kept}:  # else no entry kept: the kernels reject inputs without rows")
+        self.lines += ["    " + line for line in call]
+        rows, outside = self.window_rows(axis, p, self.keep(index), "    ")
+        if outside is not None:
+            self.lines.append(f"    {var}_taps.index_fill_({2 + axis}, {outside}, 0)  # rows in the padding")
+        self.lines.append(f"    {var}.index_add_({2 + axis}, {rows}, {var}_taps)")
 
     def weight(self, a: str, b: str) -> tuple[str, ...]:
         m, var = self.m, self.var
@@ -269,25 +296,35 @@ def _symmetric(conv: list[ConvPattern]) -> tuple[str | None, list[int], bool]:
 
 
 def _transpose_call(
-    var: str, conv: list[ConvPattern], d: int, strides: str, dilations: str, groups: str, size: Callable[[Size], str]
+    var: str,
+    out: str,
+    conv: list[ConvPattern],
+    d: int,
+    strides: str,
+    dilations: str,
+    groups: str,
+    size: Callable[[Size], str],
 ) -> list[str]:
-    """conv_transpose writes positions o·S + k·D; ours are those minus P_left, cut (or zero-padded) to I. Where
-    PyTorch's padding and output_padding express exactly that, they are used; otherwise F.pad crops and pads."""
+    """`out` = the transpose convolution of `var`_in with `var`_w. conv_transpose writes positions o·S + k·D; ours
+    are those minus P_left, cut (or zero-padded) to I. Where PyTorch's padding and output_padding express exactly
+    that, they are used; otherwise F.pad crops and pads."""
     extra = []
     for p in conv:
-        if isinstance(p.in_size, int) and isinstance(p.out_size, int) and p.pad_left >= 0:
+        if _is_tiling(p):
+            extra.append(0)
+        elif isinstance(p.in_size, int) and isinstance(p.out_size, int) and p.pad_left >= 0:
             extra.append(p.in_size - ((p.out_size - 1) * p.stride + _extent(p)) + 2 * p.pad_left)
     if len(extra) == len(conv) and all(0 <= e < max(p.stride, p.dilation) for e, p in zip(extra, conv)):
         padding = _tuple(str(p.pad_left) for p in conv)
         return [
-            f"{var} = torch.nn.functional.conv_transpose{d}d({var}_in, {var}_w, None, {strides}, {padding}, "
+            f"{out} = torch.nn.functional.conv_transpose{d}d({var}_in, {var}_w, None, {strides}, {padding}, "
             f"{_tuple(str(e) for e in extra)}, {groups}, {dilations})"
         ]
     crops = [(str(-p.pad_left), _crop_right(p, size)) for p in conv]
     return [
-        f"{var} = torch.nn.functional.conv_transpose{d}d({var}_in, {var}_w, None, {strides}, 0, 0, {groups}, "
+        f"{out} = torch.nn.functional.conv_transpose{d}d({var}_in, {var}_w, None, {strides}, 0, 0, {groups}, "
         f"{dilations})",
-        f"{var} = torch.nn.functional.pad({var}, ({pad_arguments(crops)}))",
+        f"{out} = torch.nn.functional.pad({out}, ({pad_arguments(crops)}))",
     ]
 
 

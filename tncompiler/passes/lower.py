@@ -63,10 +63,11 @@ def match_native(net: Network) -> NativeConv | None:
     if len(roles) != 1:
         return None
     role: Role = roles.pop()  # type: ignore[assignment]
-    # Sampled output positions (a pattern gathered on o) become a tiling of the kept windows: the data's rows are
-    # gathered, and the kernel reads them with stride K (backend/native.py). Only where the data carries i.
+    # Sampled output positions (a pattern gathered on o) become a tiling of the kept windows (backend/native.py):
+    # the input's rows are gathered and read with stride K, or a transpose convolution writes the kept windows
+    # with stride K and they are added back into place (one sampled axis).
     gathered = {net.factors[k].legs[1] for k in patterns if net.factors[k].view is not None}
-    if gathered and role == "transpose":
+    if len(gathered) > 1 and role == "transpose":
         return None
     for data, other in (others, others[::-1]):
         match = _assign(net, role, data, other, patterns)
