@@ -53,6 +53,7 @@ class _Native:
         self.net, self.m, self.var, self.size, self.keep = net, m, var, size, keep
         self.patterns = [net.factors[k] for k in m.patterns]
         self.written = [p.pattern for p in self.patterns if isinstance(p.pattern, ConvPattern)]
+        self.helpers: set[str] = set()  # runtime helpers the lines call
         # axis -> the sampled index whose kept windows the kernel reads (tiled: stride K, no padding)
         self.gathered = {
             axis: op.index
@@ -127,7 +128,11 @@ class _Native:
         gathered rows. Rows in the padding are zeroed."""
         data, dim = f"{self.var}_in", 2 + axis
         rows, outside = self.window_rows(axis, p, keep)
-        self.lines.append(f"{data} = {data}.index_select({dim}, {rows})")
+        if axis < self.d - 1:
+            self.lines.append(f"{data} = {data}.index_select({dim}, {rows})")
+        else:  # the last axis: index_select copies single entries slowly
+            self.helpers.add("_take")
+            self.lines.append(f"{data} = _take({data}, {dim}, {rows})")
         if outside is not None:
             self.lines.append(f"{data}.index_fill_({dim}, {outside}, 0)  # rows in the padding")
 
@@ -226,16 +231,16 @@ def native_lines(
     var: str,
     size: Callable[[Size], str],
     keep: Callable[[str], str],
-) -> list[str]:
-    """Lines that compute the term with one native call, ending with `var` laid out as `target`. `keep` names the
-    tensor of kept entries of a sampled index."""
+) -> tuple[list[str], set[str]]:
+    """Lines that compute the term with one native call, ending with `var` laid out as `target`, and the runtime
+    helpers they call. `keep` names the tensor of kept entries of a sampled index."""
     a, b = operands
     writer = _Native(net, m, var, size, keep)
     out_legs = {"forward": writer.forward, "transpose": writer.transpose, "weight": writer.weight}[m.role](a, b)
     if out_legs != target or not _kernel_shape_matches(m):
         shape = ", ".join(writer.leg(x) for x in out_legs) or "()"
         writer.lines.append(f"{var} = {_permute(f'{var}.reshape({shape})', out_legs, target)}")
-    return writer.lines
+    return writer.lines, writer.helpers
 
 
 def _crop_right(p: ConvPattern, size: Callable[[Size], str]) -> str:

@@ -369,7 +369,10 @@ class _FunctionWriter:
         if isinstance(op, WindowOp):
             return self._window(expr, shape, op)
         shape[op.axis] = self.size(kept_symbol(op.index))
-        return f"{expr}.index_select({op.axis}, {self.samplers[op.index]})", shape
+        if op.axis < len(shape) - 1:
+            return f"{expr}.index_select({op.axis}, {self.samplers[op.index]})", shape
+        self.helpers.add("_take")  # the last axis: index_select copies single entries slowly
+        return f"_take({expr}, {op.axis}, {self.samplers[op.index]})", shape
 
     def _window(self, expr: str, shape: list[str], op: WindowOp) -> tuple[str, list[str]]:
         """x[.., i, ..] -> x[.., o, k, ..] = x_padded[.., o·S + k·D, ..]: zero padding, then strided windows."""
@@ -392,8 +395,10 @@ class _FunctionWriter:
         if isinstance(native, NativeConv):
             a, b = (self._operand(term.factors[k], term) for k in (native.data, native.other))
             self.emit(f"# {native.describe()}")
-            for line in native_lines(term, native, (a, b), target, var, self.size, self.samplers.__getitem__):
+            lines, helpers = native_lines(term, native, (a, b), target, var, self.size, self.samplers.__getitem__)
+            for line in lines:
                 self.emit(line)
+            self.helpers |= helpers
             self.fresh.add(var)  # a kernel's own output (perhaps reshaped): nothing else holds it
             self._scale(term, var)
             return var
