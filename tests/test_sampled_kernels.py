@@ -48,27 +48,33 @@ def kept_mask(size: int, p: float, seed: int) -> torch.Tensor:
     return (torch.rand(size, generator=torch.Generator().manual_seed(seed)) < p).double()
 
 
-def sampled_module(spec: ConvSpec, p: float) -> tuple[Callable[..., torch.Tensor], ...]:
+REFERENCES = {"w": weight_reference, "x": input_reference}
+
+
+def sampled_functions(spec: ConvSpec, which: str, p: float) -> tuple[Callable[..., torch.Tensor], ...]:
+    """s1, s2, ...: the VJP of y with respect to `which` (w or x), sampled on o1, o2, ..."""
     axes = range(1, spec.dims + 1)
-    lines = ["gw = vjp(y, w)"] + [f"s{a} = sample(gw, index=o{a}, p={p})" for a in axes]
+    lines = [f"v = vjp(y, {which})"] + [f"s{a} = sample(v, index=o{a}, p={p})" for a in axes]
     module = load_cached(conv_source(spec) + "\n".join(lines) + "\n")
     return tuple(getattr(module, f"s{a}") for a in axes)
 
 
+@pytest.mark.parametrize("which", ["w", "x"])
 @pytest.mark.parametrize("name", SPECS)
 @pytest.mark.parametrize("p", [0.5, 0.2])
-def test_each_draw_is_the_masked_weight_vjp(name: str, p: float) -> None:
+def test_each_draw_is_the_masked_vjp(which: str, name: str, p: float) -> None:
     spec = SPECS[name]
     x, w = make_arguments(spec, batch=3, dtype=torch.float64)
     grad_y = torch.randn(3, spec.groups * spec.c_out, *spec.out_sizes(), dtype=torch.float64)
     empty = 0
-    for axis, function in enumerate(sampled_module(spec, p)):
+    for axis, function in enumerate(sampled_functions(spec, which, p)):
         for seed in range(4):
             mask = kept_mask(spec.out_sizes()[axis], p, seed)
             shape = [1] * grad_y.dim()
             shape[2 + axis] = -1
-            expected = weight_reference(spec, x, w, grad_y * mask.view(shape) / p)
-            assert_close(function(x, grad_y, generator=torch.Generator().manual_seed(seed)), expected)
+            expected = REFERENCES[which](spec, x, w, grad_y * mask.view(shape) / p)
+            other = x if which == "w" else w
+            assert_close(function(other, grad_y, generator=torch.Generator().manual_seed(seed)), expected)
             empty += not mask.any()
     if p == 0.2 and name == "3d":
         assert empty, "some draw keeps no position: the sweep covers the kernels' empty case"
@@ -81,7 +87,7 @@ def test_float32(name: str) -> None:
     grad_y = torch.randn(2, spec.groups * spec.c_out, *spec.out_sizes())
     mask = kept_mask(spec.out_sizes()[0], 0.5, 7).float()
     expected = weight_reference(spec, x, w, grad_y * mask.view(1, 1, -1, *[1] * (spec.dims - 1)) / 0.5)
-    assert_close(sampled_module(spec, 0.5)[0](x, grad_y, generator=torch.Generator().manual_seed(7)), expected)
+    assert_close(sampled_functions(spec, "w", 0.5)[0](x, grad_y, generator=torch.Generator().manual_seed(7)), expected)
 
 
 @pytest.mark.parametrize("name", SPECS)
@@ -94,23 +100,6 @@ def test_the_kernel_reads_only_the_kept_windows(name: str) -> None:
     # o1's pattern comes first among the kernel's axes (a dense rewrite may have taken others away)
     stride = re.findall(r"torch\.nn\.grad\.conv\dd_weight\(result_in, \([^)]*\), result_grad, \((\d+)", body)
     assert len(stride) == 1 and int(stride[0]) == spec.kernel[0]
-
-
-def input_module(spec: ConvSpec, p: float) -> Callable[..., torch.Tensor]:
-    return load_cached(conv_source(spec) + f"gx = vjp(y, x)\ns1 = sample(gx, index=o1, p={p})\n").s1  # type: ignore[no-any-return]
-
-
-@pytest.mark.parametrize("name", SPECS)
-@pytest.mark.parametrize("p", [0.5, 0.2])
-def test_each_draw_of_the_input_vjp_is_the_masked_input_vjp(name: str, p: float) -> None:
-    spec = SPECS[name]
-    x, w = make_arguments(spec, batch=3, dtype=torch.float64)
-    grad_y = torch.randn(3, spec.groups * spec.c_out, *spec.out_sizes(), dtype=torch.float64)
-    function = input_module(spec, p)
-    for seed in range(4):
-        mask = kept_mask(spec.out_sizes()[0], p, seed).view(1, 1, -1, *[1] * (spec.dims - 1))
-        expected = input_reference(spec, x, w, grad_y * mask / p)
-        assert_close(function(w, grad_y, generator=torch.Generator().manual_seed(seed)), expected)
 
 
 @pytest.mark.parametrize("name", ["2d-asymmetric", "2d-depthwise"])
