@@ -102,7 +102,7 @@ def gw(x, grad_y, *, generator=None):
         [d, c, k1, k2], sizes [4, 3, 3, 3]
 
     Rewrites applied:
-        lower: x * p1 * p2 * grad_y -> native conv_weight2d
+        lower: x * p1 * p2 * grad_y -> native conv_weight2d on the kept windows of o1' (stride K)
 
     Index patterns:
         p1: conv(stride=1, padding=1, dilation=1), (I, O, K) = (10, 10, 3)
@@ -125,7 +125,7 @@ def gw(x, grad_y, *, generator=None):
     o1_kept = keep_o1.numel()
     # 2 * x[n, c, i1, i2] * p1(i1, o1', k1) * p2(i2, o2, k2) * grad_y[n, d, o1', o2]
     grad_y_view = grad_y.index_select(2, keep_o1)  # [n, d, o1', o2]
-    # native conv_weight2d
+    # native conv_weight2d on the kept windows of o1' (stride K)
     result_in = x
     result_rows1 = (keep_o1.view(-1, 1) + torch.arange(0, 3, 1, device=device) - 1).flatten()  # rows read
     result_in = result_in.index_select(2, result_rows1.clamp(0, 9))

@@ -36,10 +36,12 @@ class NativeConv:
     groups: tuple[str, ...]
     data_channels: tuple[str, ...]
     other_channels: tuple[str, ...]
+    tiled: tuple[str, ...] = ()  # sampled o legs: the kernel runs on the kept windows, one after the other
 
     def describe(self) -> str:
         call = {"forward": "conv", "transpose": "conv_transpose", "weight": "conv_weight"}[self.role]
-        return f"native {call}{len(self.patterns)}d"
+        kept = f" on the kept windows of {', '.join(self.tiled)} (stride K)" if self.tiled else ""
+        return f"native {call}{len(self.patterns)}d{kept}"
 
 
 def match_native(net: Network) -> NativeConv | None:
@@ -74,7 +76,7 @@ def match_native(net: Network) -> NativeConv | None:
         # A sampled leg may keep no entry at all: the kernels take an empty batch, and the generated code guards
         # sampled positions, but nothing guards empty channels.
         if match is not None and sampled <= set(match.batch) | gathered:
-            return match
+            return replace(match, tiled=tuple(sorted(gathered)))
     return None
 
 
