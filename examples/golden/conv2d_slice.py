@@ -424,13 +424,17 @@ def gx_crop(w, grad_y):
     Rewrites applied:
         select-slice: select(i1, i1') -> p1[2:10:1] on i1'
         pattern-slice: p1(i1', o1, k1) -> conv(stride=2, padding=(3, 2), dilation=1)
+        narrow-output: p1(i1', o1, k1) reads the input only in windows o1[1:6]
+        select-slice: select(o1, o1~) -> grad_y[1:6:1] on o1~
         select-slice: select(i2, i2') -> p2[2:8:1] on i2'
         pattern-slice: p2(i2', o2, k2) -> conv(stride=1, padding=3, dilation=1)
+        narrow-output: p2(i2', o2, k2) reads the input only in windows o2[1:9]
+        select-slice: select(o2, o2~) -> grad_y[1:9:1] on o2~
         lower: p1 * p2 * w * grad_y -> native conv_transpose2d
 
     Index patterns:
-        p1: conv(stride=2, padding=(3, 2), dilation=1), (I, O, K) = (8, 6, 3)
-        p2: conv(stride=1, padding=3, dilation=1), (I, O, K) = (6, 10, 3)
+        p1: conv(stride=2, padding=(1, 2), dilation=1), (I, O, K) = (8, 5, 3)
+        p2: conv(stride=1, padding=2, dilation=1), (I, O, K) = (6, 8, 3)
     """
     _check_arguments('gx_crop', (
         ('w', w, ('(g d)', 'c', 'k1', 'k2')),
@@ -445,13 +449,15 @@ def gx_crop(w, grad_y):
     _check_size('gx_crop', 'grad_y', 2, 'o1', grad_y.shape[2], 6)
     _check_size('gx_crop', 'grad_y', 3, 'o2', grad_y.shape[3], 10)
     device, dtype = w.device, w.dtype
-    # p1(i1', o1, k1) * p2(i2', o2, k2) * w[g, d, c, k1, k2] * grad_y[n, g, d, o1, o2]
+    # p1(i1', o1~, k1) * p2(i2', o2~, k2) * w[g, d, c, k1, k2] * grad_y[n, g, d, o1~, o2~]
     grad_y_legs = grad_y.reshape(n, 2, 4, 6, 10)
+    grad_y_view = grad_y_legs[:, :, :, 1:6][:, :, :, :, 1:9]  # [n, g, d, o1~, o2~]
     w_legs = w.reshape(2, 4, 3, 3, 3)
     # native conv_transpose2d
-    result_in = grad_y_legs.reshape(n, 2 * 4, 6, 10)
+    result_in = grad_y_view.reshape(n, 2 * 4, 5, 8)
     result_w = w_legs.reshape(2 * 4, 3, 3, 3)
-    result = torch.nn.functional.conv_transpose2d(result_in, result_w, None, (2, 1), (3, 3), (1, 0), 2, (1, 1))
+    result = torch.nn.functional.conv_transpose2d(result_in, result_w, None, (2, 1), 0, 0, 2, (1, 1))
+    result = torch.nn.functional.pad(result, (-2, -2, -1, -2))
     result = result.reshape(n, 2, 3, 8, 6)
     result = result.reshape(n, 2 * 3, 8, 6)  # [n, (g c), i1', i2']
     return result

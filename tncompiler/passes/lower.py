@@ -184,11 +184,18 @@ def _kernel_wins(rewritten: Network, written: Network) -> bool:
     native = match_native(written)
     if native is None or rewritten.outputs != written.outputs:
         return False
-    if match_native(rewritten) is not None:  # a kernel either way: the file's layout needs no permuted copies
-        return True
+    rewritten_native = match_native(rewritten)
+    if rewritten_native is not None:  # a kernel either way: the file's layout needs no permuted copies, unless the
+        return not _fewer(native_flops(rewritten, rewritten_native), native_flops(written, native))  # rewrite saves
     if native.role != "transpose":
         return True
     return any(f.kind in ("pattern", "select", "delta", "fused") for f in rewritten.factors)
+
+
+def _fewer(a: sympy.Expr, b: sympy.Expr) -> bool:
+    """a < b at a typical size of every call-time index (32)."""
+    at = {symbol: 32 for symbol in (sympy.sympify(a).free_symbols | sympy.sympify(b).free_symbols)}
+    return bool(sympy.sympify(a).subs(at) < sympy.sympify(b).subs(at))
 
 
 def replace_meta(net: Network, native: NativeConv) -> Network:

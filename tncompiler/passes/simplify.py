@@ -251,6 +251,32 @@ def narrow_input(net: Network, position: int, outputs_may_change: bool) -> Rewri
     return Rewrite(Network(new, net.outputs, sizes, net.coefficient, net.meta), note)
 
 
+def narrow_output(net: Network, position: int, outputs_may_change: bool) -> Rewrite | None:
+    """Π whose windows o < lo or o > hi read no row of i (an input that was sliced), with o summed -> select(o, o')
+    [lo:hi+1] and Π over o' (so the tensors on o, an output gradient, are read only where it matters)."""
+    factor = net.factors[position]
+    p = factor.pattern
+    if not isinstance(p, ConvPattern) or factor.view is not None or factor.legs[1] in net.outputs:
+        return None
+    size, out = _int(p.in_size), _int(p.out_size)
+    if size is None or out is None:
+        return None
+    # window o reads rows o·S − P + k·D: from −P + o·S up to −P + o·S + (K−1)·D
+    lo = max(0, -(((p.kernel_size - 1) * p.dilation - p.pad_left) // p.stride))  # ceil((P − (K−1)·D) / S)
+    hi = min(out - 1, (size - 1 + p.pad_left) // p.stride)
+    if (lo, hi) == (0, out - 1) or hi < lo:
+        return None
+    o = factor.legs[1]
+    inner = fresh_name(f"{o}~", set(net.sizes))
+    narrowed = _tight(replace(p, out_size=hi - lo + 1, pad_left=p.pad_left - lo * p.stride))
+    pattern = replace(factor, legs=(factor.legs[0], inner, factor.legs[2]), pattern=narrowed)
+    select = Factor("select", "", (o, inner), factor.span, Select(out, hi - lo + 1, lo, 1))
+    new = _swap(net, position, [select, pattern])
+    sizes = {**net.sizes, inner: hi - lo + 1}
+    note = f"narrow-output: {_describe(factor)} reads the input only in windows {o}[{lo}:{hi + 1}]"
+    return Rewrite(Network(new, net.outputs, sizes, net.coefficient, net.meta), note)
+
+
 def select_identity(net: Network, position: int, outputs_may_change: bool) -> Rewrite | None:
     """select(i, j) with I = J, start 0, step 1 -> delta(i, j)."""
     factor = net.factors[position]
@@ -367,6 +393,11 @@ RULES: tuple[Rule, ...] = (
         "narrow-input",
         "Π touching only rows lo..hi of a summed i -> select(i, i')[lo:hi+1] · Π(i', o, k)",
         narrow_input,
+    ),
+    Rule(
+        "narrow-output",
+        "Π whose windows outside lo..hi of a summed o read no input row -> select(o, o')[lo:hi+1] · Π(i, o', k)",
+        narrow_output,
     ),
     Rule("select-identity", "select(i, j) with I = J, start 0, step 1 -> delta(i, j)", select_identity),
     Rule("select-slice", "select(i, j) · x[.., i, ..] with i summed -> x[.., start:stop:step, ..]", select_into_tensor),
