@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sympy
 
-from tncompiler.backend.pytorch import tensordot_dims
+from tncompiler.backend.pytorch import step_kind
 from tncompiler.ir.network import Diagram, Network, Program
 from tncompiler.ir.values import View, WindowOp
 from tncompiler.order import Plan, plan_network
@@ -59,7 +59,7 @@ def _plan(term: Network, plan: Plan) -> list[str]:
         operands = [legs[k] for k in step.operands]
         involved = sorted(set().union(*operands))
         cost = sympy.Mul(*[term.size(leg) for leg in involved])
-        kind = "tensordot" if tensordot_dims(operands, step.legs) is not None else "einsum"
+        kind = step_kind(term, step, legs)
         names = " x ".join(f"#{k}" for k in step.operands)
         lines.append(
             f"    step {number + 1}: #{len(legs)} = {names} -> [{', '.join(step.legs)}] by {kind}, {cost} multiply-adds"

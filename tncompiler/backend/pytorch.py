@@ -36,7 +36,7 @@ from tncompiler.passes.lower import NativeConv
 from tncompiler.passes.pipeline import run_pipeline
 from tncompiler.passes.sampling import Sampler, kept_symbol
 
-__all__ = ["generate", "public_names", "tensordot_dims"]
+__all__ = ["generate", "public_names", "step_kind", "tensordot_dims"]
 
 _LETTERS = string.ascii_lowercase + string.ascii_uppercase
 
@@ -658,6 +658,16 @@ def _window_sum_factors(term: Network, plans: tuple[Plan, ...]) -> set[int]:
             found -= set(step.operands) - ({applied[0]} if applied else set())
             legs.append(step.legs)
     return found
+
+
+def step_kind(term: Network, step: Step, legs: list[tuple[str, ...]]) -> str:
+    """How the back end computes a step (for `tnc explain`)."""
+    operands = [legs[k] for k in step.operands]
+    if _window_sum_step(term, step, legs) is not None:
+        return "window sums of the tensor (no GEMM with Σ_o Π)"
+    if len(operands) == 1 and _is_sum(operands[0], step.legs):
+        return "sum"
+    return "tensordot" if tensordot_dims(operands, step.legs) is not None else "einsum"
 
 
 def _pairwise(names: list[str], legs: list[tuple[str, ...]], result: tuple[str, ...]) -> str:
