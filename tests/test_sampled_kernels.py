@@ -27,6 +27,11 @@ SPECS = {
     "2d-unread-rows": conv_spec([10, 6], [3, 3], stride=3, padding=0),
     "3d": conv_spec([5, 6, 4], [3, 2, 2], stride=[2, 1, 1], padding=[1, 0, (1, 0)], dilation=[1, 2, 1]),
 }
+# 1x1 kernels: kernel-one turns the sampled pattern into a strided slice and a gather of x (no kernel call needed)
+POINTWISE = {
+    "2d-pointwise-stride2": conv_spec([9, 8], [1, 1], stride=2, c_in=3),
+    "1d-pointwise-grouped": conv_spec([7], [1], groups=2, c_out=3),
+}
 
 
 def weight_reference(spec: ConvSpec, x: torch.Tensor, w: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
@@ -60,10 +65,10 @@ def sampled_functions(spec: ConvSpec, which: str, p: float) -> tuple[Callable[..
 
 
 @pytest.mark.parametrize("which", ["w", "x"])
-@pytest.mark.parametrize("name", SPECS)
+@pytest.mark.parametrize("name", list(SPECS) + list(POINTWISE))
 @pytest.mark.parametrize("p", [0.5, 0.2])
 def test_each_draw_is_the_masked_vjp(which: str, name: str, p: float) -> None:
-    spec = SPECS[name]
+    spec = {**SPECS, **POINTWISE}[name]
     x, w = make_arguments(spec, batch=3, dtype=torch.float64)
     grad_y = torch.randn(3, spec.groups * spec.c_out, *spec.out_sizes(), dtype=torch.float64)
     empty = 0
@@ -111,3 +116,12 @@ def test_the_input_vjp_writes_only_the_kept_windows(name: str) -> None:
     assert "_conv_pattern" not in body and "einsum" not in body and ".index_add_(2, " in body
     stride = re.findall(r"conv_transpose\dd\(result_in, result_w, None, \((\d+)", body)
     assert len(stride) == 1 and int(stride[0]) == spec.kernel[0]
+
+
+@pytest.mark.parametrize("name", POINTWISE)
+def test_a_sampled_pointwise_vjp_gathers_rows_without_a_pattern(name: str) -> None:
+    spec = POINTWISE[name]
+    code = tncompiler.compile_source(conv_source(spec) + "gw = vjp(y, w)\ns1 = sample(gw, index=o1, p=0.5)\n")
+    body = code.split("\ndef s1(", 1)[1].split("\ndef ", 1)[0]
+    assert "_conv_pattern" not in body
+    assert ".index_select(2, keep_o1)" in body or "_take(x" in body

@@ -16,6 +16,7 @@ from tncompiler.ir.network import Network
 from tncompiler.ir.values import (
     ConvPattern,
     Factor,
+    GatherOp,
     MergeOp,
     Select,
     Size,
@@ -111,15 +112,21 @@ def squeeze_unit(net: Network, position: int, outputs_may_change: bool) -> Rewri
 
 
 def _foldable(factor: Factor) -> bool:
-    """A constant whose view pattern-slice can still fold into its parameters (or that has no view at all)."""
-    return factor.view is None or isinstance(factor.view.ops[0], SliceOp)
+    """A constant whose view pattern-slice can still fold into its parameters (or that has no view at all), or
+    whose only view is tensor dropout on o (kernel-one keeps the gather)."""
+    return factor.view is None or isinstance(factor.view.ops[0], SliceOp) or _gathers_on(factor, 1)
+
+
+def _gathers_on(factor: Factor, axis: int) -> bool:
+    """The factor's view only keeps the sampled entries of one axis (tensor dropout)."""
+    return factor.view is not None and all(isinstance(op, GatherOp) and op.axis == axis for op in factor.view.ops)
 
 
 def kernel_one(net: Network, position: int, outputs_may_change: bool) -> Rewrite | None:
     """Π(i, o, k) with K = 1 -> select(i, o) = [i = o·S − P] (a strided slice; k has size 1), all in range."""
     factor = net.factors[position]
     p = factor.pattern
-    if not isinstance(p, ConvPattern) or factor.view is not None or p.kernel_size != 1:
+    if not isinstance(p, ConvPattern) or not (factor.view is None or _gathers_on(factor, 1)) or p.kernel_size != 1:
         return None
     return _as_select(net, position, (factor.legs[0], factor.legs[1]), -p.pad_left, p.stride, p.out_size, "kernel-one")
 
@@ -144,6 +151,8 @@ def _as_select(
     if size is None or count is None or start < 0 or start + (count - 1) * step > size - 1:
         return None  # some windows reach into the padding: not a pure selection
     select = Factor("select", "", legs, factor.span, Select(size, count, start, step))
+    if factor.view is not None:  # sampled windows (kernel-one): the selection keeps the pattern's gather on o
+        select = replace(select, view=View((size, count), factor.view.ops))
     dropped = [leg for leg in factor.legs if leg not in legs]
     ones = [Factor("delta", "", (leg,), factor.span) for leg in dropped]  # the size-1 leg, squeezed next
     return Rewrite(
@@ -291,7 +300,8 @@ def select_into_tensor(net: Network, position: int, outputs_may_change: bool) ->
     """select(i, j) · x[..., i, ...] with i on no other tensor and summed -> x[..., start:stop:step, ...] on j."""
     factor = net.factors[position]
     s = factor.pattern
-    if not isinstance(s, Select) or factor.view is not None or factor.legs[0] == factor.legs[1]:
+    gathered = factor.view is not None and _gathers_on(factor, 1)
+    if not isinstance(s, Select) or (factor.view is not None and not gathered) or factor.legs[0] == factor.legs[1]:
         return None
     i, j = factor.legs
     carriers = _carriers(net, i, position)
@@ -304,6 +314,9 @@ def select_into_tensor(net: Network, position: int, outputs_may_change: bool) ->
     op = SliceOp(axis, s.start, s.start + (count - 1) * s.step + 1, s.step)
     factors = list(net.factors)
     factors[carriers[0]] = _with_op(target, op, legs, net)
+    for gather in factor.view.ops if factor.view is not None else ():  # then keep the sampled entries of j
+        assert isinstance(gather, GatherOp)
+        factors[carriers[0]] = _with_op(factors[carriers[0]], GatherOp(axis, gather.index), legs, net)
     del factors[position]
     note = f"select-slice: {_describe(factor)} -> {target.name or target.kind}[{op.start}:{op.stop}:{op.step}] on {j}"
     return Rewrite(_rebuild(net, factors), note)
@@ -376,7 +389,9 @@ def _merge(factor: Factor, a: str, b: str, merged: str, net: Network) -> Factor:
 RULES: tuple[Rule, ...] = (
     Rule("squeeze", "x[.., a, ..] with |a| = 1 -> x[.., ..]", squeeze_unit),
     Rule(
-        "kernel-one", "Π with K = 1 -> select(i, o), start −P, step S, when no window reaches the padding", kernel_one
+        "kernel-one",
+        "Π with K = 1 -> select(i, o), start −P, step S, when no window reaches the padding (a sampled o: gathered)",
+        kernel_one,
     ),
     Rule(
         "output-one",
