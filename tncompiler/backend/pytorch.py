@@ -21,6 +21,7 @@ from tncompiler.ir.values import (
     ConvPattern,
     Factor,
     Fused,
+    GatherOp,
     MergeOp,
     Select,
     Size,
@@ -320,7 +321,7 @@ class _FunctionWriter:
             return base
         shape = [self.size(s) for s in factor.view.base]
         expr, before_reshape = base, None
-        ops = factor.view.ops
+        ops = _gathers_last(factor.view.ops)
         for position, op in enumerate(ops):
             if isinstance(op, WindowOp) and position not in self.padded_windows:
                 expr = self._pad_windows(expr, shape, ops, position)
@@ -658,6 +659,20 @@ def _window_sum_factors(term: Network, plans: tuple[Plan, ...]) -> set[int]:
             found -= set(step.operands) - ({applied[0]} if applied else set())
             legs.append(step.legs)
     return found
+
+
+def _gathers_last(ops: tuple[ViewOp, ...]) -> tuple[ViewOp, ...]:
+    """Move each gather (a copy) after the slices of other axes that follow it (views), so that it copies less."""
+    ordered = list(ops)
+    changed = True
+    while changed:
+        changed = False
+        for k in range(len(ordered) - 1):
+            a, b = ordered[k], ordered[k + 1]
+            if isinstance(a, GatherOp) and isinstance(b, SliceOp) and a.axis != b.axis:
+                ordered[k], ordered[k + 1] = b, a
+                changed = True
+    return tuple(ordered)
 
 
 def step_kind(term: Network, step: Step, legs: list[tuple[str, ...]]) -> str:
