@@ -55,12 +55,15 @@ class _Native:
         self.written = [p.pattern for p in self.patterns if isinstance(p.pattern, ConvPattern)]
         self.helpers: set[str] = set()  # runtime helpers the lines call
         # axis -> the sampled index whose kept windows the kernel reads (tiled: stride K, no padding)
-        self.gathered = {
+        gathered = {
             axis: op.index
             for axis, f in enumerate(self.patterns)
             for op in (f.view.ops if f.view else ())
             if isinstance(op, GatherOp)
         }
+        # sampled o (lowering decides): tiled kept windows, or the kept rows of grad_y put back into place
+        self.gathered = {a: i for a, i in gathered.items() if self.patterns[a].legs[1] in m.tiled}
+        self.masked = {a: i for a, i in gathered.items() if self.patterns[a].legs[1] in m.masked}
         self.conv = [
             _tiled(p, net.size(f.legs[1])) if axis in self.gathered else p
             for axis, (f, p) in enumerate(zip(self.patterns, self.written, strict=True))
@@ -213,6 +216,13 @@ class _Native:
             shape + [self.leg(x) for x in self.spatial(1)],
             b,
         )
+        full = shape + [self.leg(x) for x in self.spatial(1)]
+        for axis, index in self.masked.items():
+            full[2 + axis] = self.size(self.written[axis].out_size)
+            self.lines.append(
+                f"{var}_grad = {var}_grad.new_zeros(({', '.join(full)})).index_copy_({2 + axis}, {self.keep(index)}, "
+                f"{var}_grad)  # the kept rows in place, zeros elsewhere"
+            )
         weight = [_product(m.groups + m.other_channels, self.leg), _product(m.data_channels, self.leg)]
         weight += [str(p.kernel_size) for p in self.conv]
         self.call(
