@@ -14,6 +14,7 @@ from tncompiler.backend.names import Namespace, comment_text, docstring, docstri
 from tncompiler.backend.native import native_lines
 from tncompiler.backend.native import right_pad as _right_pad
 from tncompiler.backend.runtime import helper_source
+from tncompiler.backend.window_sums import summed_pattern, window_sum_factors, window_sum_step
 from tncompiler.errors import TncError
 from tncompiler.guard import check_memory, default_limit
 from tncompiler.ir.network import Argument, Diagram, Network, Program
@@ -409,7 +410,7 @@ class _FunctionWriter:
             if isinstance(s.size, int)
         }
         plans = plan_network(term, expected)
-        summed = _window_sum_factors(term, plans)  # applied as window sums: no constant to build
+        summed = window_sum_factors(term, plans)  # applied as window sums: no constant to build
         operands = ["" if k in summed else self._operand(f, term) for k, f in enumerate(term.factors)]
         if len(plans) == 1:
             self._contract(term, plans[0], operands, target, var, "")
@@ -486,11 +487,11 @@ class _FunctionWriter:
     ) -> str | None:
         """A step that contracts Σ_o Π(i, o, k) with a tensor on i: summed windows of that tensor (a few strided
         sums) instead of a product with the 0/1 matrix, which PyTorch's GEMM runs at memory speed at best."""
-        found = _window_sum_step(term, step, legs)
+        found = window_sum_step(term, step, legs)
         if found is None:
             return None
         position, other, axis = found
-        p = _summed_pattern(term.factors[position])
+        p = summed_pattern(term.factors[position])
         assert p is not None
         self.helpers.add("_window_sum")
         hyper = f"{p.kernel_size}, {p.stride}, {p.pad_left}, {p.dilation}"
@@ -617,50 +618,6 @@ def tensordot_dims(legs: list[tuple[str, ...]], result: tuple[str, ...]) -> tupl
     return [a.index(leg) for leg in shared], [b.index(leg) for leg in shared]
 
 
-def _long_enough(p: ConvPattern) -> bool:
-    """Window sums issue about 3K small reductions, the product one GEMM with K columns, which runs at 4-30 GFLOP/s
-    on these shapes. Crossovers measured on a 2-core CPU: I ≥ 56 for K ≤ 4 (MobileNetV2's 56x56 depthwise layer,
-    1.9 against 2.6 ms), and only very long axes beyond that (a 4000-sample audio layer: 0.2 against 1.5 ms)."""
-    return isinstance(p.in_size, int) and p.in_size >= (56 if p.kernel_size <= 4 else 1024)
-
-
-def _summed_pattern(factor: Factor) -> ConvPattern | None:
-    """The pattern of a fused Σ_o Π(i, o, k) with legs (i, k), if the factor is one and long enough to sum."""
-    fused = factor.pattern
-    if not isinstance(fused, Fused) or factor.view is not None or len(fused.parts) != 1:
-        return None
-    part = fused.parts[0]
-    if not isinstance(part.pattern, ConvPattern) or part.view is not None or len(set(part.legs)) != 3:
-        return None
-    i, _, k = part.legs
-    return part.pattern if factor.legs == (i, k) and _long_enough(part.pattern) else None
-
-
-def _window_sum_step(term: Network, step: Step, legs: list[tuple[str, ...]]) -> tuple[int, int, int] | None:
-    """(the fused factor's position, the other operand's id, its i axis) where a step is a window sum."""
-    if len(step.operands) != 2:
-        return None
-    for position, other in (step.operands, step.operands[::-1]):
-        if position >= len(term.factors) or _summed_pattern(term.factors[position]) is None:
-            continue
-        i, k = term.factors[position].legs
-        if legs[other].count(i) == 1 and k not in legs[other] and i not in step.legs:
-            return position, other, legs[other].index(i)
-    return None
-
-
-def _window_sum_factors(term: Network, plans: tuple[Plan, ...]) -> set[int]:
-    """Fused Σ_o Π factors that every plan applies as window sums."""
-    found = {k for k in range(len(term.factors)) if _summed_pattern(term.factors[k]) is not None}
-    for plan in plans:
-        legs = [f.legs for f in term.factors]
-        for step in plan.steps:
-            applied = _window_sum_step(term, step, legs)
-            found -= set(step.operands) - ({applied[0]} if applied else set())
-            legs.append(step.legs)
-    return found
-
-
 def _gathers_last(ops: tuple[ViewOp, ...]) -> tuple[ViewOp, ...]:
     """Move each gather (a copy) after the slices of other axes that follow it (views), so that it copies less."""
     ordered = list(ops)
@@ -678,7 +635,7 @@ def _gathers_last(ops: tuple[ViewOp, ...]) -> tuple[ViewOp, ...]:
 def step_kind(term: Network, step: Step, legs: list[tuple[str, ...]]) -> str:
     """How the back end computes a step (for `tnc explain`)."""
     operands = [legs[k] for k in step.operands]
-    if _window_sum_step(term, step, legs) is not None:
+    if window_sum_step(term, step, legs) is not None:
         return "window sums of the tensor (no GEMM with Σ_o Π)"
     if len(operands) == 1 and _is_sum(operands[0], step.legs):
         return "sum"

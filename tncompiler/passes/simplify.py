@@ -238,52 +238,58 @@ def _tight(p: ConvPattern) -> ConvPattern:
 def narrow_input(net: Network, position: int, outputs_may_change: bool) -> Rewrite | None:
     """Π whose windows touch only rows lo..hi of i, with i summed -> select(i, i') [lo:hi+1] and Π over i' (so the
     tensors on i are read only where it matters)."""
-    factor = net.factors[position]
-    p = factor.pattern
-    if not isinstance(p, ConvPattern) or factor.view is not None or factor.legs[0] in net.outputs:
+    p = _narrowable(net, position, 0)
+    if p is None:
         return None
-    size, out = _int(p.in_size), _int(p.out_size)
-    if size is None or out is None:
-        return None
+    size, out = int(p.in_size), int(p.out_size)
     lo = max(0, -p.pad_left)
     hi = min(size - 1, (out - 1) * p.stride + (p.kernel_size - 1) * p.dilation - p.pad_left)
-    if (lo, hi) == (0, size - 1) or hi < lo:
-        return None
-    i = factor.legs[0]
-    inner = fresh_name(f"{i}~", set(net.sizes))  # '~': never a result leg, which a squeeze may have dropped
-    narrowed = _tight(replace(p, in_size=hi - lo + 1, pad_left=p.pad_left + lo))
-    pattern = replace(factor, legs=(inner,) + factor.legs[1:], pattern=narrowed)
-    select = Factor("select", "", (i, inner), factor.span, Select(size, hi - lo + 1, lo, 1))
-    new = _swap(net, position, [select, pattern])
-    sizes = {**net.sizes, inner: hi - lo + 1}
-    note = f"narrow-input: {_describe(factor)} reads only {i}[{lo}:{hi + 1}]"
-    return Rewrite(Network(new, net.outputs, sizes, net.coefficient, net.meta), note)
+    narrowed = replace(p, in_size=hi - lo + 1, pad_left=p.pad_left + lo)
+    return _narrowed(net, position, 0, (lo, hi, size), narrowed, "narrow-input: {pattern} reads only {leg}")
 
 
 def narrow_output(net: Network, position: int, outputs_may_change: bool) -> Rewrite | None:
     """Π whose windows o < lo or o > hi read no row of i (an input that was sliced), with o summed -> select(o, o')
     [lo:hi+1] and Π over o' (so the tensors on o, an output gradient, are read only where it matters)."""
-    factor = net.factors[position]
-    p = factor.pattern
-    if not isinstance(p, ConvPattern) or factor.view is not None or factor.legs[1] in net.outputs:
+    p = _narrowable(net, position, 1)
+    if p is None:
         return None
-    size, out = _int(p.in_size), _int(p.out_size)
-    if size is None or out is None:
-        return None
+    size, out = int(p.in_size), int(p.out_size)
     # window o reads rows o·S − P + k·D: from −P + o·S up to −P + o·S + (K−1)·D
     lo = max(0, -(((p.kernel_size - 1) * p.dilation - p.pad_left) // p.stride))  # ceil((P − (K−1)·D) / S)
     hi = min(out - 1, (size - 1 + p.pad_left) // p.stride)
-    if (lo, hi) == (0, out - 1) or hi < lo:
+    narrowed = replace(p, out_size=hi - lo + 1, pad_left=p.pad_left - lo * p.stride)
+    note = "narrow-output: {pattern} reads the input only in windows {leg}"
+    return _narrowed(net, position, 1, (lo, hi, out), narrowed, note)
+
+
+def _narrowable(net: Network, position: int, axis: int) -> ConvPattern | None:
+    """The pattern of a plain Π with known sizes whose leg `axis` is summed."""
+    factor = net.factors[position]
+    p = factor.pattern
+    if not isinstance(p, ConvPattern) or factor.view is not None or factor.legs[axis] in net.outputs:
         return None
-    o = factor.legs[1]
-    inner = fresh_name(f"{o}~", set(net.sizes))
-    narrowed = _tight(replace(p, out_size=hi - lo + 1, pad_left=p.pad_left - lo * p.stride))
-    pattern = replace(factor, legs=(factor.legs[0], inner, factor.legs[2]), pattern=narrowed)
-    select = Factor("select", "", (o, inner), factor.span, Select(out, hi - lo + 1, lo, 1))
-    new = _swap(net, position, [select, pattern])
+    return p if _int(p.in_size) is not None and _int(p.out_size) is not None else None
+
+
+def _narrowed(
+    net: Network, position: int, axis: int, bounds: tuple[int, int, int], narrowed: ConvPattern, note: str
+) -> Rewrite | None:
+    """Π's leg `axis` (of `size` entries) -> select(leg, leg')[lo:hi+1] · Π'(.., leg', ..); None if nothing to cut."""
+    lo, hi, size = bounds
+    if (lo, hi) == (0, size - 1) or hi < lo:
+        return None
+    factor = net.factors[position]
+    leg = factor.legs[axis]
+    inner = fresh_name(f"{leg}~", set(net.sizes))  # '~': never a result leg, which a squeeze may have dropped
+    legs = factor.legs[:axis] + (inner,) + factor.legs[axis + 1 :]
+    pattern = replace(factor, legs=legs, pattern=_tight(narrowed))
+    select = Factor("select", "", (leg, inner), factor.span, Select(size, hi - lo + 1, lo, 1))
     sizes = {**net.sizes, inner: hi - lo + 1}
-    note = f"narrow-output: {_describe(factor)} reads the input only in windows {o}[{lo}:{hi + 1}]"
-    return Rewrite(Network(new, net.outputs, sizes, net.coefficient, net.meta), note)
+    text = note.format(pattern=_describe(factor), leg=f"{leg}[{lo}:{hi + 1}]")
+    return Rewrite(
+        Network(_swap(net, position, [select, pattern]), net.outputs, sizes, net.coefficient, net.meta), text
+    )
 
 
 def select_identity(net: Network, position: int, outputs_may_change: bool) -> Rewrite | None:
