@@ -217,10 +217,16 @@ def _text(net: Network) -> str:
 
 
 def native_flops(term: Network, native: NativeConv) -> sympy.Expr:
-    """Multiply-adds of a direct convolution (all three kinds): every leg but the pattern's i legs, multiplied."""
+    """Multiply-adds of a direct convolution (all three kinds): every leg but the pattern's i legs, multiplied. A
+    sampled leg that is masked rather than tiled costs its full size: the kernel runs over every position."""
     legs = set().union(*(term.factors[k].legs for k in (native.data, native.other, *native.patterns)))
     inputs = {term.factors[k].legs[0] for k in native.patterns}
-    return sympy.Mul(*[term.size(leg) for leg in sorted(legs - inputs)])
+    full = {
+        f.legs[1]: f.pattern.out_size
+        for f in (term.factors[k] for k in native.patterns)
+        if isinstance(f.pattern, ConvPattern) and f.legs[1] in native.masked
+    }
+    return sympy.Mul(*[full.get(leg, term.size(leg)) for leg in sorted(legs - inputs)])
 
 
 def lowered_cost(net: Network, at: Mapping[sympy.Symbol, int]) -> float:
