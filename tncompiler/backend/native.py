@@ -54,18 +54,18 @@ class _Native:
         self.patterns = [net.factors[k] for k in m.patterns]
         self.written = [p.pattern for p in self.patterns if isinstance(p.pattern, ConvPattern)]
         self.helpers: set[str] = set()  # runtime helpers the lines call
-        # axis -> the sampled index whose kept windows the kernel reads (tiled: stride K, no padding)
         gathered = {
             axis: op.index
             for axis, f in enumerate(self.patterns)
             for op in (f.view.ops if f.view else ())
             if isinstance(op, GatherOp)
         }
-        # sampled o (lowering decides): tiled kept windows, or the kept rows of grad_y put back into place
-        self.gathered = {a: i for a, i in gathered.items() if self.patterns[a].legs[1] in m.tiled}
+        # sampled o (lowering decides): axis -> index whose kept windows the kernel reads one after the other
+        # (stride K, no padding), or whose kept rows of grad_y go back into place
+        self.tiled = {a: i for a, i in gathered.items() if self.patterns[a].legs[1] in m.tiled}
         self.masked = {a: i for a, i in gathered.items() if self.patterns[a].legs[1] in m.masked}
         self.conv = [
-            _tiled(p, net.size(f.legs[1])) if axis in self.gathered else p
+            _tiled(p, net.size(f.legs[1])) if axis in self.tiled else p
             for axis, (f, p) in enumerate(zip(self.patterns, self.written, strict=True))
         ]
         self.d = len(self.conv)
@@ -91,7 +91,7 @@ class _Native:
         shape = [_product(m.batch, self.leg), _product(m.groups + m.data_channels, self.leg)]
         shape += [self.leg(x) for x in self.spatial(0)]
         self.arrange("in", m.data, m.batch + m.groups + m.data_channels + self.spatial(0), shape, a)
-        for axis, index in self.gathered.items():
+        for axis, index in self.tiled.items():
             self.gather_windows(axis, self.written[axis], self.keep(index))
         padding, crop, extra_windows = _symmetric(self.conv)
         if padding is None or (extra_windows and m.role == "weight"):
@@ -142,10 +142,10 @@ class _Native:
     def call(self, expr: str, empty: list[str]) -> None:
         """`var = expr`; with sampled positions, zeros of shape `empty` when no entry was kept (the kernels reject
         inputs without rows)."""
-        if not self.gathered:
+        if not self.tiled:
             self.lines.append(f"{self.var} = {expr}")
             return
-        kept = " and ".join(self.leg(self.patterns[axis].legs[1]) for axis in self.gathered)
+        kept = " and ".join(self.leg(self.patterns[axis].legs[1]) for axis in self.tiled)
         self.lines += [
             f"if {kept}:",
             f"    {self.var} = {expr}",
@@ -182,9 +182,9 @@ class _Native:
         self.arrange("in", m.data, m.batch + m.groups + m.data_channels + self.spatial(1), shape, a)
         shape = [channels, _product(m.other_channels, self.leg)] + [self.leg(x) for x in self.spatial(2)]
         self.arrange("w", m.other, m.groups + m.data_channels + m.other_channels + self.spatial(2), shape, b)
-        out = f"{self.var}_taps" if self.gathered else self.var
+        out = f"{self.var}_taps" if self.tiled else self.var
         call = _transpose_call(self.var, out, self.conv, self.d, self.strides, self.dilations, self.groups, self.size)
-        if not self.gathered:
+        if not self.tiled:
             self.lines += call
         else:
             self.scatter_windows(call)
@@ -193,7 +193,7 @@ class _Native:
     def scatter_windows(self, call: list[str]) -> None:
         """Sampled output positions of a transpose convolution (an input VJP): the kernel (stride K, no padding)
         writes each kept window's K rows one after the other; they are added into the rows they belong to."""
-        ((axis, index),) = self.gathered.items()
+        ((axis, index),) = self.tiled.items()
         var, p, kept = self.var, self.written[axis], self.leg(self.patterns[axis].legs[1])
         full = [_product(self.m.batch, self.leg), _product(self.m.groups + self.m.other_channels, self.leg)]
         full += [self.leg(x) for x in self.spatial(0)]
@@ -280,7 +280,13 @@ def _reads_padding(p: ConvPattern) -> bool:
         return True
     if not isinstance(p.in_size, int) or not isinstance(p.out_size, int):
         return True
-    return (p.out_size - 1) * p.stride + _extent(p) - 1 - p.pad_left > p.in_size - 1
+    return _last_read(p) > p.in_size - 1
+
+
+def _last_read(p: ConvPattern) -> int:
+    """The input row that the last tap of the last window reads (sizes known)."""
+    assert isinstance(p.out_size, int)
+    return (p.out_size - 1) * p.stride + _extent(p) - 1 - p.pad_left
 
 
 def _extent(p: ConvPattern) -> int:
@@ -298,7 +304,7 @@ def _symmetric(conv: list[ConvPattern]) -> tuple[str | None, list[int], bool]:
             continue
         if not isinstance(p.in_size, int) or not isinstance(p.out_size, int) or p.pad_left < 0:
             return None, [], False
-        last_read = (p.out_size - 1) * p.stride + _extent(p) - 1 - p.pad_left
+        last_read = _last_read(p)
         if last_read - (p.in_size - 1) > p.pad_left:
             return None, [], False
         needed = max(0, p.in_size + 2 * p.pad_left - _extent(p) - p.out_size * p.stride + 1)

@@ -13,7 +13,7 @@ import sympy
 
 from tncompiler.ir.network import Network
 from tncompiler.ir.values import ConvPattern, Factor, GatherOp, View, WindowOp
-from tncompiler.order import plan_network
+from tncompiler.order import REGIMES, plan_network
 
 __all__ = ["NativeConv", "lower_network", "match_native", "native_flops", "lowered_cost"]
 
@@ -161,13 +161,13 @@ def _only_gathers_on_o(factor: Factor) -> bool:
 
 
 def lower_network(net: Network) -> tuple[Network, list[str]]:
-    written = net.meta.get("as_written")
-    if isinstance(written, Network) and _kernel_wins(net, written):
-        native = match_native(written)
-        assert native is not None
-        note = f"lower: {_text(written)} -> {native.describe()} (the kernel beats the rewritten network)"
-        return replace_meta(written, native), [note]
     native = match_native(net)
+    written = net.meta.get("as_written")
+    if isinstance(written, Network):
+        written_native = match_native(written)
+        if written_native is not None and _kernel_wins(net, native, written, written_native):
+            note = f"lower: {_text(written)} -> {written_native.describe()} (the kernel beats the rewritten network)"
+            return replace_meta(written, written_native), [note]
     if native is not None:
         return replace_meta(net, native), [f"lower: {_text(net)} -> {native.describe()}"]
     notes = []
@@ -186,25 +186,26 @@ def lower_network(net: Network) -> tuple[Network, list[str]]:
     return net, notes
 
 
-def _kernel_wins(rewritten: Network, written: Network) -> bool:
-    """The cost model between a native kernel and a rewritten network of the same term. Both do the same
-    multiply-adds, but PyTorch's convolution kernels run them faster than the permute-and-matmul of a rewritten
-    convolution or weight gradient; a rewritten transpose convolution that needs no constant at all (patchify:
-    reshapes only) beats the transpose kernel; one that still multiplies by selections or patterns does not."""
-    native = match_native(written)
-    if native is None or rewritten.outputs != written.outputs:
+def _kernel_wins(rewritten: Network, native: NativeConv | None, written: Network, kernel: NativeConv) -> bool:
+    """The cost model between the kernel on the term as written and the rewritten term (`native`: its own kernel,
+    if it is one). Two kernels: the file's layout needs no permuted copies, so it wins unless the rewrite does less
+    work (a slice that drops windows). Otherwise both do the same multiply-adds, but PyTorch's convolution kernels
+    run them faster than the permute-and-matmul of a rewritten convolution or weight gradient; a rewritten
+    transpose convolution that needs no constant at all (patchify: reshapes only) beats the transpose kernel; one
+    that still multiplies by selections or patterns does not."""
+    if rewritten.outputs != written.outputs:
         return False
-    rewritten_native = match_native(rewritten)
-    if rewritten_native is not None:  # a kernel either way: the file's layout needs no permuted copies, unless the
-        return not _fewer(native_flops(rewritten, rewritten_native), native_flops(written, native))  # rewrite saves
-    if native.role != "transpose":
+    if native is not None:
+        return not _fewer(native_flops(rewritten, native), native_flops(written, kernel))
+    if kernel.role != "transpose":
         return True
     return any(f.kind in ("pattern", "select", "delta", "fused") for f in rewritten.factors)
 
 
 def _fewer(a: sympy.Expr, b: sympy.Expr) -> bool:
-    """a < b at a typical size of every call-time index (32)."""
-    at = {symbol: 32 for symbol in (sympy.sympify(a).free_symbols | sympy.sympify(b).free_symbols)}
+    """a < b at the middle regime of every call-time size."""
+    middle = REGIMES[len(REGIMES) // 2]
+    at = {symbol: middle for symbol in (sympy.sympify(a).free_symbols | sympy.sympify(b).free_symbols)}
     return bool(sympy.sympify(a).subs(at) < sympy.sympify(b).subs(at))
 
 
