@@ -7,7 +7,6 @@ pass only fires where its cost model says the work per call goes down, so a plai
 
 from __future__ import annotations
 
-import itertools
 import math
 import types
 
@@ -16,6 +15,7 @@ import sympy
 import torch
 
 import tncompiler
+from tests.helpers import pattern_tensor
 from tncompiler.ir.network import Diagram, Network
 from tncompiler.ir.values import ConvPattern, Factor, Fused, size_symbol
 from tncompiler.order import plan_network
@@ -70,16 +70,6 @@ def body(code: str, function: str) -> str:
 def plan_flops(diagram: Diagram) -> float:
     total = sum(sympy.sympify(plan_network(term)[0].flops) for term in diagram.terms)
     return float(sympy.sympify(total).subs({N: 32}))
-
-
-def pattern_tensor(size: int, out: int, kernel: int, stride: int, pad: int, dilation: int) -> Tensor:
-    """Π[i, o, k] = 1 iff i = o·S + k·D − P, written out entry by entry."""
-    pattern = torch.zeros(size, out, kernel, dtype=torch.float64)
-    for o, k in itertools.product(range(out), range(kernel)):
-        i = o * stride + k * dilation - pad
-        if 0 <= i < size:
-            pattern[i, o, k] = 1
-    return pattern
 
 
 def kfac_reduce_reference(x: Tensor, config: list[tuple[int, int, int, int, int]]) -> Tensor:

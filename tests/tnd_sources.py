@@ -9,7 +9,6 @@ by any transform statements (`gx = vjp(y, x)`, ...). With one channel group the 
 from __future__ import annotations
 
 import functools
-import itertools
 import types
 import warnings
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import tncompiler
+from tests.helpers import pad_pairs, pattern_tensor
 
 __all__ = [
     "Conv",
@@ -68,7 +68,7 @@ class Conv:
 
     def pads(self) -> tuple[tuple[int, int], ...]:
         """(left, right) per dimension; `same` puts the odd one on the right, as PyTorch does."""
-        return tuple(_pad_pair(p, d, k) for p, d, k in zip(self.padding, self.dilation, self.k))
+        return tuple(pad_pairs(p, d, k) for p, d, k in zip(self.padding, self.dilation, self.k))
 
     def o(self) -> tuple[int, ...]:
         """The sizes of the pattern's o legs: O = floor((I + P_left + P_right - D(K - 1) - 1) / S) + 1."""
@@ -101,18 +101,6 @@ def conv(i: Sequence[int], k: Sequence[int], *, stride: int | list[int] = 1, pad
     dims = len(i)
     return Conv(tuple(i), tuple(k), _per_dim(stride, dims), _per_dim(padding, dims), _per_dim(dilation, dims),
                 groups, c_in, c_out, bias, transpose, batch)
-
-
-def _pad_pair(padding: Padding, dilation: int, kernel: int) -> tuple[int, int]:
-    if padding == "valid":
-        return 0, 0
-    if padding == "same":
-        total = dilation * (kernel - 1)
-        return total // 2, total - total // 2
-    if isinstance(padding, tuple):
-        return padding
-    assert isinstance(padding, int)
-    return padding, padding
 
 
 # --- .tnd text ---------------------------------------------------------------------------------------------------
@@ -217,16 +205,6 @@ def torch_conv(spec: Conv, x: Tensor, w: Tensor, b: Tensor | None = None) -> Ten
     with warnings.catch_warnings():  # PyTorch warns that padding="same" with an even kernel copies the input
         warnings.simplefilter("ignore", UserWarning)
         return convolve(x, w, b, stride=spec.stride, padding=padding, dilation=spec.dilation, groups=spec.groups)
-
-
-def pattern_tensor(i: int, o: int, k: int, stride: int, pad_left: int, dilation: int) -> Tensor:
-    """Π[i, o, k] = 1 iff i = o·S + k·D − P_left, written out entry by entry from the definition."""
-    pattern = torch.zeros(i, o, k, dtype=torch.float64)
-    for out, tap in itertools.product(range(o), range(k)):
-        position = out * stride + tap * dilation - pad_left
-        if 0 <= position < i:
-            pattern[position, out, tap] = 1
-    return pattern
 
 
 def unfold_reference(spec: Conv, x: Tensor) -> Tensor:
