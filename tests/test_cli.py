@@ -1,8 +1,11 @@
-"""The `tnc` command line: compile, check, dot; errors; atomic writes; a non-editable install."""
+"""The `tnc` command line: compile, check, dot; errors; outputs (refusals, modes, Graphviz); option values; a
+non-editable install."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -119,3 +122,169 @@ def test_non_editable_install_finds_its_grammar(tmp_path: Path, conv_file: Path)
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import tncompiler.frontend.parse as p; "
                             "print(p.grammar_path())"], cwd=workdir, capture_output=True, text=True, check=True)
     assert str(site) in where.stdout
+
+
+# -- outputs: one writer for the module and the DOT files (tncompiler/output.py) ----------------------------------
+def failed(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """Run a command that must fail with status 1 and one report at the input file; return the report."""
+    assert run(*argv) == 1, argv
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "<string>" not in err and ".tmp" not in err, err
+    assert err.startswith(f"{argv[1]}: error: "), err
+    return err
+
+
+def test_compile_refuses_a_fifo_and_leaves_it_a_fifo(
+    conv_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fifo = tmp_path / "pipe.py"
+    os.mkfifo(fifo)
+    assert "it is a FIFO (named pipe), not a regular file" in failed(capsys, "compile", str(conv_file), "-o", str(fifo))
+    assert "it is a FIFO" in failed(capsys, "dot", str(conv_file), "-o", str(fifo))
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+@pytest.mark.skipif(not Path("/dev/null").exists(), reason="no /dev/null")
+def test_compile_refuses_a_device(conv_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = failed(capsys, "compile", str(conv_file), "-o", "/dev/null")
+    assert "cannot write /dev/null: it is a character device, not a regular file" in err
+    assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
+
+
+def test_compile_refuses_the_input_itself(
+    conv_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hard, soft = tmp_path / "hard.py", tmp_path / "soft.py"
+    os.link(conv_file, hard)
+    soft.symlink_to(conv_file)
+    for output in (conv_file, hard, soft):
+        err = failed(capsys, "compile", str(conv_file), "-o", str(output))
+        assert f"cannot write {output}: it is the input file {conv_file}" in err
+    same = tmp_path / "same.py"  # the default output of same.py is same.py itself
+    same.write_text(CONV)
+    assert "it is the input file" in failed(capsys, "compile", str(same))
+    assert conv_file.read_text() == CONV and same.read_text() == CONV and soft.is_symlink()
+    assert "it is the input file" in failed(capsys, "dot", str(conv_file), "-o", str(hard))
+
+
+def test_compile_writes_nothing_when_the_dot_folder_is_a_file(
+    conv_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dots = tmp_path / "D"
+    dots.write_text("")
+    err = failed(capsys, "compile", str(conv_file), "-o", str(tmp_path / "out.py"), "--dot", str(dots))
+    assert f"{dots} is a file, not a folder" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["D", "conv.tnd"]
+
+
+def test_compile_refuses_a_module_inside_the_dot_files(
+    conv_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dots = tmp_path / "dots"
+    err = failed(capsys, "compile", str(conv_file), "-o", str(dots / "y.built.dot"), "--dot", str(dots))
+    assert "two outputs have this path" in err
+    assert not dots.exists()
+
+
+def test_compile_keeps_the_mode_of_a_replaced_module(conv_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.py"
+    out.write_text("# old\n")
+    out.chmod(0o640)
+    assert run("compile", str(conv_file), "-o", str(out)) == 0
+    assert "def y(x, w):" in out.read_text() and stat.S_IMODE(out.stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_new_outputs_get_the_umasks_mode(conv_file: Path, tmp_path: Path, mask: int) -> None:
+    old = os.umask(mask)
+    try:
+        assert run("compile", str(conv_file), "-o", str(tmp_path / "m.py"), "--dot", str(tmp_path / "dots")) == 0
+        assert run("dot", str(conv_file), "-o", str(tmp_path / "y.dot")) == 0
+    finally:
+        os.umask(old)
+    for path in [tmp_path / "m.py", tmp_path / "y.dot", *(tmp_path / "dots").iterdir()]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path
+    assert stat.S_IMODE((tmp_path / "dots").stat().st_mode) == 0o777 & ~mask
+
+
+def test_a_read_only_folder_is_named(conv_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("permissions are not enforced here (root?)")
+        err = failed(capsys, "compile", str(conv_file), "-o", str(folder / "m.py"))
+        assert f"cannot write {folder}/m.py: the folder {folder} is read-only" in err
+        assert list(folder.iterdir()) == []
+    finally:
+        folder.chmod(0o755)
+
+
+# -- drawing with Graphviz: a fake `dot` on PATH, so the tests need no Graphviz ------------------------------------
+def fake_graphviz(folder: Path, script: str) -> str:
+    folder.mkdir()
+    program = folder / "dot"
+    program.write_text("#!/bin/sh\n" + script)
+    program.chmod(0o755)
+    return str(folder)
+
+
+def test_a_missing_graphviz_names_the_file_and_how_to_install_it(
+    conv_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    err = failed(capsys, "dot", str(conv_file), "-o", str(tmp_path / "y.svg"))
+    assert f"{conv_file}: error: cannot draw {tmp_path}/y.svg: Graphviz's `dot` program is not installed" in err
+    assert "apt-get install graphviz" in err and "brew install graphviz" in err and "conda install graphviz" in err
+    assert f"-o {tmp_path}/y.dot" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "conv.tnd"]
+
+
+def test_a_failing_graphviz_is_reported_and_nothing_written(
+    conv_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", fake_graphviz(tmp_path / "bin", "echo 'Error: syntax error in line 1' >&2\nexit 1\n"))
+    err = failed(capsys, "dot", str(conv_file), "-o", str(tmp_path / "y.png"))
+    assert "cannot draw" in err and "Graphviz's `dot` failed: Error: syntax error in line 1" in err
+    assert not (tmp_path / "y.png").exists()
+
+
+def test_a_picture_is_written_by_the_writer(
+    conv_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The picture goes through the same writer: the folder is made, an existing picture keeps its mode."""
+    monkeypatch.setenv("PATH", fake_graphviz(tmp_path / "bin", 'cat >/dev/null\necho "<svg $1/>"\n'))
+    picture = tmp_path / "pictures" / "y.SVG"
+    assert run("dot", str(conv_file), "-o", str(picture)) == 0
+    assert picture.read_text() == "<svg -Tsvg/>\n"
+    picture.chmod(0o604)
+    assert run("dot", str(conv_file), "-o", str(picture)) == 0
+    assert stat.S_IMODE(picture.stat().st_mode) == 0o604
+    assert sorted(p.name for p in picture.parent.iterdir()) == ["y.SVG"]
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz is not installed")
+def test_a_real_graphviz_draws_svg(conv_file: Path, tmp_path: Path) -> None:
+    assert run("dot", str(conv_file), "-o", str(tmp_path / "y.svg")) == 0
+    assert "<svg" in (tmp_path / "y.svg").read_text()
+
+
+# -- option values: never a traceback -----------------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["nan", "-5", "abc", "0", "5 XB", "inf", "1e-9", "", "1.2.3", "-1e999"])
+def test_a_bad_max_memory_is_a_usage_error(
+    value: str, conv_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        run("compile", str(conv_file), "-o", str(tmp_path / "m.py"), "--max-memory", value)
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert "tnc compile: error: argument --max-memory: " in err and "Traceback" not in err
+    assert not (tmp_path / "m.py").exists()
+
+
+def test_a_huge_max_memory_means_no_limit(conv_file: Path, tmp_path: Path) -> None:
+    assert run("compile", str(conv_file), "-o", str(tmp_path / "m.py"), "--max-memory", "1e999") == 0
+    assert run("compile", str(conv_file), "-o", str(tmp_path / "m.py"), "--max-memory", "1 GiB") == 0

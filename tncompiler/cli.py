@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,22 +19,10 @@ from tncompiler.errors import TncError
 from tncompiler.explain import explain
 from tncompiler.guard import parse_size
 from tncompiler.ir.network import Diagram, Program
+from tncompiler.output import write_files
 from tncompiler.stages import diagram_stages
 
-__all__ = ["main", "write_atomic"]
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file and a rename, so a failure never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+__all__ = ["main"]
 
 
 def _dot_files(program: Program, rewrite: bool = True) -> dict[str, str]:
@@ -53,9 +40,9 @@ def _compile(args: argparse.Namespace) -> int:
     code = compile_program(program, source, not args.no_rewrite, args.max_memory)
     dots = _dot_files(program, not args.no_rewrite) if args.dot else {}
     output = args.output or Path(args.file).with_suffix(".py")
-    write_atomic(output, code)
-    for name, text in dots.items():
-        write_atomic(args.dot / name, text)
+    files: list[tuple[Path, str | bytes]] = [(output, code)]
+    files += [(args.dot / name, text) for name, text in dots.items()]
+    write_files(files, source=args.file)  # the module and every DOT file, or nothing
     print(f"wrote {output}" + (f" and {len(dots)} DOT files in {args.dot}" if dots else ""), file=sys.stderr)
     return 0
 
@@ -112,24 +99,37 @@ def _dot(args: argparse.Namespace) -> int:
     text = "".join(texts)
     if args.output is None:
         sys.stdout.write(text)
-    elif args.output.suffix in (".svg", ".png", ".pdf"):
-        _render(text, args.output)
+    elif args.output.suffix.lower() in _PICTURES:
+        write_files([(args.output, _render(text, args.output))], source=args.file)
     else:
-        write_atomic(args.output, text)
+        write_files([(args.output, text)], source=args.file)
     return 0
 
 
-def _render(text: str, output: Path) -> None:
+_PICTURES = (".svg", ".png", ".pdf")
+_GRAPHVIZ = "install Graphviz (apt-get install graphviz, brew install graphviz or conda install graphviz)"
+
+
+def _render(text: str, output: Path) -> bytes:
+    """The picture Graphviz's `dot` draws of DOT text, in the format of the output's suffix, in memory."""
     program = shutil.which("dot")
+    instead = f"or write the DOT text with -o {output.with_suffix('.dot')}"
     if program is None:
-        raise TncError("rendering needs Graphviz's `dot` program; write a .dot file instead, or install graphviz")
-    done = subprocess.run([program, f"-T{output.suffix[1:]}"], input=text.encode(), capture_output=True, check=False)
+        raise TncError(
+            f"cannot draw {output}: Graphviz's `dot` program is not installed (not found on PATH)",
+            hint=f"{_GRAPHVIZ}, {instead}",
+        )
+    try:
+        command = [program, f"-T{output.suffix[1:].lower()}"]
+        done = subprocess.run(command, input=text.encode(), capture_output=True, check=False)
+    except OSError as error:
+        message = f"cannot draw {output}: cannot run {program}: {error.strerror or error}"
+        raise TncError(message, hint=f"{_GRAPHVIZ}, {instead}") from None
     if done.returncode != 0:
-        raise TncError(f"graphviz failed: {done.stderr.decode(errors='replace').strip()}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    tmp.write_bytes(done.stdout)
-    os.replace(tmp, output)
+        said = done.stderr.decode(errors="replace").strip()[-500:] or f"exit status {done.returncode}"
+        hint = f"check that Graphviz works (`dot -V`) and draws this format, {instead}"
+        raise TncError(f"cannot draw {output}: Graphviz's `dot` failed: {said}", hint=hint)
+    return done.stdout
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -170,8 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.run(args)
         return status
-    except TncError as error:
-        print(error, file=sys.stderr)
+    except TncError as error:  # one not about a line of the file (an output, Graphviz) is reported at the file
+        print(error.located(str(args.file), ""), file=sys.stderr)
         return 1
     except OSError as error:
         print(f"tnc: error: {error}", file=sys.stderr)

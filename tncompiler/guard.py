@@ -27,6 +27,7 @@ _UNITS = {
     "gib": 2**30,
     "tib": 2**40,
 }
+_NO_LIMIT = 2**80  # a yobibyte: larger than any machine, so a --max-memory beyond it means "no limit"
 
 
 def default_limit() -> int:
@@ -38,11 +39,23 @@ def default_limit() -> int:
 
 
 def parse_size(text: str) -> int:
-    """'4GiB', '500MB', '1e9' -> bytes."""
-    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([A-Za-z]*)\s*", text)
-    if match is None or match.group(2).lower() not in _UNITS:
-        raise ValueError(f"not a size: {text!r} (examples: 4GiB, 500MB, 1000000)")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    """'4GiB', '500 MB', '1e9' -> bytes; anything else is a ValueError, whose message the command line shows as is.
+
+    The number is read by a strict pattern (no sign, no 'nan' or 'inf'), so float() only sees plain decimals; a size
+    beyond any machine (1e999 overflows to infinity) is taken as _NO_LIMIT rather than refused: it says "no limit".
+    """
+    examples = "examples: 4GiB, 500MB, 1e9"
+    match = re.fullmatch(r"\s*((?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za-z]*)\s*", text, re.ASCII)
+    if match is None:
+        raise ValueError(f"not a size: {text!r} ({examples})")
+    number, unit = match.groups()
+    if unit.lower() not in _UNITS:
+        units = ", ".join(name.upper().replace("IB", "iB") for name in _UNITS if name)
+        raise ValueError(f"not a size: {text!r}: unknown unit {unit!r}; units: {units} ({examples})")
+    value = float(number) * _UNITS[unit.lower()]
+    if value < 1:
+        raise ValueError(f"too small: {text!r} is less than one byte ({examples})")
+    return _NO_LIMIT if value >= _NO_LIMIT else int(value)
 
 
 def _entries(size: sympy.Expr | int) -> int:
