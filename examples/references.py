@@ -191,6 +191,55 @@ SAMPLED: dict[str, Reference] = {
 }
 
 
+# --- conv2d_jvp.tnd and conv2d_curvature.tnd: forward mode, Jacobians and curvature, with torch.func ----------------
+
+JVP_CONV = {"stride": (2, 1), "padding": (1, 0), "dilation": (1, 2)}
+
+
+def conv2d_jvp(x: torch.Tensor, w: torch.Tensor, tangent_x: torch.Tensor, tangent_w: torch.Tensor) -> torch.Tensor:
+    """The JVP of F.conv2d in x and w together (the bias drops out of a derivative)."""
+    return torch.func.jvp(lambda x, w: F.conv2d(x, w, **JVP_CONV), (x, w), (tangent_x, tangent_w))[1]
+
+
+def conv2d_jvp_x(w: torch.Tensor, tangent_x: torch.Tensor) -> torch.Tensor:
+    """The JVP in x alone; y is linear in x, so any point will do (zeros)."""
+    return torch.func.jvp(lambda x: F.conv2d(x, w, **JVP_CONV), (torch.zeros_like(tangent_x),), (tangent_x,))[1]
+
+
+def conv2d_jvp_w(x: torch.Tensor, tangent_w: torch.Tensor) -> torch.Tensor:
+    return torch.func.jvp(lambda w: F.conv2d(x, w, **JVP_CONV), (torch.zeros_like(tangent_w),), (tangent_w,))[1]
+
+
+CURVATURE_CONV = {"stride": (2, 1), "padding": 1}
+CURVATURE_WEIGHT = (3, 2, 3, 3)  # [d, c, k1, k2]
+
+
+def one_example(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The convolution of a single example x [c, i1, i2]."""
+    return F.conv2d(x.unsqueeze(0), w, **CURVATURE_CONV).squeeze(0)
+
+
+def per_sample_jacobian(x: torch.Tensor) -> torch.Tensor:
+    """d y[n] / d w for each example: [n, d, o1, o2, d, c, k1, k2] (y is linear in w: taken at w = 0)."""
+    w = torch.zeros(CURVATURE_WEIGHT, dtype=x.dtype)
+    return torch.func.vmap(lambda xn: torch.func.jacrev(one_example)(w, xn))(x)
+
+
+def per_sample_gradients(x: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
+    """grad_y[n] pulled back through example n's convolution: [n, d, c, k1, k2]."""
+    w = torch.zeros(CURVATURE_WEIGHT, dtype=x.dtype)
+
+    def one(xn: torch.Tensor, gn: torch.Tensor) -> torch.Tensor:
+        return torch.func.vjp(lambda w: one_example(w, xn), w)[1](gn)[0]
+
+    return torch.func.vmap(one)(x, grad_y)
+
+
+def gram(x: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
+    flat = per_sample_gradients(x, grad_y).flatten(1)
+    return flat @ flat.T
+
+
 REFERENCES: dict[str, dict[str, Reference]] = {
     "conv1d.tnd": {"y": conv1d},
     "conv2d.tnd": {"y": conv2d},
@@ -219,4 +268,17 @@ REFERENCES: dict[str, dict[str, Reference]] = {
     },
     "conv2d_slice.tnd": SLICES,
     "conv2d_sampled.tnd": SAMPLED,
+    "conv2d_jvp.tnd": {
+        "y": lambda x, w, b: F.conv2d(x, w, b, **JVP_CONV),
+        "tx": conv2d_jvp_x,
+        "tw": conv2d_jvp_w,
+        "t": conv2d_jvp,
+    },
+    "conv2d_curvature.tnd": {
+        "y": lambda x, w: F.conv2d(x, w, **CURVATURE_CONV),
+        "J": per_sample_jacobian,
+        "diag": lambda x: per_sample_jacobian(x).square().sum(dim=(0, 1, 2, 3)),
+        "gn": per_sample_gradients,
+        "G": gram,
+    },
 }

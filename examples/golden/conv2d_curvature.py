@@ -1,0 +1,239 @@
+"""Tensor-network functions compiled by tnc from conv2d_curvature.tnd: y, J, diag, gn, G.
+
+Generated code: edit the .tnd file and recompile."""
+
+import torch
+
+__all__ = ['y', 'J', 'diag', 'gn', 'G']
+
+
+# Index patterns and copy tensors, built once per shape, device and dtype, then reused.
+_CONSTANTS = {}
+
+
+def _delta(size, legs, device, dtype):
+    """The copy tensor: 1 where all of its `legs` indices (each of `size` entries) are equal."""
+    key = ("delta", size, legs, device, dtype)
+    delta = _CONSTANTS.get(key)
+    if delta is None:
+        delta = torch.zeros((size,) * legs, device=device, dtype=dtype)
+        diagonal = torch.arange(size, device=device)
+        delta[(diagonal,) * legs] = 1
+        _CONSTANTS[key] = delta
+    return delta
+
+
+def _check_arguments(function, arguments):
+    """Each argument is a tensor of the declared rank; all share one floating dtype and one device."""
+    first = None
+    for name, value, layout in arguments:
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+        if value.dim() != len(layout):
+            raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
+                             f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
+        if not (value.is_floating_point() or value.is_complex()):
+            raise ValueError(f"{function}(): argument {name!r} must have a floating dtype, got {value.dtype}")
+        if first is None:
+            first = (name, value)
+        elif value.dtype != first[1].dtype:
+            raise ValueError(f"{function}(): argument {name!r} has dtype {value.dtype}, "
+                             f"but {first[0]!r} has {first[1].dtype}")
+        elif value.device != first[1].device:
+            raise ValueError(f"{function}(): argument {name!r} is on {value.device}, "
+                             f"but {first[0]!r} is on {first[1].device}")
+
+
+def _check_size(function, argument, axis, index, actual, expected):
+    """An axis has the size the file gives its index (or that an earlier argument bound)."""
+    if actual != expected:
+        raise ValueError(f"{function}(): argument {argument!r} axis {axis} ({index}) has size {actual}, "
+                         f"expected {expected}")
+
+
+def y(x, w):
+    """y[n, d, o1, o2]: compiled from conv2d_curvature.tnd:38.
+
+        y[n, d, o1, o2] = x[n, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[d, c, k1, k2]
+
+    Args:
+        x: [n, c, i1, i2], sizes [n, 2, 8, 6]
+        w: [d, c, k1, k2], sizes [3, 2, 3, 3]
+
+    Returns:
+        [n, d, o1, o2], sizes [n, 3, 4, 6]
+
+    Rewrites applied:
+        lower: x * p1 * p2 * w -> native conv2d
+
+    Index patterns:
+        p1: conv(stride=2, padding=1, dilation=1), (I, O, K) = (8, 4, 3)
+        p2: conv(stride=1, padding=1, dilation=1), (I, O, K) = (6, 6, 3)
+    """
+    _check_arguments('y', (
+        ('x', x, ('n', 'c', 'i1', 'i2')),
+        ('w', w, ('d', 'c', 'k1', 'k2')),
+    ))
+    n = x.shape[0]  # index n, bound at call time
+    _check_size('y', 'x', 1, 'c', x.shape[1], 2)
+    _check_size('y', 'x', 2, 'i1', x.shape[2], 8)
+    _check_size('y', 'x', 3, 'i2', x.shape[3], 6)
+    _check_size('y', 'w', 0, 'd', w.shape[0], 3)
+    _check_size('y', 'w', 1, 'c', w.shape[1], 2)
+    _check_size('y', 'w', 2, 'k1', w.shape[2], 3)
+    _check_size('y', 'w', 3, 'k2', w.shape[3], 3)
+    device, dtype = x.device, x.dtype
+    # x[n, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[d, c, k1, k2]
+    # native conv2d
+    result_in = x
+    result_w = w
+    result = torch.nn.functional.conv2d(result_in, result_w, None, (2, 1), (1, 1), (1, 1), 1)
+    return result
+
+
+def J(x):
+    """J[n, d, o1, o2, d', c, k1, k2]: compiled from conv2d_curvature.tnd:40.
+
+        J = jacobian(y, w)               # J(x): [n, d, o1, o2, d', c, k1, k2]
+
+    Args:
+        x: [n, c, i1, i2], sizes [n, 2, 8, 6]
+
+    Returns:
+        [n, d, o1, o2, d', c, k1, k2], sizes [n, 3, 4, 6, 3, 2, 3, 3]
+
+    Rewrites applied:
+        lower: p1(i1, o1, k1) -> a strided window view of the tensor on i1
+        lower: p2(i2, o2, k2) -> a strided window view of the tensor on i2
+    """
+    _check_arguments('J', (
+        ('x', x, ('n', 'c', 'i1', 'i2')),
+    ))
+    n = x.shape[0]  # index n, bound at call time
+    _check_size('J', 'x', 1, 'c', x.shape[1], 2)
+    _check_size('J', 'x', 2, 'i1', x.shape[2], 8)
+    _check_size('J', 'x', 3, 'i2', x.shape[3], 6)
+    device, dtype = x.device, x.dtype
+    # x[n, c, o1, k1, o2, k2] * delta(d, d')
+    x_view = torch.nn.functional.pad(x, (1, 1, 1, 0)).unfold(2, 3, 2).movedim(-1, 3).unfold(4, 3, 1).movedim(-1, 5)  # [n, c, o1, k1, o2, k2]
+    delta = _delta(3, 2, device, dtype)  # copy tensor
+    result = torch.einsum("abcdef,gh->agcehbdf", x_view, delta)  # [n, d, o1, o2, d', c, k1, k2]
+    return result
+
+
+def diag(x):
+    """diag[e, c, k1, k2]: compiled from conv2d_curvature.tnd:43.
+
+        diag[e, c, k1, k2] = J[n, d, o1, o2, e, c, k1, k2] * J[n, d, o1, o2, e, c, k1, k2]
+
+    Args:
+        x: [n, c, i1, i2], sizes [n, 2, 8, 6]
+
+    Returns:
+        [e, c, k1, k2], sizes [3, 2, 3, 3]
+
+    Rewrites applied:
+        copy-tensor: delta(d, e) pruned
+        copy-tensor: delta(e, e) pruned
+        lower: p1(i1~0, o1, k1) -> a strided window view of the tensor on i1~0
+        lower: p2(i2~1, o2, k2) -> a strided window view of the tensor on i2~1
+        lower: p1(i1~2, o1, k1) -> a strided window view of the tensor on i1~2
+        lower: p2(i2~3, o2, k2) -> a strided window view of the tensor on i2~3
+    """
+    _check_arguments('diag', (
+        ('x', x, ('n', 'c', 'i1', 'i2')),
+    ))
+    n = x.shape[0]  # index n, bound at call time
+    _check_size('diag', 'x', 1, 'c', x.shape[1], 2)
+    _check_size('diag', 'x', 2, 'i1', x.shape[2], 8)
+    _check_size('diag', 'x', 3, 'i2', x.shape[3], 6)
+    device, dtype = x.device, x.dtype
+    # x[n, c, o1, k1, o2, k2] * x[n, c, o1, k1, o2, k2]
+    x_view = torch.nn.functional.pad(x, (1, 1, 1, 0)).unfold(2, 3, 2).movedim(-1, 3).unfold(4, 3, 1).movedim(-1, 5)  # [n, c, o1, k1, o2, k2]
+    result = torch.einsum("abcdef,abcdef->bdf", x_view, x_view)  # [c, k1, k2]
+    result = result.reshape(1, 2, 3, 3)
+    result = result.expand(3, 2, 3, 3)
+    return result
+
+
+def gn(x, grad_y):
+    """gn[n, e, c, k1, k2]: compiled from conv2d_curvature.tnd:46.
+
+        gn[n, e, c, k1, k2] = grad_y[n, d, o1, o2] * J[n, d, o1, o2, e, c, k1, k2]
+
+    Args:
+        x: [n, c, i1, i2], sizes [n, 2, 8, 6]
+        grad_y: [n, d, o1, o2], sizes [n, 3, 4, 6]
+
+    Returns:
+        [n, e, c, k1, k2], sizes [n, 3, 2, 3, 3]
+
+    Rewrites applied:
+        copy-tensor: delta(d, e) pruned
+        lower: grad_y * x * p1 * p2 -> native conv_weight2d
+
+    Index patterns:
+        p1: conv(stride=2, padding=1, dilation=1), (I, O, K) = (8, 4, 3)
+        p2: conv(stride=1, padding=1, dilation=1), (I, O, K) = (6, 6, 3)
+    """
+    _check_arguments('gn', (
+        ('x', x, ('n', 'c', 'i1', 'i2')),
+        ('grad_y', grad_y, ('n', 'd', 'o1', 'o2')),
+    ))
+    n = x.shape[0]  # index n, bound at call time
+    _check_size('gn', 'x', 1, 'c', x.shape[1], 2)
+    _check_size('gn', 'x', 2, 'i1', x.shape[2], 8)
+    _check_size('gn', 'x', 3, 'i2', x.shape[3], 6)
+    _check_size('gn', 'grad_y', 0, 'n', grad_y.shape[0], n)
+    _check_size('gn', 'grad_y', 1, 'd', grad_y.shape[1], 3)
+    _check_size('gn', 'grad_y', 2, 'o1', grad_y.shape[2], 4)
+    _check_size('gn', 'grad_y', 3, 'o2', grad_y.shape[3], 6)
+    device, dtype = x.device, x.dtype
+    # grad_y[n, e, o1, o2] * x[n, c, i1~4, i2~5] * p1(i1~4, o1, k1) * p2(i2~5, o2, k2)
+    # native conv_weight2d
+    result_in = x.reshape(1, n * 2, 8, 6)
+    result_grad = grad_y.reshape(1, n * 3, 4, 6)
+    result = torch.nn.grad.conv2d_weight(result_in, (n * 3, 2, 3, 3), result_grad, (2, 1), (1, 1), (1, 1), n)
+    result = result.reshape(n, 3, 2, 3, 3)
+    return result
+
+
+def G(x, grad_y):
+    """G[n, m]: compiled from conv2d_curvature.tnd:47.
+
+        G[n, m] = gn[n, e, c, k1, k2] * gn[m, e, c, k1, k2]
+
+    Args:
+        x: [n, c, i1, i2], sizes [n, 2, 8, 6]
+        grad_y: [n, d, o1, o2], sizes [n, 3, 4, 6]
+
+    Returns:
+        [n, m], sizes [n, n]
+
+    Rewrites applied:
+        copy-tensor: delta(d~6, e) pruned
+        copy-tensor: delta(d~11, d~6) pruned
+        lower: p1(i1~9, o1~7, k1) -> a strided window view of the tensor on i1~9
+        lower: p2(i2~10, o2~8, k2) -> a strided window view of the tensor on i2~10
+        lower: p1(i1~14, o1~12, k1) -> a strided window view of the tensor on i1~14
+        lower: p2(i2~15, o2~13, k2) -> a strided window view of the tensor on i2~15
+    """
+    _check_arguments('G', (
+        ('x', x, ('n', 'c', 'i1', 'i2')),
+        ('grad_y', grad_y, ('n', 'd', 'o1', 'o2')),
+    ))
+    n = x.shape[0]  # index n, bound at call time
+    _check_size('G', 'x', 1, 'c', x.shape[1], 2)
+    _check_size('G', 'x', 2, 'i1', x.shape[2], 8)
+    _check_size('G', 'x', 3, 'i2', x.shape[3], 6)
+    _check_size('G', 'grad_y', 0, 'n', grad_y.shape[0], n)
+    _check_size('G', 'grad_y', 1, 'd', grad_y.shape[1], 3)
+    _check_size('G', 'grad_y', 2, 'o1', grad_y.shape[2], 4)
+    _check_size('G', 'grad_y', 3, 'o2', grad_y.shape[3], 6)
+    device, dtype = x.device, x.dtype
+    # grad_y[n, d~11, o1~7, o2~8] * x[n, c, o1~7, k1, o2~8, k2] * grad_y[m, d~11, o1~12, o2~13] * x[m, c, o1~12, k1, o2~13, k2]
+    x_view = torch.nn.functional.pad(x, (1, 1, 1, 0)).unfold(2, 3, 2).movedim(-1, 3).unfold(4, 3, 1).movedim(-1, 5)  # [n, c, o1~7, k1, o2~8, k2]
+    t1 = torch.einsum("abcd,aecfdg->abefg", grad_y, x_view)  # [n, d~11, c, k1, k2]
+    result_rows = t1.permute(0, 1, 2, 3, 4).reshape(1, n, 3 * 2 * 3 * 3)  # laid out once
+    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(n, n)  # [n, m]
+    return result
