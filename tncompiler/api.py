@@ -7,6 +7,7 @@ import types
 from pathlib import Path
 
 from tncompiler.backend.pytorch import generate
+from tncompiler.dot import program_svg
 from tncompiler.errors import Span, TncError
 from tncompiler.frontend.parse import parse, require_definitions
 from tncompiler.frontend.resolve import resolve
@@ -112,13 +113,25 @@ def compile_file(path: str | Path, rewrite: bool = True) -> str:
     return compile_source(read_source(path), str(path), rewrite)
 
 
+class TncModule(types.ModuleType):
+    """The module of a compiled `.tnd` file; a notebook shows it as its diagrams, drawn as built (`_repr_svg_`)."""
+
+    def __init__(self, name: str, program: Program) -> None:
+        super().__init__(name)
+        self.__tnc_program__ = program
+
+    def _repr_svg_(self) -> str:
+        return program_svg(self.__tnc_program__.diagrams, self.__name__)
+
+
 def load_source(
     source: str, filename: str = "<string>", module_name: str | None = None, rewrite: bool = True
 ) -> types.ModuleType:
     """Compile `.tnd` text and import the result as a fresh module."""
-    code = compile_source(source, filename, rewrite)
+    program = build_program(source, filename)
+    code = compile_program(program, source, rewrite)
     name = module_name or Path(filename).stem.replace("-", "_") or "tnc_module"
-    module = types.ModuleType(name)
+    module = TncModule(name, program)
     module.__file__ = f"<tnc:{filename}>"
     exec(compile(code, module.__file__, "exec"), module.__dict__)  # the compiler's own output, never user text
     return module

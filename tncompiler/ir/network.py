@@ -212,6 +212,12 @@ class Diagram:
             if unknown:
                 raise LintError(f"diagram {self.name!r} term {position}: factors {sorted(unknown)} are no arguments")
 
+    def _repr_svg_(self) -> str:
+        """In a notebook: the diagram drawn with Graphviz, or a line saying how to install it."""
+        from tncompiler.dot import diagram_svg  # drawing builds on the IR, not the other way round
+
+        return diagram_svg(self)
+
 
 @dataclass(frozen=True)
 class AutogradSpec:
