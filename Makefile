@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint format golden bench clean
+.PHONY: setup demo test test-fast lint format golden docs bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ format: setup
 
 golden: setup  ## regenerate the golden files of examples/golden after an intended change
 	$(PY) -m pytest -q tests/test_golden.py --regen-golden
+
+docs: setup  ## docs/gallery.md and its pictures docs/img/*.svg, from the examples (needs Graphviz's dot)
+	$(PY) docs/gallery.py
 
 bench: setup  ## benchmarks: tnc vs PyTorch, einconv and unfold-based KFAC (bench/README.md); BENCH_ARGS="--quick"
 	$(PY) -m pip install -q -c constraints.txt -e ".[bench]"
