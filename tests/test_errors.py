@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
+import torch
 
 import tncompiler
 from tncompiler import TncError
@@ -133,6 +136,13 @@ def test_division_by_a_tensor() -> None:
     check(HEAD + "y[n, c, i] = x[n, c, i] / x[n, c, i]\n", 4, 27, "only a number or size(...) can divide")
 
 
-def test_call_time_size_that_no_argument_carries() -> None:
-    source = "index n, m\ninput x[n]\ny[n, m] = x[n]\n"
-    check(source, 3, 1, "the size of index 'm'", "no argument")
+def test_call_time_size_that_no_argument_carries_is_a_keyword() -> None:
+    """It used to be an error; the contract makes it a keyword-only argument named after the index."""
+    module = tncompiler.load_source("index n, m\ninput x[n]\ny[n, m] = x[n]\n")
+    assert str(inspect.signature(module.y)) == "(x, *, m)"
+    x = torch.arange(3.0)
+    assert torch.equal(module.y(x, m=2), x[:, None].expand(3, 2))
+    with pytest.raises(ValueError, match=r"y\(\): keyword m= .* at least 1, got 0"):
+        module.y(x, m=0)
+    with pytest.raises(TypeError, match="m"):
+        module.y(x)

@@ -21,11 +21,10 @@ import torch.nn.functional as F
 import tncompiler
 from tncompiler.errors import TncError
 from tncompiler.ir.network import Diagram
-from tncompiler.ir.values import size_symbol
+from tncompiler.ir.values import kept_symbol, size_symbol
 from tncompiler.order import plan_network
 from tncompiler.passes.lower import native_flops
 from tncompiler.passes.pipeline import run_pipeline
-from tncompiler.passes.sampling import kept_symbol
 
 Tensor = torch.Tensor
 

@@ -67,7 +67,7 @@ def _plan(term: Network, plan: Plan) -> list[str]:
         legs.append(step.legs)
     if not plan.steps:
         lines.append("    no contraction: the single tensor is permuted or summed")
-    lines.append(f"    total: {plan.flops} multiply-adds; largest intermediate: {plan.largest} entries")
+    lines.append(f"    total: {plan.flops} multiply-adds; largest intermediate: {plan.largest_text()} entries")
     return lines
 
 

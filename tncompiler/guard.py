@@ -70,7 +70,7 @@ def _term_entries(term: Network) -> int:
     if isinstance(term.meta.get("native"), NativeConv):
         return largest + _entries(sympy.Mul(*[term.size(leg) for leg in term.outputs]))
     plans = plan_network(term)
-    return largest + min(_entries(plan.largest) for plan in plans) if plans[0].steps else largest
+    return largest + min(plan.largest({}) for plan in plans) if plans[0].steps else largest
 
 
 def estimate_bytes(diagram: Diagram) -> int:

@@ -14,7 +14,7 @@ import sympy
 from tncompiler.ir.network import Network
 from tncompiler.ir.values import Size
 
-__all__ = ["Step", "Plan", "plan_network", "REGIMES", "OPTIMAL_UP_TO"]
+__all__ = ["Step", "Plan", "plan_network", "evaluate", "REGIMES", "OPTIMAL_UP_TO"]
 
 # Call-time sizes are unknown when planning; we plan at these values and keep every distinct order, so that
 # the generated code can pick the cheapest one once per shape.
@@ -35,11 +35,35 @@ class Step:
 
 @dataclass(frozen=True)
 class Plan:
-    """Pairwise steps in order, with the cost of the plan as expressions of the sizes."""
+    """Pairwise steps in order, with each step's multiply-adds and result entries as products of the sizes.
+
+    Costs stay products (monomials in the call-time sizes): their sum is the plan's cost, and the largest result is
+    found by evaluating them at given sizes, never by a symbolic Max (which sympy compares pairwise, at a cost that
+    explodes with the number of open sizes)."""
 
     steps: tuple[Step, ...]
-    flops: sympy.Expr
-    largest: sympy.Expr
+    costs: tuple[sympy.Expr, ...]
+    results: tuple[sympy.Expr, ...]
+
+    @property
+    def flops(self) -> sympy.Expr:
+        return sympy.Add(*self.costs)
+
+    def largest(self, at: Mapping[sympy.Symbol, int]) -> int:
+        """The entries of the largest intermediate at the sizes `at` (call-time sizes not in `at` count as 1)."""
+        return max((evaluate(size, at) for size in self.results), default=0)
+
+    def largest_text(self) -> str:
+        """The largest intermediate, for people: one product, or the max of the distinct ones."""
+        distinct = list(dict.fromkeys(self.results))
+        return str(distinct[0]) if len(distinct) == 1 else f"max({', '.join(map(str, distinct))})" if distinct else "0"
+
+
+def evaluate(size: Size | sympy.Expr, at: Mapping[sympy.Symbol, int]) -> int:
+    """A size at concrete call-time sizes (those not in `at` count as 1)."""
+    if isinstance(size, int):
+        return size
+    return int(size.xreplace({s: at.get(s, 1) for s in size.free_symbols}))
 
 
 def plan_network(network: Network, expected: Mapping[sympy.Symbol, int] | None = None) -> tuple[Plan, ...]:
@@ -57,7 +81,7 @@ def plan_network(network: Network, expected: Mapping[sympy.Symbol, int] | None =
         if steps not in plans:
             plans[steps] = _costed(network, steps)
     at = {s: (expected or {}).get(s, middle) for s in _symbols(network)}
-    return tuple(sorted(plans.values(), key=lambda p: (float(p.flops.subs(at)), p.steps)))
+    return tuple(sorted(plans.values(), key=lambda p: (evaluate(p.flops, at), p.steps)))
 
 
 def _symbols(network: Network) -> set[sympy.Symbol]:
@@ -71,8 +95,7 @@ def _symbols(network: Network) -> set[sympy.Symbol]:
 def _at(size: Size, regime: int, expected: Mapping[sympy.Symbol, int]) -> int:
     if isinstance(size, int):
         return size
-    value = size.subs({s: expected.get(s, regime) for s in size.free_symbols})
-    return max(int(value), 1)
+    return max(evaluate(size, {s: expected.get(s, regime) for s in size.free_symbols}), 1)
 
 
 def _path(inputs: list[tuple[str, ...]], outputs: tuple[str, ...], sizes: dict[str, int]) -> list[tuple[int, ...]]:
@@ -127,12 +150,10 @@ def _skinny_second(a: tuple[str, ...], b: tuple[str, ...], sizes: Mapping[str, i
 
 def _costed(network: Network, steps: tuple[Step, ...]) -> Plan:
     legs = {k: f.legs for k, f in enumerate(network.factors)}
-    flops: sympy.Expr = sympy.Integer(0)
-    largest: sympy.Expr = sympy.Integer(0)
+    costs, results = [], []
     for step in steps:
         involved = set().union(*(legs[k] for k in step.operands))
-        flops += sympy.Mul(*[network.size(leg) for leg in sorted(involved)])
-        result = sympy.Mul(*[network.size(leg) for leg in step.legs])
-        largest = result if largest == 0 else sympy.Max(largest, result)
+        costs.append(sympy.Mul(*[network.size(leg) for leg in sorted(involved)]))
+        results.append(sympy.Mul(*[network.size(leg) for leg in step.legs]))
         legs[len(legs)] = step.legs
-    return Plan(steps, sympy.expand(flops), largest)
+    return Plan(steps, tuple(costs), tuple(results))

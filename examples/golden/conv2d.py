@@ -75,8 +75,8 @@ def y(x, w, b):
     x_legs = x.reshape(n, 2, 4, 16, 16)
     w_legs = w.reshape(2, 8, 4, 3, 3)
     # native conv2d
-    term1_in = x_legs.reshape(n, 2 * 4, 16, 16)
-    term1_w = w_legs.reshape(2 * 8, 4, 3, 3)
+    term1_in = x_legs.reshape(n, 8, 16, 16)
+    term1_w = w_legs.reshape(16, 4, 3, 3)
     term1 = torch.nn.functional.conv2d(term1_in, term1_w, None, (2, 2), (1, 1), (1, 1), 2)
     term1 = term1.reshape(n, 2, 8, 8, 8)
     # term 2 of 2: b[g, d]
@@ -84,5 +84,5 @@ def y(x, w, b):
     term2 = b_legs
     term2 = term2.reshape(1, 2, 8, 1, 1)  # broadcast over the missing legs
     result = term1 + term2
-    result = result.reshape(n, 2 * 8, 8, 8)  # [n, (g d), o1, o2]
+    result = result.reshape(n, 16, 8, 8)  # [n, (g d), o1, o2]
     return result

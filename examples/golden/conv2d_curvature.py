@@ -191,9 +191,9 @@ def gn(x, grad_y):
     device, dtype = x.device, x.dtype
     # grad_y[n, e, o1, o2] * x[n, c, i1~4, i2~5] * p1(i1~4, o1, k1) * p2(i2~5, o2, k2)
     # native conv_weight2d
-    result_in = x.reshape(1, n * 2, 8, 6)
-    result_grad = grad_y.reshape(1, n * 3, 4, 6)
-    result = torch.nn.grad.conv2d_weight(result_in, (n * 3, 2, 3, 3), result_grad, (2, 1), (1, 1), (1, 1), n)
+    result_in = x.reshape(1, 2 * n, 8, 6)
+    result_grad = grad_y.reshape(1, 3 * n, 4, 6)
+    result = torch.nn.grad.conv2d_weight(result_in, (3 * n, 2, 3, 3), result_grad, (2, 1), (1, 1), (1, 1), n)
     result = result.reshape(n, 3, 2, 3, 3)
     return result
 
@@ -234,6 +234,6 @@ def G(x, grad_y):
     # grad_y[n, d~11, o1~7, o2~8] * x[n, c, o1~7, k1, o2~8, k2] * grad_y[m, d~11, o1~12, o2~13] * x[m, c, o1~12, k1, o2~13, k2]
     x_view = torch.nn.functional.pad(x, (1, 1, 1, 0)).unfold(2, 3, 2).movedim(-1, 3).unfold(4, 3, 1).movedim(-1, 5)  # [n, c, o1~7, k1, o2~8, k2]
     t1 = torch.einsum("abcd,aecfdg->abefg", grad_y, x_view)  # [n, d~11, c, k1, k2]
-    result_rows = t1.permute(0, 1, 2, 3, 4).reshape(1, n, 3 * 2 * 3 * 3)  # laid out once
+    result_rows = t1.permute(0, 1, 2, 3, 4).reshape(1, n, 54)  # laid out once
     result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(n, n)  # [n, m]
     return result

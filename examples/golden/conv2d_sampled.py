@@ -247,7 +247,7 @@ def _y_vjp_b(grad_y):
     _check_size('_y_vjp_b', 'grad_y', 3, 'o2', grad_y.shape[3], 8)
     device, dtype = grad_y.device, grad_y.dtype
     # grad_y[n, d, o1.o2]
-    grad_y_view = grad_y.reshape(n, 4, 10 * 8)  # [n, d, o1.o2]
+    grad_y_view = grad_y.reshape(n, 4, 80)  # [n, d, o1.o2]
     result = torch.einsum("abc->b", grad_y_view)  # [d]
     return result
 

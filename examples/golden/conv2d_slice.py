@@ -91,8 +91,8 @@ def y(x, w, b):
     x_legs = x.reshape(n, 2, 3, 12, 10)
     w_legs = w.reshape(2, 4, 3, 3, 3)
     # native conv2d
-    term1_in = x_legs.reshape(n, 2 * 3, 12, 10)
-    term1_w = w_legs.reshape(2 * 4, 3, 3, 3)
+    term1_in = x_legs.reshape(n, 6, 12, 10)
+    term1_w = w_legs.reshape(8, 3, 3, 3)
     term1 = torch.nn.functional.conv2d(term1_in, term1_w, None, (2, 1), (1, 1), (1, 1), 2)
     term1 = term1.reshape(n, 2, 4, 6, 10)
     # term 2 of 2: b[g, d]
@@ -100,7 +100,7 @@ def y(x, w, b):
     term2 = b_legs
     term2 = term2.reshape(1, 2, 4, 1, 1)  # broadcast over the missing legs
     result = term1 + term2
-    result = result.reshape(n, 2 * 4, 6, 10)  # [n, (g d), o1, o2]
+    result = result.reshape(n, 8, 6, 10)  # [n, (g d), o1, o2]
     return result
 
 
@@ -148,8 +148,8 @@ def top(x, w, b):
     x_view = x_legs[:, :, :, 0:6]  # [n, g, c, i1~, i2]
     w_legs = w.reshape(2, 4, 3, 3, 3)
     # native conv2d
-    term1_in = x_view.reshape(n, 2 * 3, 6, 10)
-    term1_w = w_legs.reshape(2 * 4, 3, 3, 3)
+    term1_in = x_view.reshape(n, 6, 6, 10)
+    term1_w = w_legs.reshape(8, 3, 3, 3)
     term1 = torch.nn.functional.conv2d(term1_in, term1_w, None, (2, 1), (1, 1), (1, 1), 2)
     term1 = term1.reshape(n, 2, 4, 3, 10)
     # term 2 of 2: b[g, d]
@@ -157,7 +157,7 @@ def top(x, w, b):
     term2 = b_legs
     term2 = term2.reshape(1, 2, 4, 1, 1)  # broadcast over the missing legs
     result = term1 + term2
-    result = result.reshape(n, 2 * 4, 3, 10)  # [n, (g d), o1', o2]
+    result = result.reshape(n, 8, 3, 10)  # [n, (g d), o1', o2]
     return result
 
 
@@ -205,8 +205,8 @@ def even(x, w, b):
     w_legs = w.reshape(2, 4, 3, 3, 3)
     w_view = w_legs[:, 1:3]  # [g, d', c, k1, k2]
     # native conv2d
-    term1_in = x_legs.reshape(n, 2 * 3, 12, 10)
-    term1_w = w_view.reshape(2 * 2, 3, 3, 3)
+    term1_in = x_legs.reshape(n, 6, 12, 10)
+    term1_w = w_view.reshape(4, 3, 3, 3)
     term1 = torch.nn.functional.conv2d(term1_in, term1_w, None, (2, 2), (1, 1), (1, 1), 2)
     term1 = term1.reshape(n, 2, 2, 6, 5)
     # term 2 of 2: b[g, d']
@@ -215,7 +215,7 @@ def even(x, w, b):
     term2 = b_view
     term2 = term2.reshape(1, 2, 2, 1, 1)  # broadcast over the missing legs
     result = term1 + term2
-    result = result.reshape(n, 2 * 2, 6, 5)  # [n, (g d'), o1, o2']
+    result = result.reshape(n, 4, 6, 5)  # [n, (g d'), o1, o2']
     return result
 
 
@@ -270,7 +270,7 @@ def last(x, w, b):
     term2 = b_view
     term2 = term2.reshape(1, 1, 4, 1, 1)  # broadcast over the missing legs
     result = term1 + term2
-    result = result.reshape(n, 1 * 4, 2, 10)  # [n, (g' d), o1', o2]
+    result = result.reshape(n, 4, 2, 10)  # [n, (g' d), o1', o2]
     return result
 
 
@@ -310,11 +310,11 @@ def gw(x, grad_y):
     x_legs = x.reshape(n, 2, 3, 12, 10)
     grad_y_legs = grad_y.reshape(n, 2, 4, 6, 10)
     # native conv_weight2d
-    result_in = x_legs.reshape(n, 2 * 3, 12, 10)
-    result_grad = grad_y_legs.reshape(n, 2 * 4, 6, 10)
-    result = torch.nn.grad.conv2d_weight(result_in, (2 * 4, 3, 3, 3), result_grad, (2, 1), (1, 1), (1, 1), 2)
+    result_in = x_legs.reshape(n, 6, 12, 10)
+    result_grad = grad_y_legs.reshape(n, 8, 6, 10)
+    result = torch.nn.grad.conv2d_weight(result_in, (8, 3, 3, 3), result_grad, (2, 1), (1, 1), (1, 1), 2)
     result = result.reshape(2, 4, 3, 3, 3)
-    result = result.reshape(2 * 4, 3, 3, 3)  # [(g d), c, k1, k2]
+    result = result.reshape(8, 3, 3, 3)  # [(g d), c, k1, k2]
     return result
 
 
@@ -357,11 +357,11 @@ def gw_rows(x, grad_y):
     x_view = x_legs.reshape(n, 2, 3, 6, 2, 10)  # [n, g, c, o1, k1', i2]
     grad_y_legs = grad_y.reshape(n, 2, 4, 6, 10)
     # native conv_weight1d
-    result_in = x_view.permute(0, 3, 1, 2, 4, 5).reshape(n * 6, 2 * 3 * 2, 10)
-    result_grad = grad_y_legs.permute(0, 3, 1, 2, 4).reshape(n * 6, 2 * 4, 10)
-    result = torch.nn.grad.conv1d_weight(result_in, (2 * 4, 3 * 2, 3), result_grad, (1,), (1,), (1,), 2)
+    result_in = x_view.permute(0, 3, 1, 2, 4, 5).reshape(6 * n, 12, 10)
+    result_grad = grad_y_legs.permute(0, 3, 1, 2, 4).reshape(6 * n, 8, 10)
+    result = torch.nn.grad.conv1d_weight(result_in, (8, 6, 3), result_grad, (1,), (1,), (1,), 2)
     result = result.reshape(2, 4, 3, 2, 3)
-    result = result.reshape(2 * 4, 3, 2, 3)  # [(g d), c, k1', k2]
+    result = result.reshape(8, 3, 2, 3)  # [(g d), c, k1', k2]
     return result
 
 
@@ -401,11 +401,11 @@ def gx(w, grad_y):
     grad_y_legs = grad_y.reshape(n, 2, 4, 6, 10)
     w_legs = w.reshape(2, 4, 3, 3, 3)
     # native conv_transpose2d
-    result_in = grad_y_legs.reshape(n, 2 * 4, 6, 10)
-    result_w = w_legs.reshape(2 * 4, 3, 3, 3)
+    result_in = grad_y_legs.reshape(n, 8, 6, 10)
+    result_w = w_legs.reshape(8, 3, 3, 3)
     result = torch.nn.functional.conv_transpose2d(result_in, result_w, None, (2, 1), (1, 1), (1, 0), 2, (1, 1))
     result = result.reshape(n, 2, 3, 12, 10)
-    result = result.reshape(n, 2 * 3, 12, 10)  # [n, (g c), i1, i2]
+    result = result.reshape(n, 6, 12, 10)  # [n, (g c), i1, i2]
     return result
 
 
@@ -454,12 +454,12 @@ def gx_crop(w, grad_y):
     grad_y_view = grad_y_legs[:, :, :, 1:6][:, :, :, :, 1:9]  # [n, g, d, o1~, o2~]
     w_legs = w.reshape(2, 4, 3, 3, 3)
     # native conv_transpose2d
-    result_in = grad_y_view.reshape(n, 2 * 4, 5, 8)
-    result_w = w_legs.reshape(2 * 4, 3, 3, 3)
+    result_in = grad_y_view.reshape(n, 8, 5, 8)
+    result_w = w_legs.reshape(8, 3, 3, 3)
     result = torch.nn.functional.conv_transpose2d(result_in, result_w, None, (2, 1), 0, 0, 2, (1, 1))
     result = torch.nn.functional.pad(result, (-2, -2, -1, -2))
     result = result.reshape(n, 2, 3, 8, 6)
-    result = result.reshape(n, 2 * 3, 8, 6)  # [n, (g c), i1', i2']
+    result = result.reshape(n, 6, 8, 6)  # [n, (g c), i1', i2']
     return result
 
 
@@ -503,10 +503,10 @@ def masked(x, w):
     x_view = x_legs[:, :, :, 0:8]  # [n, g, c, i1~1, i2]
     w_legs = w.reshape(2, 4, 3, 3, 3)
     # native conv2d
-    result_in = x_view.reshape(n, 2 * 3, 8, 10)
+    result_in = x_view.reshape(n, 6, 8, 10)
     result_in = torch.nn.functional.pad(result_in, (1, 1, 1, 4))
-    result_w = w_legs.reshape(2 * 4, 3, 3, 3)
+    result_w = w_legs.reshape(8, 3, 3, 3)
     result = torch.nn.functional.conv2d(result_in, result_w, None, (2, 1), 0, (1, 1), 2)
     result = result.reshape(n, 2, 4, 6, 10)
-    result = result.reshape(n, 2 * 4, 6, 10)  # [n, (g d), o1, o2]
+    result = result.reshape(n, 8, 6, 10)  # [n, (g d), o1, o2]
     return result

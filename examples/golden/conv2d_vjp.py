@@ -185,6 +185,6 @@ def gb(grad_y):
     _check_size('gb', 'grad_y', 3, 'o2', grad_y.shape[3], 3)
     device, dtype = grad_y.device, grad_y.dtype
     # grad_y[n, d, o1.o2]
-    grad_y_view = grad_y.reshape(n, 4, 4 * 3)  # [n, d, o1.o2]
+    grad_y_view = grad_y.reshape(n, 4, 12)  # [n, d, o1.o2]
     result = torch.einsum("abc->b", grad_y_view)  # [d]
     return result

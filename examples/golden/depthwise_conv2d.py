@@ -73,9 +73,9 @@ def y(x, w):
     x_legs = x.reshape(n, 8, 1, 12, 10)
     w_legs = w.reshape(8, 2, 1, 3, 3)
     # native conv2d
-    result_in = x_legs.reshape(n, 8 * 1, 12, 10)
-    result_w = w_legs.reshape(8 * 2, 1, 3, 3)
+    result_in = x_legs.reshape(n, 8, 12, 10)
+    result_w = w_legs.reshape(16, 1, 3, 3)
     result = torch.nn.functional.conv2d(result_in, result_w, None, (1, 1), (1, 1), (1, 1), 8)
     result = result.reshape(n, 8, 2, 12, 10)
-    result = result.reshape(n, 8 * 2, 12, 10)  # [n, (g m), o1, o2]
+    result = result.reshape(n, 16, 12, 10)  # [n, (g m), o1, o2]
     return result

@@ -162,7 +162,7 @@ def A(x):
     # 1/n * x[n, c] * x[n, c']
     result_rows = x.permute(1, 0).reshape(1, 5, n)  # laid out once
     result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(5, 5)  # [c, c']
-    result.mul_(1/n)
+    result.mul_(1 / n)
     return result
 
 
@@ -186,7 +186,7 @@ def Ar(x):
     # 1/n * x[n, c] * x[n, c']
     result_rows = x.permute(1, 0).reshape(1, 5, n)  # laid out once
     result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(5, 5)  # [c, c']
-    result.mul_(1/n)
+    result.mul_(1 / n)
     return result
 
 
@@ -210,7 +210,7 @@ def B(grad_y):
     # 1/n * grad_y[n, d] * grad_y[n, d']
     result_rows = grad_y.permute(1, 0).reshape(1, 3, n)  # laid out once
     result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(3, 3)  # [d, d']
-    result.mul_(1/n)
+    result.mul_(1 / n)
     return result
 
 
@@ -234,5 +234,5 @@ def Br(grad_y):
     # 1/n * grad_y[n, d] * grad_y[n, d']
     result_rows = grad_y.permute(1, 0).reshape(1, 3, n)  # laid out once
     result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(3, 3)  # [d, d']
-    result.mul_(1/n)
+    result.mul_(1 / n)
     return result

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import sympy
+
 from tncompiler.ir.network import Network
 from tncompiler.ir.values import ConvPattern, GatherOp, Size
 from tncompiler.passes.lower import NativeConv
@@ -27,8 +29,9 @@ def _arrange(
     return f"{permuted}.reshape({', '.join(shape)})"
 
 
-def _product(legs: tuple[str, ...], size: Callable[[str], str]) -> str:
-    return " * ".join(size(leg) for leg in legs) or "1"
+def _extent(p: ConvPattern) -> int:
+    """D·(K − 1) + 1: the rows one window spans."""
+    return p.dilation * (p.kernel_size - 1) + 1
 
 
 def pad_arguments(pairs: list[tuple[str, str]]) -> str:
@@ -38,10 +41,12 @@ def pad_arguments(pairs: list[tuple[str, str]]) -> str:
 
 def right_pad(p: ConvPattern, size: Callable[[Size], str]) -> str:
     """The right padding that makes the kernel's output size exactly O (negative: a crop)."""
-    if all(isinstance(v, int) for v in (p.out_size, p.in_size)):
-        return str((p.out_size - 1) * p.stride + p.dilation * (p.kernel_size - 1) + 1 - p.in_size - p.pad_left)
-    extent = f"({size(p.out_size)} - 1) * {p.stride} + {p.dilation * (p.kernel_size - 1) + 1}"
-    return f"{extent} - {size(p.in_size)} - {p.pad_left}"
+    return size(_right_pad(p))
+
+
+def _right_pad(p: ConvPattern) -> Size:
+    pad = sympy.sympify(p.out_size - 1) * p.stride + _extent(p) - p.in_size - p.pad_left
+    return int(pad) if pad.is_Integer else pad
 
 
 class _Native:
@@ -71,11 +76,15 @@ class _Native:
         self.d = len(self.conv)
         self.strides = _tuple(str(p.stride) for p in self.conv)
         self.dilations = _tuple(str(p.dilation) for p in self.conv)
-        self.groups = _product(m.groups, self.leg)
+        self.groups = self.product(m.groups)
         self.lines: list[str] = []
 
     def leg(self, name: str) -> str:
         return self.size(self.net.size(name))
+
+    def product(self, legs: tuple[str, ...]) -> str:
+        """The entries of these legs together, as one printed expression."""
+        return self.size(sympy.Mul(*[sympy.sympify(self.net.size(leg)) for leg in legs]))
 
     def spatial(self, position: int) -> tuple[str, ...]:
         return tuple(p.legs[position] for p in self.patterns)
@@ -88,22 +97,26 @@ class _Native:
         """The input on the i legs, padded (or cut) for the kernel; returns the kernel's padding argument and
         whether the output has windows beyond O to cut off."""
         m = self.m
-        shape = [_product(m.batch, self.leg), _product(m.groups + m.data_channels, self.leg)]
+        shape = [self.product(m.batch), self.product(m.groups + m.data_channels)]
         shape += [self.leg(x) for x in self.spatial(0)]
         self.arrange("in", m.data, m.batch + m.groups + m.data_channels + self.spatial(0), shape, a)
         for axis, index in self.tiled.items():
             self.gather_windows(axis, self.written[axis], self.keep(index))
         padding, crop, extra_windows = _symmetric(self.conv)
         if padding is None or (extra_windows and m.role == "weight"):
-            pads = [("0", "0") if _is_tiling(p) else (str(p.pad_left), right_pad(p, self.size)) for p in self.conv]
-            cuts = [int(right) if right.lstrip("-").isdigit() and int(right) < 0 else 0 for _, right in pads]
+            rights = [0 if _is_tiling(p) else _right_pad(p) for p in self.conv]
+            cuts = [-right if isinstance(right, int) and right < 0 else 0 for right in rights]
             if any(cuts):  # cut unread rows first: F.pad cannot crop more than a tensor holds
                 ends = [
-                    f":{max(0, p.in_size - -c)}" if c and isinstance(p.in_size, int) else ":"
+                    f":{max(0, p.in_size - c)}" if c and isinstance(p.in_size, int) else ":"
                     for p, c in zip(self.conv, cuts, strict=True)
                 ]
                 self.lines.append(f"{self.var}_in = {self.var}_in[:, :, {', '.join(ends)}]  # rows no window reaches")
-                pads = [(left, "0" if cut else right) for (left, right), cut in zip(pads, cuts, strict=True)]
+                rights = [0 if cut else right for right, cut in zip(rights, cuts, strict=True)]
+            pads = [
+                ("0", "0") if _is_tiling(p) else (str(p.pad_left), self.size(right))
+                for p, right in zip(self.conv, rights, strict=True)
+            ]
             if any(pair != ("0", "0") for pair in pads):
                 self.lines.append(f"{self.var}_in = torch.nn.functional.pad({self.var}_in, ({pad_arguments(pads)}))")
             return "0", False
@@ -123,7 +136,7 @@ class _Native:
         self.lines.append(f"{indent}{rows} = ({keep}.view(-1, 1){scale} + {step}{shift}).flatten()  # rows read")
         if not _reads_padding(p):
             return rows, None
-        last = str(p.in_size - 1) if isinstance(p.in_size, int) else f"{self.size(p.in_size)} - 1"
+        last = self.size(p.in_size - 1)
         return f"{rows}.clamp(0, {last})", f"(({rows} < 0) | ({rows} > {last})).nonzero().flatten()"
 
     def gather_windows(self, axis: int, p: ConvPattern, keep: str) -> None:
@@ -156,7 +169,7 @@ class _Native:
     def forward(self, a: str, b: str) -> tuple[str, ...]:
         m, var = self.m, self.var
         padding, extra_windows = self.data_input(a)
-        shape = [_product(m.groups + m.other_channels, self.leg), _product(m.data_channels, self.leg)]
+        shape = [self.product(m.groups + m.other_channels), self.product(m.data_channels)]
         self.arrange(
             "w",
             m.other,
@@ -164,7 +177,7 @@ class _Native:
             shape + [self.leg(x) for x in self.spatial(2)],
             b,
         )
-        empty = [_product(m.batch, self.leg), shape[0]] + [self.leg(x) for x in self.spatial(1)]
+        empty = [self.product(m.batch), shape[0]] + [self.leg(x) for x in self.spatial(1)]
         self.call(
             f"torch.nn.functional.conv{self.d}d({var}_in, {var}_w, None, {self.strides}, "
             f"{padding}, {self.dilations}, {self.groups})",
@@ -177,10 +190,10 @@ class _Native:
 
     def transpose(self, a: str, b: str) -> tuple[str, ...]:
         m = self.m
-        channels = _product(m.groups + m.data_channels, self.leg)
-        shape = [_product(m.batch, self.leg), channels] + [self.leg(x) for x in self.spatial(1)]
+        channels = self.product(m.groups + m.data_channels)
+        shape = [self.product(m.batch), channels] + [self.leg(x) for x in self.spatial(1)]
         self.arrange("in", m.data, m.batch + m.groups + m.data_channels + self.spatial(1), shape, a)
-        shape = [channels, _product(m.other_channels, self.leg)] + [self.leg(x) for x in self.spatial(2)]
+        shape = [channels, self.product(m.other_channels)] + [self.leg(x) for x in self.spatial(2)]
         self.arrange("w", m.other, m.groups + m.data_channels + m.other_channels + self.spatial(2), shape, b)
         out = f"{self.var}_taps" if self.tiled else self.var
         call = _transpose_call(self.var, out, self.conv, self.d, self.strides, self.dilations, self.groups, self.size)
@@ -195,7 +208,7 @@ class _Native:
         writes each kept window's K rows one after the other; they are added into the rows they belong to."""
         ((axis, index),) = self.tiled.items()
         var, p, kept = self.var, self.written[axis], self.leg(self.patterns[axis].legs[1])
-        full = [_product(self.m.batch, self.leg), _product(self.m.groups + self.m.other_channels, self.leg)]
+        full = [self.product(self.m.batch), self.product(self.m.groups + self.m.other_channels)]
         full += [self.leg(x) for x in self.spatial(0)]
         self.lines.append(f"{var} = {var}_in.new_zeros(({', '.join(full)}))")
         self.lines.append(f"if {kept}:  # else no entry kept: the kernels reject inputs without rows")
@@ -208,7 +221,7 @@ class _Native:
     def weight(self, a: str, b: str) -> tuple[str, ...]:
         m, var = self.m, self.var
         padding, _ = self.data_input(a)
-        shape = [_product(m.batch, self.leg), _product(m.groups + m.other_channels, self.leg)]
+        shape = [self.product(m.batch), self.product(m.groups + m.other_channels)]
         self.arrange(
             "grad",
             m.other,
@@ -223,7 +236,7 @@ class _Native:
                 f"{var}_grad = {var}_grad.new_zeros(({', '.join(full)})).index_copy_({2 + axis}, {self.keep(index)}, "
                 f"{var}_grad)  # the kept rows in place, zeros elsewhere"
             )
-        weight = [_product(m.groups + m.other_channels, self.leg), _product(m.data_channels, self.leg)]
+        weight = [self.product(m.groups + m.other_channels), self.product(m.data_channels)]
         weight += [str(p.kernel_size) for p in self.conv]
         self.call(
             f"torch.nn.grad.conv{self.d}d_weight({var}_in, {_tuple(weight)}, {var}_grad, "
@@ -255,13 +268,7 @@ def native_lines(
 
 def _crop_right(p: ConvPattern, size: Callable[[Size], str]) -> str:
     """I + P_left − (the kernel's full output size): what to add (or, negative, cut) on the right."""
-    full = (p.out_size - 1) * p.stride + p.dilation * (p.kernel_size - 1) + 1 if isinstance(p.out_size, int) else None
-    if full is not None and isinstance(p.in_size, int):
-        return str(p.in_size + p.pad_left - full)
-    return (
-        f"{size(p.in_size)} + {p.pad_left} - (({size(p.out_size)} - 1) * {p.stride} + "
-        f"{p.dilation * (p.kernel_size - 1) + 1})"
-    )
+    return size(p.in_size + p.pad_left - (sympy.sympify(p.out_size - 1) * p.stride + _extent(p)))
 
 
 def _tiled(p: ConvPattern, kept: Size) -> ConvPattern:
@@ -289,10 +296,6 @@ def _last_read(p: ConvPattern) -> int:
     return (p.out_size - 1) * p.stride + _extent(p) - 1 - p.pad_left
 
 
-def _extent(p: ConvPattern) -> int:
-    return p.dilation * (p.kernel_size - 1) + 1
-
-
 def _symmetric(conv: list[ConvPattern]) -> tuple[str | None, list[int], bool]:
     """The kernel's own (symmetric) padding, the right-hand input rows to drop (only rows no window reads), and
     whether the output still has windows beyond O to cut off; None where the pattern needs more padding on the
@@ -302,7 +305,12 @@ def _symmetric(conv: list[ConvPattern]) -> tuple[str | None, list[int], bool]:
         if _is_tiling(p):
             crops.append(0)
             continue
-        if not isinstance(p.in_size, int) or not isinstance(p.out_size, int) or p.pad_left < 0:
+        if not isinstance(p.in_size, int) or not isinstance(p.out_size, int):
+            if p.pad_left != p.pad_right or p.pad_left < 0:
+                return None, [], False
+            crops.append(0)  # sizes bound at call time obey the pattern's size rule: the kernel gives exactly O
+            continue
+        if p.pad_left < 0:
             return None, [], False
         last_read = _last_read(p)
         if last_read - (p.in_size - 1) > p.pad_left:
@@ -329,17 +337,12 @@ def _transpose_call(
     """`out` = the transpose convolution of `var`_in with `var`_w. conv_transpose writes positions o·S + k·D; ours
     are those minus P_left, cut (or zero-padded) to I. Where PyTorch's padding and output_padding express exactly
     that, they are used; otherwise F.pad crops and pads."""
-    extra = []
-    for p in conv:
-        if _is_tiling(p):
-            extra.append(0)
-        elif isinstance(p.in_size, int) and isinstance(p.out_size, int) and p.pad_left >= 0:
-            extra.append(p.in_size - ((p.out_size - 1) * p.stride + _extent(p)) + 2 * p.pad_left)
-    if len(extra) == len(conv) and all(0 <= e < max(p.stride, p.dilation) for e, p in zip(extra, conv)):
+    extra = [_output_padding(p) for p in conv]
+    if all(e is not None for e in extra):
         padding = _tuple(str(p.pad_left) for p in conv)
         return [
             f"{out} = torch.nn.functional.conv_transpose{d}d({var}_in, {var}_w, None, {strides}, {padding}, "
-            f"{_tuple(str(e) for e in extra)}, {groups}, {dilations})"
+            f"{_tuple(size(e) for e in extra if e is not None)}, {groups}, {dilations})"
         ]
     crops = [(str(-p.pad_left), _crop_right(p, size)) for p in conv]
     return [
@@ -347,6 +350,20 @@ def _transpose_call(
         f"{dilations})",
         f"{out} = torch.nn.functional.pad({out}, ({pad_arguments(crops)}))",
     ]
+
+
+def _output_padding(p: ConvPattern) -> Size | None:
+    """PyTorch's output_padding that, with padding P_left, makes the transpose kernel write exactly I rows; None
+    where no valid one does. Sizes bound at call time obey the pattern's size rule: with P_left = P_right it is
+    (I + 2P − extent) mod S, always valid."""
+    if _is_tiling(p):
+        return 0
+    if p.pad_left < 0:
+        return None
+    extra = sympy.sympify(p.in_size) - ((p.out_size - 1) * p.stride + _extent(p)) + 2 * p.pad_left
+    if not extra.is_Integer:
+        return extra if p.pad_left == p.pad_right else None
+    return int(extra) if 0 <= extra < max(p.stride, p.dilation) else None
 
 
 def _kernel_shape_matches(m: NativeConv) -> bool:

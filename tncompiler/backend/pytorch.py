@@ -6,37 +6,52 @@ import string
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import PurePath
+from typing import Any
 
 import sympy
 
 from tncompiler.backend.autograd import autograd_class, class_name
-from tncompiler.backend.names import Namespace, comment_text, docstring, docstring_text, safe_identifier, size_code
+from tncompiler.backend.expressions import product_expr, python_expr
+from tncompiler.backend.names import Namespace, comment_text, docstring, docstring_text, safe_identifier
 from tncompiler.backend.native import native_lines
 from tncompiler.backend.native import right_pad as _right_pad
 from tncompiler.backend.runtime import helper_source
 from tncompiler.backend.window_sums import summed_pattern, window_sum_factors, window_sum_step
+from tncompiler.binding import (
+    AxisSize,
+    Binding,
+    CheckAxis,
+    CheckRule,
+    DerivedSize,
+    KeywordSize,
+    SolvedSize,
+    plan_binding,
+)
 from tncompiler.errors import TncError
 from tncompiler.guard import check_memory, default_limit
-from tncompiler.ir.network import Argument, Diagram, Network, Program
+from tncompiler.ir.network import Diagram, Network, Program
 from tncompiler.ir.values import (
     ConvPattern,
     Factor,
     Fused,
     GatherOp,
+    Layout,
     MergeOp,
     Select,
     Size,
+    SizeRule,
     SliceOp,
     SplitOp,
     SqueezeOp,
     ViewOp,
     WindowOp,
+    kept_symbol,
     slice_length,
 )
 from tncompiler.order import REGIMES, Plan, Step, plan_network
 from tncompiler.passes.lower import NativeConv
 from tncompiler.passes.pipeline import run_pipeline
-from tncompiler.passes.sampling import Sampler, kept_symbol
+from tncompiler.passes.sampling import Sampler
 
 __all__ = ["generate", "public_names", "step_kind", "tensordot_dims"]
 
@@ -61,7 +76,8 @@ def generate(program: Program, rewrite: bool = True, max_memory: int | None = No
         meta = {**built.meta, "rewrites": [c for s in stages for c in s.changes], "layout": built.layout}
         diagram = replace(stages[-1].diagram, meta=meta)
         check_memory(diagram, limit)
-        writer = _FunctionWriter(program, diagram, names[diagram.name], set(names.values()), helpers)
+        binding = plan_binding(built, program.size_rules, list(program.sizes))
+        writer = _FunctionWriter(program, diagram, binding, names[diagram.name], set(names.values()), helpers)
         blocks.extend(writer.write())
     blocks += [autograd_class(spec, program, names) for spec in program.autograd]
     exported = [n for n in names.values() if not n.startswith("_")]
@@ -83,11 +99,14 @@ def generate(program: Program, rewrite: bool = True, max_memory: int | None = No
 class _FunctionWriter:
     """Writes the function of one diagram: checks, size binding, constants, contractions, assembly."""
 
-    def __init__(self, program: Program, diagram: Diagram, name: str, public: set[str], helpers: set[str]) -> None:
-        self.program, self.diagram, self.name, self.helpers = program, diagram, name, helpers
+    def __init__(
+        self, program: Program, diagram: Diagram, binding: Binding, name: str, public: set[str], helpers: set[str]
+    ) -> None:
+        self.program, self.diagram, self.binding, self.name, self.helpers = program, diagram, binding, name, helpers
         self.namespace = Namespace(public | {"functools", "device", "dtype"})  # locals every function has
         self.args = {arg.name: self.namespace.create(arg.name) for arg in diagram.arguments}
-        self.symbols: dict[sympy.Symbol, str] = {}
+        self.symbols: dict[sympy.Symbol, str] = {s: self.namespace.create(str(s)) for s in binding.keywords}
+        self.where: dict[sympy.Symbol, str] = {}  # how each call-time size was given, for messages
         self.body: list[str] = []
         self.module_level: list[str] = []
         self.operands: dict[tuple[str, ...], str] = {}
@@ -103,8 +122,10 @@ class _FunctionWriter:
     # -- the whole function ------------------------------------------------------------------------------
     def write(self) -> list[str]:
         params = ", ".join(self.args.values())
-        if self.samplers_meta:
-            params += (", " if params else "") + "*, generator=None"
+        keywords = [self.symbols[s] for s in self.binding.keywords]
+        keywords += ["generator=None"] if self.samplers_meta else []
+        if keywords:
+            params += (", " if params else "") + "*, " + ", ".join(keywords)
         lines = [f"def {self.name}({params}):", docstring(self._doc(), "    ")]
         self._checks()
         self._device()
@@ -117,7 +138,7 @@ class _FunctionWriter:
         self.body.append("    " + line)
 
     def size(self, expr: Size) -> str:
-        return size_code(expr, self.symbols)
+        return python_expr(expr, self.symbols)
 
     # -- docstring ---------------------------------------------------------------------------------------
     def _doc(self) -> str:
@@ -129,12 +150,14 @@ class _FunctionWriter:
             "    " + "\n    ".join(d.source.split("\n")),  # only "\n" ends a line of a .tnd file
             "",
         ]
-        if d.arguments:
-            lines.append("Args:")
-            lines += [
-                f"    {self.args[a.name]}: {a.layout.text()}, sizes {self._shape_text(a.layout.axes)}"
-                for a in d.arguments
-            ]
+        args = [
+            f"    {self.args[a.name]}: {a.layout.text()}, sizes {self._shape_text(a.layout.axes)}" for a in d.arguments
+        ]
+        args += [
+            f"    {self.symbols[s]}: keyword-only int, the size of index {s} (no argument carries it)"
+            for s in self.binding.keywords
+        ]
+        lines += ["Args:", *args] if args else []
         lines += ["", "Returns:", f"    {layout.text()}, sizes {self._shape_text(d.layout.axes)}"]
         rewrites = d.meta.get("rewrites", [])
         if rewrites:
@@ -155,83 +178,82 @@ class _FunctionWriter:
     # -- argument checks and call-time sizes ---------------------------------------------------------------
     def _checks(self) -> None:
         d = self.diagram
-        if not d.arguments:
-            self._require_bound()  # a diagram without arguments (a Jacobian) binds no size at call time
+        if d.arguments:
+            self.helpers.add("_check_arguments")
+            self.emit(f"_check_arguments({self.name!r}, (")
+            for a in d.arguments:
+                axes = tuple(a.layout.axis_text(k) for k in range(len(a.layout.axes)))
+                self.emit(f"    ({a.name!r}, {self.args[a.name]}, {axes!r}),")
+            self.emit("))")
+        for step in self.binding.steps:
+            _BIND_WRITERS[type(step)](self, step)
+
+    def _layout(self, argument: str) -> Layout:
+        return next(a.layout for a in self.diagram.arguments if a.name == argument)
+
+    def _bound(self, symbol: sympy.Symbol, where: str) -> str:
+        var = self.symbols.get(symbol) or self.namespace.create(str(symbol))
+        self.symbols[symbol], self.where[symbol] = var, where
+        return var
+
+    def _axis_size(self, step: AxisSize) -> None:
+        text = self._layout(step.argument).axis_text(step.axis)
+        var = self._bound(step.symbol, f"argument {step.argument!r} axis {step.axis} ({text})")
+        actual = f"{self.args[step.argument]}.shape[{step.axis}]"
+        if step.known == 1:
+            self.emit(f"{var} = {actual}  # index {step.symbol}, bound at call time")
             return
-        self.helpers.add("_check_arguments")
-        self.emit(f"_check_arguments({self.name!r}, (")
-        for a in d.arguments:
-            axes = tuple(a.layout.axis_text(k) for k in range(len(a.layout.axes)))
-            self.emit(f"    ({a.name!r}, {self.args[a.name]}, {axes!r}),")
-        self.emit("))")
-        binders = self._bind_plan()
-        for arg, axis in self._axes():
-            if (arg.name, axis) not in binders:
-                self._check_axis(arg, axis)
-        self._require_bound()
-
-    def _axes(self) -> list[tuple[Argument, int]]:
-        return [(arg, k) for arg in self.diagram.arguments for k in range(len(arg.layout.axes))]
-
-    def _axis_size(self, arg: Argument, axis: int) -> sympy.Expr:
-        return sympy.Mul(*[sympy.sympify(self.diagram.sizes[leg]) for leg in arg.layout.axes[axis]])
-
-    def _bind_plan(self) -> set[tuple[str, int]]:
-        """Bind each call-time size from the first axis that holds it alone (times known sizes)."""
-        binders: set[tuple[str, int]] = set()
-        progress = True
-        while progress:
-            progress = False
-            for arg, axis in self._axes():
-                expr = self._axis_size(arg, axis)
-                unbound = [s for s in sorted(expr.free_symbols, key=str) if s not in self.symbols]
-                if len(unbound) != 1 or (arg.name, axis) in binders:
-                    continue
-                known = sympy.simplify(expr / unbound[0])
-                if known.free_symbols - set(self.symbols) or not (expr - known * unbound[0]).equals(0):
-                    continue
-                self._bind(arg, axis, unbound[0], known)
-                binders.add((arg.name, axis))
-                progress = True
-        return binders
-
-    def _bind(self, arg: Argument, axis: int, symbol: sympy.Symbol, known: sympy.Expr) -> None:
-        var = self.namespace.create(str(symbol))
-        actual = f"{self.args[arg.name]}.shape[{axis}]"
-        if known == 1:
-            self.emit(f"{var} = {actual}  # index {symbol}, bound at call time")
-        else:
-            self.helpers.add("_bind_size")
-            self.emit(
-                f"{var} = _bind_size({self.name!r}, {arg.name!r}, {axis}, {arg.layout.axis_text(axis)!r}, "
-                f"{actual}, {self.size(known)})"
-            )
-        self.symbols[symbol] = var
-
-    def _check_axis(self, arg: Argument, axis: int) -> None:
-        expr = self._axis_size(arg, axis)
-        if expr.free_symbols - set(self.symbols):
-            return  # reported by _require_bound
-        self.helpers.add("_check_size")
+        self.helpers.add("_bind_size")
         self.emit(
-            f"_check_size({self.name!r}, {arg.name!r}, {axis}, {arg.layout.axis_text(axis)!r}, "
-            f"{self.args[arg.name]}.shape[{axis}], {self.size(expr)})"
+            f"{var} = _bind_size({self.name!r}, {step.argument!r}, {step.axis}, {text!r}, {actual}, "
+            f"{self.size(step.known)})"
         )
 
-    def _require_bound(self) -> None:
-        needed: set[sympy.Symbol] = set()
-        sizes = list(self.diagram.sizes.values()) + [self._axis_size(a, k) for a, k in self._axes()]
-        for size in sizes + [term.coefficient for term in self.diagram.terms]:  # size(m) in a coefficient, too
-            needed |= sympy.sympify(size).free_symbols
-        drawn = {kept_symbol(s.index) for s in self.samplers_meta}  # bound when the samples are drawn
-        missing = sorted(str(s) for s in needed if s not in self.symbols and s not in drawn)
-        if missing:
-            raise TncError(
-                f"the size of index {missing[0]!r} is not given in the file and no argument of "
-                f"{self.diagram.name!r} carries it on an axis of its own",
-                self.diagram.span,
-                f"declare it with a size: index {missing[0]} = ...",
-            )
+    def _keyword_size(self, step: KeywordSize) -> None:
+        var = self._bound(step.symbol, f"keyword {self.symbols[step.symbol]}=")
+        self.helpers.add("_size_keyword")
+        self.emit(f"{var} = _size_keyword({self.name!r}, {var!r}, {var})")
+
+    def _rule_arguments(self, rule: SizeRule) -> str:
+        p = rule.conv
+        return f"{rule.pattern!r}, {p.kernel_size}, {p.stride}, {p.pad_left}, {p.pad_right}, {p.dilation}"
+
+    def _derived_size(self, step: DerivedSize) -> None:
+        i = step.rule.conv.in_size
+        where = self._where(i, step.rule.legs[0])
+        var = self._bound(step.symbol, f"index {step.rule.legs[1]} (from pattern {step.rule.pattern!r})")
+        self.helpers.add("_out_size")
+        self.emit(f"{var} = _out_size({self.name!r}, {where!r}, {self.size(i)}, {self._rule_arguments(step.rule)})")
+
+    def _solved_size(self, step: SolvedSize) -> None:
+        o = step.rule.conv.out_size
+        where = self._where(o, step.rule.legs[1])
+        var = self._bound(step.symbol, f"index {step.rule.legs[0]} (from pattern {step.rule.pattern!r})")
+        self.helpers.add("_in_size")
+        self.emit(f"{var} = _in_size({self.name!r}, {where!r}, {self.size(o)}, {self._rule_arguments(step.rule)})")
+
+    def _where(self, size: Size, index: str) -> str:
+        return self.where.get(size, f"index {index}") if isinstance(size, sympy.Symbol) else f"index {index}"
+
+    def _check_axis(self, step: CheckAxis) -> None:
+        self.helpers.add("_check_size")
+        text = self._layout(step.argument).axis_text(step.axis)
+        self.emit(
+            f"_check_size({self.name!r}, {step.argument!r}, {step.axis}, {text!r}, "
+            f"{self.args[step.argument]}.shape[{step.axis}], {self.size(step.expected)})"
+        )
+
+    def _check_rule(self, step: CheckRule) -> None:
+        rule = step.rule
+        i, o = rule.conv.in_size, rule.conv.out_size
+        where_i, where_o = self._where(i, rule.legs[0]), self._where(o, rule.legs[1])
+        if not isinstance(o, sympy.Symbol):
+            where_o = f"index {rule.legs[1]} (size {o} in the file)"
+        self.helpers.add("_check_out_size")
+        self.emit(
+            f"_check_out_size({self.name!r}, {where_o!r}, {self.size(o)}, {where_i!r}, {self.size(i)}, "
+            f"{self._rule_arguments(rule)})"
+        )
 
     def _device(self) -> None:
         if self.diagram.arguments:
@@ -320,7 +342,7 @@ class _FunctionWriter:
     def _view_chain(self, factor: Factor, base: str) -> str:
         if factor.view is None:
             return base
-        shape = [self.size(s) for s in factor.view.base]
+        shape: list[Size] = list(factor.view.base)
         expr, before_reshape = base, None
         ops = _gathers_last(factor.view.ops)
         for position, op in enumerate(ops):
@@ -332,7 +354,7 @@ class _FunctionWriter:
         self.padded_windows.clear()
         return expr
 
-    def _pad_windows(self, expr: str, shape: list[str], ops: tuple[ViewOp, ...], first: int) -> str:
+    def _pad_windows(self, expr: str, shape: list[Size], ops: tuple[ViewOp, ...], first: int) -> str:
         """Pad every axis of a run of windows at once, before the first unfold: padding after an unfold would copy
         the (larger) windowed view."""
         axes: dict[int, tuple[int, str]] = {}
@@ -354,36 +376,39 @@ class _FunctionWriter:
         ]
         return f"torch.nn.functional.pad({expr}, ({', '.join(pairs)}))"
 
-    def _view_op(self, expr: str, shape: list[str], op: ViewOp) -> tuple[str, list[str]]:
+    def _shape(self, shape: list[Size]) -> str:
+        return ", ".join(self.size(s) for s in shape)
+
+    def _view_op(self, expr: str, shape: list[Size], op: ViewOp) -> tuple[str, list[Size]]:
         if isinstance(op, SliceOp):
             index = ", ".join([":"] * op.axis + [f"{op.start}:{op.stop}" + (f":{op.step}" if op.step != 1 else "")])
-            shape[op.axis] = str(slice_length(op.start, op.stop, op.step))
+            shape[op.axis] = slice_length(op.start, op.stop, op.step)
             return f"{expr}[{index}]", shape
         if isinstance(op, SplitOp):
-            shape[op.axis : op.axis + 1] = [self.size(s) for s in op.sizes]
-            return f"{expr}.reshape({', '.join(shape)})", shape
+            shape[op.axis : op.axis + 1] = list(op.sizes)
+            return f"{expr}.reshape({self._shape(shape)})", shape
         if isinstance(op, SqueezeOp):
             del shape[op.axis]
             return f"{expr}.squeeze({op.axis})", shape
         if isinstance(op, MergeOp):
-            shape[op.axis : op.axis + 2] = [f"{shape[op.axis]} * {shape[op.axis + 1]}"]
-            return f"{expr}.reshape({', '.join(shape)})", shape
+            shape[op.axis : op.axis + 2] = [sympy.sympify(shape[op.axis]) * shape[op.axis + 1]]
+            return f"{expr}.reshape({self._shape(shape)})", shape
         if isinstance(op, WindowOp):
             return self._window(expr, shape, op)
-        shape[op.axis] = self.size(kept_symbol(op.index))
+        shape[op.axis] = kept_symbol(op.index)
         if op.axis < len(shape) - 1:
             return f"{expr}.index_select({op.axis}, {self.samplers[op.index]})", shape
         self.helpers.add("_take")  # the last axis: index_select copies single entries slowly
         return f"_take({expr}, {op.axis}, {self.samplers[op.index]})", shape
 
-    def _window(self, expr: str, shape: list[str], op: WindowOp) -> tuple[str, list[str]]:
+    def _window(self, expr: str, shape: list[Size], op: WindowOp) -> tuple[str, list[Size]]:
         """x[.., i, ..] -> x[.., o, k, ..] = x_padded[.., o·S + k·D, ..]: zero padding, then strided windows."""
         p = op.pattern  # padded already, by _pad_windows
         expr = f"{expr}.unfold({op.axis}, {p.dilation * (p.kernel_size - 1) + 1}, {p.stride})"
         if p.dilation != 1:
             expr += f"[..., ::{p.dilation}]"
         expr += f".movedim(-1, {op.axis + 1})"
-        shape[op.axis : op.axis + 1] = [self.size(p.out_size), str(p.kernel_size)]
+        shape[op.axis : op.axis + 1] = [p.out_size, p.kernel_size]
         return expr, shape
 
     # -- one term ----------------------------------------------------------------------------------------
@@ -432,7 +457,7 @@ class _FunctionWriter:
         symbols = sorted(set().union(*(f.free_symbols for f in flops)), key=str)
         names = {s: safe_identifier(str(s)) for s in symbols}
         function = f"_{self.name}_plan{position + 1}"
-        costs = ", ".join(size_code(f, names) for f in flops)
+        costs = ", ".join(python_expr(f, names) for f in flops)
         self.module_level.append(
             "\n".join(
                 [
@@ -525,7 +550,7 @@ class _FunctionWriter:
         free.sort(key=lambda j: result.index(a[j]))
 
         def product(positions: list[int]) -> str:
-            return " * ".join(size[j] for j in positions) or "1"
+            return product_expr([term.size(a[j]) for j in positions], self.symbols)
 
         order = tuple(a[j] for j in batch + free) + tuple(b[j] for j in free)
         permutation = ", ".join(str(j) for j in batch + free + summed)
@@ -578,8 +603,10 @@ class _FunctionWriter:
     def _assemble(self, term_vars: list[str]) -> None:
         legs = self.diagram.layout.legs
         full = [self.size(self.diagram.sizes[leg]) for leg in legs]
+        axes = self.diagram.layout.axes
+        grouped = [product_expr([self.diagram.sizes[leg] for leg in axis], self.symbols) for axis in axes]
         if not term_vars:
-            shape = [" * ".join(full[legs.index(leg)] for leg in axis) for axis in self.diagram.layout.axes]
+            shape = grouped
             self.emit("# no term depends on the argument: the result is zero")
             self.emit(
                 f"return torch.zeros(({', '.join(shape)}{',' if len(shape) == 1 else ''}), device=device, dtype=dtype)"
@@ -599,10 +626,8 @@ class _FunctionWriter:
                 shape = [s if leg in covered else "1" for leg, s in zip(legs, full)]
                 self.emit(f"{result} = {result}.reshape({', '.join(shape) or '()'})")
             self.emit(f"{result} = {result}.expand({', '.join(full)})")
-        axes = self.diagram.layout.axes
         if any(len(axis) != 1 for axis in axes):
-            shape = [" * ".join(full[legs.index(leg)] for leg in axis) for axis in axes]
-            self.emit(f"{result} = {result}.reshape({', '.join(shape) or '()'})  # {self.diagram.layout.text()}")
+            self.emit(f"{result} = {result}.reshape({', '.join(grouped) or '()'})  # {self.diagram.layout.text()}")
         self.emit(f"return {result}")
 
 
@@ -698,6 +723,16 @@ def _term_text(term: Network) -> str:
         factors.append(f"{f.name}[{legs}]" if f.kind == "input" else f"{f.name or f.kind}({legs})")
     body = " * ".join(factors) or "1"
     return body if term.coefficient == 1 else f"{term.coefficient} * {body}"
+
+
+_BIND_WRITERS: dict[type, Callable[[_FunctionWriter, Any], None]] = {
+    AxisSize: _FunctionWriter._axis_size,
+    KeywordSize: _FunctionWriter._keyword_size,
+    DerivedSize: _FunctionWriter._derived_size,
+    SolvedSize: _FunctionWriter._solved_size,
+    CheckAxis: _FunctionWriter._check_axis,
+    CheckRule: _FunctionWriter._check_rule,
+}
 
 
 def _location(program: Program, diagram: Diagram) -> str:

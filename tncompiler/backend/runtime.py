@@ -143,6 +143,49 @@ def _bind_size(function, argument, axis, index, actual, known):
     return actual // known
 '''
 
+_SIZE_KEYWORD = '''
+def _size_keyword(function, name, value):
+    """A size given as a keyword argument: a positive int."""
+    if isinstance(value, (bool, torch.Tensor)) or not hasattr(value, "__index__"):
+        raise ValueError(f"{function}(): keyword {name}= is the size of index {name} and must be an int, "
+                         f"got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{function}(): keyword {name}= is the size of index {name} and must be at least 1, "
+                         f"got {value}")
+    return value
+'''
+
+_OUT_SIZE = '''
+def _out_size(function, where, I, pattern, K, stride, pad_left, pad_right, dilation):
+    """A pattern's output size O = (I + P_left + P_right - D*(K - 1) - 1) // S + 1 for its input size I."""
+    extent = dilation * (K - 1) + 1
+    O = (I + pad_left + pad_right - extent) // stride + 1
+    if O < 1:
+        raise ValueError(f"{function}(): {where} has size {I}, too small for pattern {pattern!r}: its windows span "
+                         f"{extent} entries and the padding adds {pad_left + pad_right}, so no window fits "
+                         f"(the size must be at least {extent - pad_left - pad_right})")
+    return O
+'''
+
+_IN_SIZE = '''
+def _in_size(function, where, O, pattern, K, stride, pad_left, pad_right, dilation):
+    """A stride-1 pattern's input size I = O - 1 + D*(K - 1) + 1 - P_left - P_right for its output size O."""
+    I = O - 1 + dilation * (K - 1) + 1 - pad_left - pad_right
+    if I < 1:
+        raise ValueError(f"{function}(): {where} has size {O}, but pattern {pattern!r} has at most "
+                         f"{pad_left + pad_right - dilation * (K - 1)} windows over no input")
+    return I
+'''
+
+_CHECK_OUT_SIZE = '''
+def _check_out_size(function, where_o, O, where_i, I, pattern, K, stride, pad_left, pad_right, dilation):
+    """A pattern's output size agrees with its input size: O = (I + P_left + P_right - D*(K - 1) - 1) // S + 1."""
+    expected = (I + pad_left + pad_right - dilation * (K - 1) - 1) // stride + 1
+    if O != expected:
+        raise ValueError(f"{function}(): {where_o} has size {O}, but pattern {pattern!r} gives "
+                         f"{max(expected, 0)} windows over {where_i} of size {I}")
+'''
+
 HELPERS = {
     "_CONSTANTS": _CONSTANTS,
     "_conv_pattern": _CONV_PATTERN,
@@ -155,6 +198,10 @@ HELPERS = {
     "_check_arguments": _CHECK_ARGUMENTS,
     "_check_size": _CHECK_SIZE,
     "_bind_size": _BIND_SIZE,
+    "_size_keyword": _SIZE_KEYWORD,
+    "_out_size": _OUT_SIZE,
+    "_in_size": _IN_SIZE,
+    "_check_out_size": _CHECK_OUT_SIZE,
 }
 _NEEDS = {
     "_conv_pattern": ("_CONSTANTS",),

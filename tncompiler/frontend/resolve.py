@@ -13,7 +13,7 @@ import sympy
 from tncompiler.errors import Span, TncError
 from tncompiler.frontend import ast
 from tncompiler.ir.network import Argument, AutogradSpec, Diagram, Network, Program
-from tncompiler.ir.values import ConvPattern, Factor, Layout, Select, Size, out_size, size_symbol
+from tncompiler.ir.values import ConvPattern, Factor, Layout, Select, Size, SizeRule, out_size, size_symbol
 from tncompiler.passes import autodiff, kfac, sampling, slicing
 
 __all__ = ["resolve", "MAX_TERMS"]
@@ -54,6 +54,9 @@ class _Scope:
     plain: set[str] = field(default_factory=set)
     later: dict[str, Span] = field(default_factory=dict)
     fresh: itertools.count = field(default_factory=itertools.count)  # type: ignore[type-arg]
+    open_indices: set[str] = field(default_factory=set)  # declared without a size, not yet given one by a pattern
+    rules: list[SizeRule] = field(default_factory=list)
+    derived: dict[sympy.Expr, sympy.Symbol] = field(default_factory=dict)  # output-size formula -> its index's symbol
 
     def declare(self, name: ast.Name, kind: str) -> None:
         if name.text in self.declared_at:
@@ -97,7 +100,7 @@ def resolve(module: ast.Module, filename: str, source: str) -> Program:
         autograd = _autograd_specs(scope)
     except TncError as error:
         raise error.located(filename, source) from None
-    return Program(filename, dict(scope.sizes), tuple(scope.definitions.values()), autograd)
+    return Program(filename, dict(scope.sizes), tuple(scope.definitions.values()), autograd, tuple(scope.rules))
 
 
 def _autograd_specs(scope: _Scope) -> tuple[AutogradSpec, ...]:
@@ -140,6 +143,7 @@ def _index_decl(scope: _Scope, decl: ast.IndexDecl) -> None:
 
 def _declared_size(scope: _Scope, item: ast.IndexItem) -> Size:
     if item.size is None:
+        scope.open_indices.add(item.name.text)
         return size_symbol(item.name.text)
     if isinstance(item.size, ast.Name):
         return scope.index(item.size)
@@ -234,6 +238,8 @@ def _padding(
 
 
 def _output_size(scope: _Scope, o: ast.Name, value: ConvPattern, decl: ast.PatternDecl) -> ConvPattern:
+    """The size of o: inferred, or checked against its declaration. Where the input size is open, o's size is a
+    symbol of its own, tied to the input's by a size rule that the generated code applies at call time."""
     inferred = value.out_size
     if isinstance(inferred, int) and inferred < 1:
         raise TncError(
@@ -245,19 +251,40 @@ def _output_size(scope: _Scope, o: ast.Name, value: ConvPattern, decl: ast.Patte
         )
     if o.text not in scope.sizes:
         scope.declare(o, "index")
-        scope.sizes[o.text] = inferred
-        return value
+    elif o.text in scope.open_indices and isinstance(inferred, int):
+        scope.open_indices.discard(o.text)  # declared without a size: the pattern gives it one
+    else:
+        return _declared_output(scope, o, value, decl)
+    size: Size = inferred if isinstance(inferred, int) else _derived_symbol(scope, o, value, decl)
+    scope.sizes[o.text] = size
+    return replace(value, out_size=size)
+
+
+def _derived_symbol(scope: _Scope, o: ast.Name, value: ConvPattern, decl: ast.PatternDecl) -> sympy.Symbol:
+    """One symbol per output-size formula: patterns that agree on it share it (and their o indices their size)."""
+    formula = sympy.sympify(value.out_size)
+    if formula not in scope.derived:
+        scope.derived[formula] = size_symbol(o.text)
+        rule_legs = (decl.legs[0].text, o.text)
+        scope.rules.append(SizeRule(decl.name.text, rule_legs, replace(value, out_size=scope.derived[formula])))
+    return scope.derived[formula]
+
+
+def _declared_output(scope: _Scope, o: ast.Name, value: ConvPattern, decl: ast.PatternDecl) -> ConvPattern:
     declared = scope.sizes[o.text]
-    if sympy.simplify(sympy.sympify(declared) - inferred) != 0:
-        raise TncError(
-            f"size clash: pattern {decl.name.text!r} gives {o.text!r} size {inferred}, but it is "
-            f"declared with size {declared}",
-            o.span,
-            f"declare {o.text} = {inferred}, or leave {o.text!r} undeclared and its size is inferred",
-        )
-    return ConvPattern(
-        value.in_size, declared, value.kernel_size, value.stride, value.pad_left, value.pad_right, value.dilation
-    )
+    inferred = value.out_size
+    if isinstance(declared, int) and isinstance(inferred, int):
+        if declared != inferred:
+            raise TncError(
+                f"size clash: pattern {decl.name.text!r} gives {o.text!r} size {inferred}, but it is "
+                f"declared with size {declared}",
+                o.span,
+                f"declare {o.text} = {inferred}, or leave {o.text!r} undeclared and its size is inferred",
+            )
+        return value
+    # an open input or output: the generated code checks (or derives) one from the other at call time
+    scope.rules.append(SizeRule(decl.name.text, (decl.legs[0].text, o.text), replace(value, out_size=declared)))
+    return replace(value, out_size=declared)
 
 
 def _largest_kernel(value: ConvPattern) -> Size:

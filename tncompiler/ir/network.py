@@ -10,7 +10,7 @@ import networkx as nx
 import sympy
 
 from tncompiler.errors import Span
-from tncompiler.ir.values import ConvPattern, Factor, Fused, Layout, Select, Size, view_shape
+from tncompiler.ir.values import ConvPattern, Factor, Fused, Layout, Select, Size, SizeRule, view_shape
 
 __all__ = [
     "Network",
@@ -230,13 +230,14 @@ class AutogradSpec:
 
 @dataclass(frozen=True, eq=False)
 class Program:
-    """Everything a file defines: index sizes and the diagrams to generate, in file order, and the autograd
-    functions to generate for definitions that have sampled VJPs."""
+    """Everything a file defines: index sizes and the diagrams to generate, in file order, the autograd functions
+    to generate for definitions that have sampled VJPs, and the patterns whose sizes are only known at call time."""
 
     filename: str
     sizes: Mapping[str, Size]
     diagrams: tuple[Diagram, ...]
     autograd: tuple[AutogradSpec, ...] = ()
+    size_rules: tuple[SizeRule, ...] = ()
 
     def diagram(self, name: str) -> Diagram:
         for diagram in self.diagrams:

@@ -12,6 +12,9 @@ from tncompiler.errors import Span
 __all__ = [
     "Size",
     "size_symbol",
+    "kept_symbol",
+    "is_kept",
+    "SizeRule",
     "ConvPattern",
     "Select",
     "SliceOp",
@@ -35,6 +38,17 @@ Size: TypeAlias = int | sympy.Expr
 def size_symbol(name: str) -> sympy.Symbol:
     """The symbol standing for an index size that is bound from the arguments at call time."""
     return sympy.Symbol(name, integer=True, positive=True)
+
+
+def kept_symbol(index: str) -> sympy.Symbol:
+    """The call-time number of kept entries of an index sampled by tensor dropout. Its name holds parentheses, which
+    no name in a file can, so it never meets an index's own symbol."""
+    return size_symbol(f"kept({index})")
+
+
+def is_kept(size: object) -> bool:
+    """A size that tensor dropout draws at call time."""
+    return isinstance(size, sympy.Expr) and any(str(s).startswith("kept(") for s in size.free_symbols)
 
 
 def simplify_size(size: Size) -> Size:
@@ -73,6 +87,27 @@ class ConvPattern:
     def describe(self) -> str:
         pad = self.pad_left if self.pad_left == self.pad_right else (self.pad_left, self.pad_right)
         return f"conv(stride={self.stride}, padding={pad}, dilation={self.dilation})"
+
+
+@dataclass(frozen=True)
+class SizeRule:
+    """A pattern whose input or output size is left open in the file. At call time its output size is derived from
+    the input's (O = floor((I + P_left + P_right − D·(K − 1) − 1) / S) + 1), the input's solved from the output's
+    (stride 1 only: then I is unique), or, where arguments carry both, the two are checked against each other."""
+
+    pattern: str
+    legs: tuple[str, str]  # the pattern's i and o indices, as the file declares them
+    conv: ConvPattern
+
+    @property
+    def formula(self) -> Size:
+        p = self.conv
+        return out_size(p.in_size, p.kernel_size, p.stride, p.pad_left, p.pad_right, p.dilation)
+
+    @property
+    def extent(self) -> int:
+        """D·(K − 1) + 1: the rows one window spans."""
+        return self.conv.dilation * (self.conv.kernel_size - 1) + 1
 
 
 @dataclass(frozen=True)
@@ -163,7 +198,7 @@ def view_shape(view: View) -> tuple[Size, ...]:
         elif isinstance(op, WindowOp):
             shape[op.axis : op.axis + 1] = [op.pattern.out_size, op.pattern.kernel_size]
         else:
-            shape[op.axis] = size_symbol(f"{op.index}_kept")
+            shape[op.axis] = kept_symbol(op.index)
     return tuple(shape)
 
 

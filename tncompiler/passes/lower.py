@@ -12,7 +12,7 @@ from typing import Literal
 import sympy
 
 from tncompiler.ir.network import Network
-from tncompiler.ir.values import ConvPattern, Factor, GatherOp, View, WindowOp
+from tncompiler.ir.values import ConvPattern, Factor, GatherOp, View, WindowOp, is_kept
 from tncompiler.order import REGIMES, plan_network
 
 __all__ = ["NativeConv", "lower_network", "match_native", "native_flops", "lowered_cost"]
@@ -57,7 +57,7 @@ def match_native(net: Network) -> NativeConv | None:
         return None
     if any(net.factors[k].kind != "input" for k in others) or any(len(set(f.legs)) != len(f.legs) for f in net.factors):
         return None
-    sampled = {leg for leg, size in net.sizes.items() if _is_kept(size)}
+    sampled = {leg for leg, size in net.sizes.items() if is_kept(size)}
     roles = set()
     for k in patterns:
         legs = net.factors[k].legs
@@ -88,11 +88,6 @@ def _depthwise(net: Network, m: NativeConv) -> bool:
     """A depthwise weight gradient is memory-bound, and PyTorch's depthwise kernel is slow at stride K (2.4x per
     row measured on MobileNetV2's layers): sampled rows go back into place instead of being tiled."""
     return m.role == "weight" and bool(m.groups) and all(net.size(leg) == 1 for leg in m.data_channels)
-
-
-def _is_kept(size: object) -> bool:
-    """A size drawn at call time by tensor dropout (`c_kept`)."""
-    return isinstance(size, sympy.Expr) and any(str(s).endswith("_kept") for s in size.free_symbols)
 
 
 # For each role: which pattern legs (by position i=0, o=1, k=2) the data tensor and the other tensor carry.

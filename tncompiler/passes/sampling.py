@@ -10,7 +10,7 @@ import sympy
 
 from tncompiler.errors import Span, TncError
 from tncompiler.ir.network import Diagram, Network
-from tncompiler.ir.values import Factor, GatherOp, Size, View, size_symbol
+from tncompiler.ir.values import Factor, GatherOp, Size, View, kept_symbol
 from tncompiler.passes.names import fresh_name
 
 __all__ = ["Sampler", "kept_symbol", "sample_diagram"]
@@ -23,11 +23,6 @@ class Sampler:
     index: str
     size: Size
     p: float
-
-
-def kept_symbol(index: str) -> sympy.Symbol:
-    """The call-time number of kept entries of a sampled index."""
-    return size_symbol(f"{index}_kept")
 
 
 def sample_diagram(diagram: Diagram, index: str, p: float, name: str, span: Span, source: str = "") -> Diagram:

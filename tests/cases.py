@@ -1,0 +1,381 @@
+"""The test suite's case builder: one (transpose) convolution as a `.tnd` file with any of its sizes left open, every
+operation the language derives from it, and an independent PyTorch reference for each.
+
+One convention for transpose convolutions, PyTorch's: `spatial` is always the spatial shape of the argument x, and a
+transpose convolution's output size follows from `output_padding`. References use only torch: F.conv*d and
+F.conv_transpose*d, torch.autograd / torch.func for derivatives, im2col from F.pad and Tensor.unfold for unfold and
+the KFAC factors.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import types
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+import tncompiler
+
+__all__ = ["Conv", "OPEN_LEVELS", "Padding", "conv", "source", "load", "OPS", "Reference", "reference", "arguments"]
+
+Padding = int | tuple[int, int] | str
+Tensor = torch.Tensor
+# Which sizes a file leaves open, from the batch alone to every index but the kernel's.
+OPEN_LEVELS: dict[str, frozenset[str]] = {
+    "batch": frozenset({"batch"}),
+    "spatial": frozenset({"batch", "spatial"}),
+    "channels": frozenset({"batch", "spatial", "channels"}),
+}
+
+
+@dataclass(frozen=True)
+class Conv:
+    """x [batch, groups·c_in, *spatial] -> y [batch, groups·c_out, *output]; a transpose convolution's weight is
+    [groups·c_in, c_out, *kernel] as in PyTorch, else [groups·c_out, c_in, *kernel]."""
+
+    spatial: tuple[int, ...]
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[Padding, ...]
+    dilation: tuple[int, ...]
+    groups: int = 1
+    c_in: int = 2
+    c_out: int = 2
+    bias: bool = False
+    transpose: bool = False
+    output_padding: tuple[int, ...] = ()
+    batch: int = 2
+
+    @property
+    def dims(self) -> int:
+        return len(self.spatial)
+
+    def pads(self) -> tuple[tuple[int, int], ...]:
+        """(left, right) per dimension; `same` puts the odd one on the right, as PyTorch does."""
+        return tuple(_pad_pair(p, d, k) for p, d, k in zip(self.padding, self.dilation, self.kernel))
+
+    def pattern_in(self) -> tuple[int, ...]:
+        """The sizes of the patterns' i legs (a transpose convolution's output)."""
+        if not self.transpose:
+            return self.spatial
+        extra = self.output_padding or (0,) * self.dims
+        return tuple(
+            (o - 1) * s + d * (k - 1) + 1 - left - right + e
+            for o, s, d, k, (left, right), e in zip(
+                self.spatial, self.stride, self.dilation, self.kernel, self.pads(), extra
+            )
+        )
+
+    def pattern_out(self) -> tuple[int, ...]:
+        """The sizes of the patterns' o legs: O = floor((I + P_left + P_right − D(K − 1) − 1) / S) + 1."""
+        if self.transpose:
+            return self.spatial
+        return tuple(
+            (i + left + right - d * (k - 1) - 1) // s + 1
+            for i, k, s, d, (left, right) in zip(self.spatial, self.kernel, self.stride, self.dilation, self.pads())
+        )
+
+    def output(self) -> tuple[int, ...]:
+        return self.pattern_in() if self.transpose else self.pattern_out()
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """PyTorch's shapes of x, w (and b)."""
+        g, n = self.groups, self.batch
+        w = (g * self.c_in, self.c_out) if self.transpose else (g * self.c_out, self.c_in)
+        shapes = {"x": (n, g * self.c_in, *self.spatial), "w": (*w, *self.kernel)}
+        return shapes | ({"b": (g * self.c_out,)} if self.bias else {})
+
+    def resized(self, batch: int, grow: int, channels: int = 0) -> Conv:
+        """The same layer called with another batch, `grow` more entries on each spatial axis and `channels` more
+        channels per group (a depthwise layer keeps one input channel per group)."""
+        spatial = tuple(size + grow for size in self.spatial)
+        c_in = self.c_in if self.c_in == 1 else self.c_in + channels
+        return replace(self, batch=batch, spatial=spatial, c_in=c_in, c_out=self.c_out + channels)
+
+
+def conv(
+    spatial: Sequence[int],
+    kernel: Sequence[int],
+    *,
+    stride: int | list[int] = 1,
+    padding: Padding | list[Padding] = 0,
+    dilation: int | list[int] = 1,
+    output_padding: int | list[int] = 0,
+    **options: int | bool,
+) -> Conv:
+    """A `Conv` whose per-dimension settings are one value for every dimension or a list."""
+    dims = len(spatial)
+
+    def each(value: object) -> tuple:  # type: ignore[type-arg]
+        return tuple(value) if isinstance(value, list) else (value,) * dims
+
+    return Conv(
+        tuple(spatial),
+        tuple(kernel),
+        each(stride),
+        each(padding),
+        each(dilation),
+        output_padding=each(output_padding),
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def _pad_pair(padding: Padding, dilation: int, kernel: int) -> tuple[int, int]:
+    if padding == "valid":
+        return 0, 0
+    if padding == "same":
+        total = dilation * (kernel - 1)
+        return total // 2, total - total // 2
+    return padding if isinstance(padding, tuple) else (int(padding), int(padding))
+
+
+# --- the .tnd text -----------------------------------------------------------------------------------------------
+
+
+def _legs(prefix: str, dims: int, separator: str = ", ") -> str:
+    return separator.join(f"{prefix}{j + 1}" for j in range(dims))
+
+
+def _sized(name: str, size: int, is_open: bool) -> str:
+    return name if is_open else f"{name} = {size}"
+
+
+def _declarations(case: Conv, open_: frozenset[str]) -> list[str]:
+    spatial, channels = "spatial" in open_, "channels" in open_
+    lines = [f"index {_sized('n', case.batch, 'batch' in open_)}"]
+    group = [f"g = {case.groups}"] if case.groups > 1 else []
+    lines.append("index " + ", ".join(group + [_sized("c", case.c_in, channels), _sized("d", case.c_out, channels)]))
+    sizes = [_sized(f"i{j + 1}", i, spatial) for j, i in enumerate(case.pattern_in())]
+    if case.transpose:  # a transpose convolution declares its output (i) and input (o) sizes
+        sizes += [_sized(f"o{j + 1}", o, spatial) for j, o in enumerate(case.pattern_out())]
+    lines.append("index " + ", ".join(sizes + [f"k{j + 1} = {k}" for j, k in enumerate(case.kernel)]))
+    for j in range(case.dims):
+        pad = case.padding[j]
+        text = f"({pad[0]}, {pad[1]})" if isinstance(pad, tuple) else str(pad)
+        settings = f"stride={case.stride[j]}, padding={text}, dilation={case.dilation[j]}"
+        lines.append(f"pattern p{j + 1}(i{j + 1}, o{j + 1}, k{j + 1}) = conv({settings})")
+    return lines
+
+
+def _channels(case: Conv, name: str) -> str:
+    return f"(g {name})" if case.groups > 1 else name
+
+
+def source(case: Conv, open_: frozenset[str] = OPEN_LEVELS["batch"], transforms: Sequence[str] = ()) -> str:
+    """`y(x, w[, b])` of the case, then `transforms`, one statement each; `open_` says which sizes are left open."""
+    c, d, dims = _channels(case, "c"), _channels(case, "d"), case.dims
+    patterns = " * ".join(f"p{j + 1}(i{j + 1}, o{j + 1}, k{j + 1})" for j in range(dims))
+    ins, outs, ks = _legs("i", dims), _legs("o", dims), _legs("k", dims)
+    if case.transpose:
+        x, w, y = f"x[n, {c}, {outs}]", f"w[{c}, d, {ks}]", f"y[n, {d}, {ins}]"
+    else:
+        x, w, y = f"x[n, {c}, {ins}]", f"w[{d}, c, {ks}]", f"y[n, {d}, {outs}]"
+    bias = f"b[{d}]"
+    lines = _declarations(case, open_) + [f"input {x}", f"input {w}"] + ([f"input {bias}"] if case.bias else [])
+    lines.append(f"{y} = {x} * {patterns} * {w}" + (f" + {bias}" if case.bias else ""))
+    return "\n".join(lines + list(transforms)) + "\n"
+
+
+def unfold_statement(case: Conv) -> str:
+    """`u[n, (g c k...), (o...)] = x * patterns`: im2col, laid out as F.unfold lays it out."""
+    dims = case.dims
+    group = "g " if case.groups > 1 else ""
+    patterns = " * ".join(f"p{j + 1}(i{j + 1}, o{j + 1}, k{j + 1})" for j in range(dims))
+    return (
+        f"u[n, ({group}c {_legs('k', dims, ' ')}), ({_legs('o', dims, ' ')})] = "
+        f"x[n, {_channels(case, 'c')}, {_legs('i', dims)}] * {patterns}"
+    )
+
+
+@functools.cache
+def load(text: str) -> types.ModuleType:
+    """Compile each `.tnd` text once per test session."""
+    return tncompiler.load_source(text, "case.tnd")
+
+
+# --- references ----------------------------------------------------------------------------------------------------
+
+
+def arguments(case: Conv, seed: int = 0, dtype: torch.dtype = torch.float64) -> dict[str, Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        name: torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
+        for name, shape in case.shapes().items()
+    }
+
+
+def forward(case: Conv, x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
+    """The layer with torch.nn.functional (asymmetric padding by F.pad, or by cropping a transpose's result)."""
+    with warnings.catch_warnings():  # PyTorch warns that padding="same" with an even kernel copies the input
+        warnings.simplefilter("ignore", UserWarning)
+        return _transpose(case, x, w, b) if case.transpose else _convolve(case, x, w, b)
+
+
+def _convolve(case: Conv, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    function: Callable[..., Tensor] = getattr(F, f"conv{case.dims}d")
+    pairs = case.pads()
+    if all(left == right for left, right in pairs):
+        padding = tuple(left for left, _ in pairs)
+    else:
+        x, padding = F.pad(x, [p for pair in reversed(pairs) for p in pair]), (0,) * case.dims
+    return function(x, w, b, stride=case.stride, padding=padding, dilation=case.dilation, groups=case.groups)
+
+
+def _transpose(case: Conv, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    function: Callable[..., Tensor] = getattr(F, f"conv_transpose{case.dims}d")
+    pairs = case.pads()
+    if all(left == right for left, right in pairs):
+        padding = tuple(left for left, _ in pairs)
+        extra = case.output_padding or (0,) * case.dims
+        return function(
+            x, w, b, stride=case.stride, padding=padding, output_padding=extra, dilation=case.dilation,
+            groups=case.groups,
+        )  # fmt: skip
+    full = function(x, w, None, stride=case.stride, dilation=case.dilation, groups=case.groups)
+    for axis, ((left, _), size) in enumerate(zip(pairs, case.pattern_in()), start=2):
+        full = F.pad(full.movedim(axis, -1), [0, max(0, left + size - full.shape[axis])]).movedim(-1, axis)
+        full = full.narrow(axis, left, size)
+    return full if b is None else full + b.view(-1, *(1,) * case.dims)
+
+
+def im2col(case: Conv, x: Tensor) -> Tensor:
+    """[n, (g c k...), (o...)]: each output position's window of x, zero outside, from F.pad and Tensor.unfold."""
+    padded = F.pad(x, [p for pair in reversed(case.pads()) for p in pair])
+    windows = padded
+    for j in range(case.dims):
+        extent = case.dilation[j] * (case.kernel[j] - 1) + 1
+        windows = windows.unfold(2 + j, extent, case.stride[j])[..., :: case.dilation[j]]
+    # windows: [n, C, o1.., k1..] -> [n, C, k1.., o1..]
+    dims = case.dims
+    order = [0, 1, *range(2 + dims, 2 + 2 * dims), *range(2, 2 + dims)]
+    windows = windows[(slice(None), slice(None), *(slice(0, o) for o in case.pattern_out()))]
+    return windows.permute(order).reshape(x.shape[0], -1, math.prod(case.pattern_out()))
+
+
+def _per_group(rows: Tensor, groups: int) -> Tensor:
+    """[n, (g f), positions] -> [n, g, f, positions]."""
+    return rows.reshape(rows.shape[0], groups, -1, rows.shape[-1])
+
+
+def kfac(case: Conv, rows: Tensor, reduce: bool, input_side: bool) -> Tensor:
+    """KFAC's factor from per-position feature rows [n, (g f), positions], scaled as tnc scales it (einconv)."""
+    grouped = _per_group(rows, case.groups)
+    n, positions = rows.shape[0], rows.shape[-1]
+    if reduce:
+        summed = grouped.sum(-1)
+        factor = torch.einsum("ngf,ngh->gfh", summed, summed) / n
+        factor = factor / positions**2 if input_side else factor
+    else:
+        factor = torch.einsum("ngfp,nghp->gfh", grouped, grouped) / n
+    return factor if case.groups > 1 else factor[0]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """An operation: the statement that derives it, the arguments its function takes, and its reference."""
+
+    name: str
+    statement: str
+    takes: tuple[str, ...]
+    compute: Callable[[Conv, dict[str, Tensor]], Tensor]
+    plain_only: bool = False  # unfold and KFAC: only for convolutions, not transpose ones
+
+
+def _y(case: Conv, args: dict[str, Tensor]) -> Tensor:
+    return forward(case, args["x"], args["w"], args.get("b"))
+
+
+def _vjp(wrt: str) -> Callable[[Conv, dict[str, Tensor]], Tensor]:
+    def compute(case: Conv, args: dict[str, Tensor]) -> Tensor:
+        leaf = {**args, wrt: args[wrt].detach().requires_grad_()}
+        (gradient,) = torch.autograd.grad(_y(case, leaf), leaf[wrt], args["grad_y"])
+        return gradient
+
+    return compute
+
+
+def _jvp(wrt: str) -> Callable[[Conv, dict[str, Tensor]], Tensor]:
+    def compute(case: Conv, args: dict[str, Tensor]) -> Tensor:
+        def layer(value: Tensor) -> Tensor:
+            return _y(case, {**args, wrt: value})
+
+        return torch.func.jvp(layer, (args[wrt],), (args[f"tangent_{wrt}"],))[1]
+
+    return compute
+
+
+def _sliced_weight_vjp(case: Conv, args: dict[str, Tensor]) -> Tensor:
+    return _vjp("w")(case, args)[:, :, -1:]
+
+
+def _grad_rows(case: Conv, args: dict[str, Tensor]) -> Tensor:
+    return args["grad_y"].flatten(2)
+
+
+OPS: tuple[Reference, ...] = (
+    Reference("y", "", ("x", "w", "b"), _y),
+    Reference("gx", "gx = vjp(y, x)", ("w", "grad_y"), _vjp("x")),
+    Reference("gw", "gw = vjp(y, w)", ("x", "grad_y"), _vjp("w")),
+    Reference("jx", "jx = jvp(y, x)", ("w", "tangent_x"), _jvp("x")),
+    Reference("jw", "jw = jvp(y, w)", ("x", "tangent_w"), _jvp("w")),
+    Reference("gw_k", "gw_k = slice(gw, k1=-1:)", ("x", "grad_y"), _sliced_weight_vjp),
+    Reference("gw_o", "gw_o = sample(gw, index=o1, p=1)", ("x", "grad_y"), _vjp("w")),
+    Reference("gw_n", "gw_n = sample(gw, index=n, p=1)", ("x", "grad_y"), _vjp("w")),
+    Reference("u", "", ("x",), lambda case, args: im2col(case, args["x"]), plain_only=True),
+    Reference("A", "A = kfac(y, w, batch=n)", ("x",), lambda c, a: kfac(c, im2col(c, a["x"]), False, True), True),
+    Reference(
+        "Ar",
+        "Ar = kfac(y, w, batch=n, approx=reduce)",
+        ("x",),
+        lambda c, a: kfac(c, im2col(c, a["x"]), True, True),
+        True,
+    ),
+    Reference(
+        "B", "B = kfac_grad(y, w, batch=n)", ("grad_y",), lambda c, a: kfac(c, _grad_rows(c, a), False, False), True
+    ),
+    Reference(
+        "Br",
+        "Br = kfac_grad(y, w, batch=n, approx=reduce)",
+        ("grad_y",),
+        lambda c, a: kfac(c, _grad_rows(c, a), True, False),
+        True,
+    ),
+)
+
+
+def statements(case: Conv) -> list[str]:
+    """Every operation's statement for this case (the unfold as a definition of its own)."""
+    ops = [op for op in OPS if op.statement and not (op.plain_only and case.transpose)]
+    return [op.statement for op in ops] + ([] if case.transpose else [unfold_statement(case)])
+
+
+def operations(case: Conv) -> list[Reference]:
+    return [op for op in OPS if not (op.plain_only and case.transpose)]
+
+
+def all_arguments(case: Conv, seed: int = 0) -> dict[str, Tensor]:
+    """x, w (b) and the cotangent and tangents, in float64."""
+    args = arguments(case, seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    y_shape = (case.batch, case.groups * case.c_out, *case.output())
+    args["grad_y"] = torch.randn(y_shape, generator=generator, dtype=torch.float64)
+    for name in ("x", "w"):
+        args[f"tangent_{name}"] = torch.randn(args[name].shape, generator=generator, dtype=torch.float64)
+    return args
+
+
+def keyword_sizes(case: Conv) -> dict[str, int]:
+    """The value of every index a keyword-only size argument may name, for this case's call."""
+    sizes = {"n": case.batch, "c": case.c_in, "d": case.c_out}
+    sizes |= {f"i{j + 1}": size for j, size in enumerate(case.pattern_in())}
+    sizes |= {f"o{j + 1}": size for j, size in enumerate(case.pattern_out())}
+    return sizes
+
+
+def reference(op: Reference, case: Conv, args: dict[str, Tensor]) -> Tensor:
+    return op.compute(case, args)
