@@ -162,7 +162,7 @@ GALLERY = (
                 "conv2d_curvature.tnd",
                 ("J",),
                 "The network of dy/dw with the batch kept: "
-                "the input's windows and a copy tensor (a dot) that joins y's out-channel leg to w's.",
+                "x with its patterns, and a copy tensor (a dot) that joins y's out-channel leg d to w's, d'.",
             ),
             Section(
                 "GGN diagonal",
