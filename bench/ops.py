@@ -76,13 +76,14 @@ def _legs(prefix: str, dims: int) -> list[str]:
     return [f"{prefix}{axis + 1}" for axis in range(dims)]
 
 
-def _header(layer: Layer) -> list[str]:
+def _header(layer: Layer, open_sizes: str = "") -> list[str]:
+    """Index and pattern declarations; `open_sizes` "spatial" leaves the spatial sizes open too (bound from the
+    arguments at call time), "channels" the channel and spatial sizes: only groups and kernel sizes stay."""
     lines = [f"# {layer.name}: {layer.origin}", "index n"]
-    if layer.groups > 1:
-        lines.append(f"index g = {layer.groups}, c = {layer.c_in // layer.groups}, d = {layer.c_out // layer.groups}")
-    else:
-        lines.append(f"index c = {layer.c_in}, d = {layer.c_out}")
-    sizes = [f"{i} = {size}" for i, size in zip(_legs("i", layer.dims), layer.size)]
+    c_in, c_out = layer.c_in // layer.groups, layer.c_out // layer.groups
+    c, d = ("c", "d") if open_sizes == "channels" else (f"c = {c_in}", f"d = {c_out}")
+    lines.append(f"index g = {layer.groups}, {c}, {d}" if layer.groups > 1 else f"index {c}, {d}")
+    sizes = [i if open_sizes else f"{i} = {size}" for i, size in zip(_legs("i", layer.dims), layer.size)]
     sizes += [f"{k} = {size}" for k, size in zip(_legs("k", layer.dims), layer.kernel)]
     lines.append("index " + ", ".join(sizes))
     for axis in range(layer.dims):
@@ -91,14 +92,15 @@ def _header(layer: Layer) -> list[str]:
     return lines
 
 
-def tnd_source(layer: Layer, kfac_grad: bool = False) -> str:
-    """The `.tnd` file with every benchmarked operation for `layer` (and the output-gradient factors if asked)."""
+def tnd_source(layer: Layer, kfac_grad: bool = False, open_sizes: str = "") -> str:
+    """The `.tnd` file with every benchmarked operation for `layer` (and the output-gradient factors if asked);
+    `open_sizes` ("spatial" or "channels") leaves more sizes open, as a file written for every input size would."""
     i, o, k = (", ".join(_legs(prefix, layer.dims)) for prefix in "iok")
     cin, cout = ("(g c)", "(g d)") if layer.groups > 1 else ("c", "d")
     x, w = f"x[n, {cin}, {i}]", f"w[{cout}, c, {k}]"
     patterns = " * ".join(f"p{a}(i{a}, o{a}, k{a})" for a in range(1, layer.dims + 1))
     rows = ("(g c " if layer.groups > 1 else "(c ") + " ".join(_legs("k", layer.dims)) + ")"
-    lines = _header(layer) + [
+    lines = _header(layer, open_sizes) + [
         f"input {x}",
         f"input {w}",
         f"y[n, {cout}, {o}] = {x} * {patterns} * {w}",
@@ -131,8 +133,12 @@ def make_inputs(layer: Layer, device: str, seed: int = 0) -> Tensors:
 def tnc_thunk(module: types.ModuleType, op: Op, tensors: Tensors, generator: torch.Generator | None = None) -> Thunk:
     """The generated function of `op`, with its arguments bound by name (and a generator for sampled ops)."""
     function = getattr(module, op.function)
-    names = [name for name in inspect.signature(function).parameters if name in tensors]
-    kwargs: dict[str, object] = {name: tensors[name] for name in names}
+    parameters = inspect.signature(function).parameters
+    kwargs: dict[str, object] = {name: tensors[name] for name in parameters if name in tensors}
+    if any(p.kind is p.KEYWORD_ONLY and p.name.startswith("i") for p in parameters.values()):
+        # an input VJP with open spatial sizes takes them as keywords, as conv2d_input takes input_size
+        spatial = tensors["x"].shape[2:]
+        kwargs |= {f"i{axis + 1}": size for axis, size in enumerate(spatial) if f"i{axis + 1}" in parameters}
     if op.index:
         kwargs["generator"] = generator
     return functools.partial(function, **kwargs)

@@ -18,7 +18,7 @@ import tncompiler
 from tests.helpers import pattern_tensor
 from tncompiler.ir.network import Diagram, Network
 from tncompiler.ir.values import ConvPattern, Factor, Fused, size_symbol
-from tncompiler.order import plan_network
+from tncompiler.order import Regimes, plan_network
 from tncompiler.passes.lower import lowered_cost
 from tncompiler.passes.pipeline import run_pipeline
 
@@ -149,7 +149,7 @@ def test_fusion_lowers_the_planned_work(dims: int) -> None:
     diagrams = stages(kfac_source(dims), "Ar")
     assert plan_flops(diagrams["fuse"]) < plan_flops(diagrams["simplify"])
     assert plan_flops(diagrams["fuse"]) < plan_flops(diagrams["built"])  # the network with rewrite=False
-    at = {N: 32}
+    at = Regimes()  # n at the middle regime, 32
     fused = sum(lowered_cost(term, at) for term in diagrams["fuse"].terms)
     assert fused < sum(lowered_cost(term, at) for term in diagrams["simplify"].terms)
 
@@ -208,7 +208,7 @@ def test_a_two_pattern_group_that_would_raise_the_cost_is_left() -> None:
     term = stages(source, "A")["fuse"].terms[0]
     pair = [k for k, f in enumerate(term.factors) if f.name == "p2"]
     assert len(pair) == 2 and term.tensors_on("o2") == tuple(pair)
-    at = {N: 32}
+    at = Regimes()  # n at the middle regime, 32
     assert lowered_cost(fuse_by_hand(term, pair), at) >= lowered_cost(term, at)
 
 

@@ -542,25 +542,32 @@ def test_strided_reshape_keeps_an_open_leg_it_cannot_split_exactly(dim: Dim) -> 
 
 CALL_TIME = """index n
 index c = 2, d = 3
-index i, k = 1, k2 = 2
+index i, k = 1, k2 = 2, k3 = 1
 pattern p(i, o, k) = conv(stride=2)
 pattern q(i, o2, k2) = conv(stride=2)
+pattern r(i, o3, k3) = conv(stride=2, padding=1)
+pattern t(i, o4, k2) = conv(stride=3)
 input x[n, c, i]
 input w[d, c, k]
 input w2[d, c, k2]
 y[n, d, o] = x[n, c, i] * p(i, o, k) * w[d, c, k]
 y2[n, d, o2] = x[n, c, i] * q(i, o2, k2) * w2[d, c, k2]
+y3[n, d, o3] = x[n, c, i] * r(i, o3, k) * w[d, c, k]
+u[n, c, o4, k2] = x[n, c, i] * t(i, o4, k2)
 """
 
 
 @pytest.mark.parametrize("size", [8, 9])
-def test_pattern_rules_do_not_fire_on_call_time_sizes(size: int) -> None:
-    """I bound at call time: whether windows fit (kernel-one) or i splits exactly (dense) is unknown."""
-    for name, rule in (("y", "kernel-one"), ("y2", "strided-reshape")):
+def test_pattern_rules_on_call_time_sizes_fire_where_the_size_rule_makes_them_exact(size: int) -> None:
+    """I bound at call time: O = floor((I + P − D(K − 1) − 1) / S) + 1 holds, so without padding a 1-wide kernel's
+    windows all lie inside (kernel-one) and K = S tiles the first O·S rows (dense); with padding, or K < S, where the
+    last window ends depends on I, and the rules leave the pattern."""
+    cases = (("y", "kernel-one", True), ("y2", "strided-reshape", True), ("y3", "kernel-one", False))
+    for name, rule, fires in cases + (("u", "strided-reshape", False),):
         diagram = program_of(CALL_TIME).diagram(name)
         term = only_term(diagram)
-        assert RULE[rule](term, position(term, "pattern"), True) is None
-        assert not fired(simplified(diagram)[1], rule)
+        assert (RULE[rule](term, position(term, "pattern"), True) is not None) == fires, name
+        assert bool(fired(simplified(diagram)[1], rule)) == fires, name
     assert_agree(CALL_TIME, sizes={"i": size})
 
 

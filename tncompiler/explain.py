@@ -8,7 +8,7 @@ import sympy
 from tncompiler.backend.pytorch import step_kind
 from tncompiler.ir.network import Diagram, Network, Program
 from tncompiler.ir.values import View, WindowOp
-from tncompiler.order import Plan, plan_network
+from tncompiler.order import Plan, Regimes, plan_network
 from tncompiler.passes.lower import NativeConv, native_flops
 from tncompiler.passes.pipeline import run_pipeline
 
@@ -28,11 +28,11 @@ def explain_diagram(built: Diagram, rewrite: bool = True) -> str:
     lines.append("  rewrites:" + ("" if changes else " none"))
     lines += [f"    [{stage}] {change}" for stage, change in changes]
     for position, term in enumerate(final.terms):
-        lines += _term(position, len(final.terms), term)
+        lines += _term(position, len(final.terms), term, Regimes(final.size_rules))
     return "\n".join(lines)
 
 
-def _term(position: int, total: int, term: Network) -> list[str]:
+def _term(position: int, total: int, term: Network, regimes: Regimes) -> list[str]:
     title = f"  term {position + 1} of {total}" if total > 1 else "  contraction"
     lines = [f"{title}: coefficient {term.coefficient}"]
     for k, factor in enumerate(term.factors):
@@ -44,7 +44,7 @@ def _term(position: int, total: int, term: Network) -> list[str]:
             f"    lowered: {native.describe()} (data #{native.data}, other #{native.other}), ~{flops} multiply-adds"
         )
         return lines
-    plans = plan_network(term)
+    plans = plan_network(term, regimes=regimes)
     for index, plan in enumerate(plans):
         if len(plans) > 1:
             lines.append(f"    order {index + 1} of {len(plans)} (chosen at call time where it is the cheapest):")

@@ -5,16 +5,16 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import cotengra as ctg
 import sympy
 
 from tncompiler.ir.network import Network
-from tncompiler.ir.values import Size
+from tncompiler.ir.values import Size, SizeRule, out_size
 
-__all__ = ["Step", "Plan", "plan_network", "evaluate", "REGIMES", "OPTIMAL_UP_TO"]
+__all__ = ["Step", "Plan", "Regimes", "plan_network", "evaluate", "symbols_of", "REGIMES", "OPTIMAL_UP_TO"]
 
 # Call-time sizes are unknown when planning; we plan at these values and keep every distinct order, so that
 # the generated code can pick the cheapest one once per shape.
@@ -66,36 +66,65 @@ def evaluate(size: Size | sympy.Expr, at: Mapping[sympy.Symbol, int]) -> int:
     return int(size.xreplace({s: at.get(s, 1) for s in size.free_symbols}))
 
 
-def plan_network(network: Network, expected: Mapping[sympy.Symbol, int] | None = None) -> tuple[Plan, ...]:
-    """Every distinct optimal plan over the size regimes, cheapest first at the middle regime.
+@dataclass(frozen=True)
+class Regimes:
+    """Representative call-time sizes for compile-time choices: every open index at each of REGIMES, and every
+    size a pattern derives from open ones by its size rule (a stride-4 output a quarter of its input, as it will be
+    at call time, not as large as it)."""
 
-    `expected` gives call-time sizes that are known in expectation (the kept entries of a sampled index)."""
-    inputs = [factor.legs for factor in network.factors]
-    plans: dict[tuple[Step, ...], Plan] = {}
-    middle = REGIMES[len(REGIMES) // 2]
-    # operand order within a step is decided at the middle regime, so that one path stays one plan
-    typical = {name: _at(size, middle, expected or {}) for name, size in network.sizes.items()}
-    for regime in REGIMES:
-        sizes = {name: _at(size, regime, expected or {}) for name, size in network.sizes.items()}
-        steps = _steps(network, _path(inputs, network.outputs, sizes), typical)
-        if steps not in plans:
-            plans[steps] = _costed(network, steps)
-    at = {s: (expected or {}).get(s, middle) for s in _symbols(network)}
-    return tuple(sorted(plans.values(), key=lambda p: (evaluate(p.flops, at), p.steps)))
+    rules: tuple[SizeRule, ...] = ()
+
+    def at(
+        self, regime: int, symbols: Iterable[sympy.Symbol], expected: Mapping[sympy.Symbol, int] | None = None
+    ) -> dict[sympy.Symbol, int]:
+        """Values for `symbols` (and what they derive from); `expected` fixes some (sampled sizes)."""
+        values = {s: (expected or {}).get(s, regime) for s in symbols}
+        derived: dict[sympy.Symbol, int] = {}
+        for rule in self.rules:  # file order: a rule's input is open or derived by an earlier rule
+            out, conv = rule.conv.out_size, rule.conv
+            if isinstance(out, sympy.Symbol):
+                at = {s: derived.get(s, regime) for s in sympy.sympify(conv.in_size).free_symbols}
+                i = evaluate(conv.in_size, at)
+                derived[out] = max(1, evaluate(out_size(i, conv.kernel_size, conv.stride, conv.pad_left,
+                                                         conv.pad_right, conv.dilation), {}))  # fmt: skip
+        return values | {s: derived[s] for s in values if s in derived and s not in (expected or {})}
+
+    def middle(
+        self, symbols: Iterable[sympy.Symbol], expected: Mapping[sympy.Symbol, int] | None = None
+    ) -> dict[sympy.Symbol, int]:
+        return self.at(REGIMES[len(REGIMES) // 2], symbols, expected)
 
 
-def _symbols(network: Network) -> set[sympy.Symbol]:
+WITHOUT_RULES = Regimes()  # for networks whose open sizes are all independent
+
+
+def symbols_of(*sizes: Size | sympy.Expr) -> set[sympy.Symbol]:
     found: set[sympy.Symbol] = set()
-    for size in network.sizes.values():
+    for size in sizes:
         if isinstance(size, sympy.Expr):
             found |= size.free_symbols
     return found
 
 
-def _at(size: Size, regime: int, expected: Mapping[sympy.Symbol, int]) -> int:
-    if isinstance(size, int):
-        return size
-    return max(evaluate(size, {s: expected.get(s, regime) for s in size.free_symbols}), 1)
+def plan_network(
+    network: Network, expected: Mapping[sympy.Symbol, int] | None = None, regimes: Regimes = WITHOUT_RULES
+) -> tuple[Plan, ...]:
+    """Every distinct optimal plan over the size regimes, cheapest first at the middle regime.
+
+    `expected` gives call-time sizes that are known in expectation (the kept entries of a sampled index)."""
+    inputs = [factor.legs for factor in network.factors]
+    plans: dict[tuple[Step, ...], Plan] = {}
+    symbols = symbols_of(*network.sizes.values())
+    middle = regimes.middle(symbols, expected)
+    # operand order within a step is decided at the middle regime, so that one path stays one plan
+    typical = {name: max(evaluate(size, middle), 1) for name, size in network.sizes.items()}
+    for regime in REGIMES:
+        at = regimes.at(regime, symbols, expected)
+        sizes = {name: max(evaluate(size, at), 1) for name, size in network.sizes.items()}
+        steps = _steps(network, _path(inputs, network.outputs, sizes), typical)
+        if steps not in plans:
+            plans[steps] = _costed(network, steps)
+    return tuple(sorted(plans.values(), key=lambda p: (evaluate(p.flops, middle), p.steps)))
 
 
 def _path(inputs: list[tuple[str, ...]], outputs: tuple[str, ...], sizes: dict[str, int]) -> list[tuple[int, ...]]:

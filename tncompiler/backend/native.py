@@ -286,7 +286,7 @@ def _reads_padding(p: ConvPattern) -> bool:
     if p.pad_left > 0:
         return True
     if not isinstance(p.in_size, int) or not isinstance(p.out_size, int):
-        return True
+        return p.pad_right > 0  # sizes bound at call time obey the size rule: the windows end within I + P_right
     return _last_read(p) > p.in_size - 1
 
 

@@ -16,7 +16,7 @@ from tncompiler.backend.names import Namespace, comment_text, docstring, docstri
 from tncompiler.backend.native import native_lines
 from tncompiler.backend.native import right_pad as _right_pad
 from tncompiler.backend.runtime import helper_source
-from tncompiler.backend.window_sums import summed_pattern, window_sum_factors, window_sum_step
+from tncompiler.backend.window_sums import known_long, summed_pattern, threshold, window_sum_factors, window_sum_step
 from tncompiler.binding import (
     AxisSize,
     Binding,
@@ -29,7 +29,7 @@ from tncompiler.binding import (
 )
 from tncompiler.errors import TncError
 from tncompiler.guard import check_memory, default_limit
-from tncompiler.ir.network import Diagram, Network, Program
+from tncompiler.ir.network import Diagram, Network, Program, natural_shape
 from tncompiler.ir.values import (
     ConvPattern,
     Factor,
@@ -48,7 +48,7 @@ from tncompiler.ir.values import (
     kept_symbol,
     slice_length,
 )
-from tncompiler.order import REGIMES, Plan, Step, plan_network
+from tncompiler.order import Plan, Regimes, Step, plan_network, symbols_of
 from tncompiler.passes.lower import NativeConv
 from tncompiler.passes.pipeline import run_pipeline
 from tncompiler.passes.sampling import Sampler
@@ -107,6 +107,7 @@ class _FunctionWriter:
         self.args = {arg.name: self.namespace.create(arg.name) for arg in diagram.arguments}
         self.symbols: dict[sympy.Symbol, str] = {s: self.namespace.create(str(s)) for s in binding.keywords}
         self.where: dict[sympy.Symbol, str] = {}  # how each call-time size was given, for messages
+        self.regimes = Regimes(diagram.size_rules)
         self.body: list[str] = []
         self.module_level: list[str] = []
         self.operands: dict[tuple[str, ...], str] = {}
@@ -328,7 +329,10 @@ class _FunctionWriter:
         einsum = _einsum(parts, [part.legs for part in fused.parts], fused.legs)
         if einsum not in self.fused:
             var = self.namespace.create("fused")
-            self.emit(f"{var} = _cached(({f'{self.name}.{var}'!r}, device, dtype), lambda: {einsum})")
+            shape = [size for part in fused.parts for size in natural_shape(part) or ()]
+            symbols = sorted(set().union(*(sympy.sympify(size).free_symbols for size in shape)), key=str)
+            key = ", ".join([repr(f"{self.name}.{var}")] + [self.size(s) for s in symbols] + ["device", "dtype"])
+            self.emit(f"{var} = _cached(({key}), lambda: {einsum})")  # one per call-time shape
             self.emit(f"# {var}: {fused.describe()}, contracted once")
             self.fused[einsum] = var
         return self.fused[einsum]
@@ -381,7 +385,8 @@ class _FunctionWriter:
 
     def _view_op(self, expr: str, shape: list[Size], op: ViewOp) -> tuple[str, list[Size]]:
         if isinstance(op, SliceOp):
-            index = ", ".join([":"] * op.axis + [f"{op.start}:{op.stop}" + (f":{op.step}" if op.step != 1 else "")])
+            bounds = f"{op.start}:{self.size(op.stop)}" + (f":{op.step}" if op.step != 1 else "")
+            index = ", ".join([":"] * op.axis + [bounds])
             shape[op.axis] = slice_length(op.start, op.stop, op.step)
             return f"{expr}[{index}]", shape
         if isinstance(op, SplitOp):
@@ -434,19 +439,22 @@ class _FunctionWriter:
             for s in self.samplers_meta
             if isinstance(s.size, int)
         }
-        plans = plan_network(term, expected)
+        plans = plan_network(term, expected, self.regimes)
         summed = window_sum_factors(term, plans)  # applied as window sums: no constant to build
         operands = ["" if k in summed else self._operand(f, term) for k, f in enumerate(term.factors)]
         if len(plans) == 1:
             self._contract(term, plans[0], operands, target, var, "")
-        else:
-            chooser = self._chooser(position, plans, expected)
-            for k, plan in enumerate(plans):
-                keyword = "if" if k == 0 else ("else" if k == len(plans) - 1 else "elif")
-                condition = "" if keyword == "else" else f" {chooser} == {k}"
-                self.emit(f"{keyword}{condition}:  # plan {k + 1}: {self.size(plan.flops)} multiply-adds")
-                self._contract(term, plan, operands, target, var, "    ")
-        self._scale(term, var)
+            self._scale(term, var)
+            return var
+        chooser = self._chooser(position, plans, expected)
+        for k, plan in enumerate(plans):
+            keyword = "if" if k == 0 else ("else" if k == len(plans) - 1 else "elif")
+            condition = "" if keyword == "else" else f" {chooser} == {k}"
+            self.emit(f"{keyword}{condition}:  # plan {k + 1}: {self.size(plan.flops)} multiply-adds")
+            self.prescaled.discard(var)  # each branch scales its own result
+            self.fresh.discard(var)
+            self._contract(term, plan, operands, target, var, "    ")
+            self._scale(term, var, "    ")
         return var
 
     def _chooser(self, position: int, plans: tuple[Plan, ...], expected: dict[sympy.Symbol, int]) -> str:
@@ -489,9 +497,9 @@ class _FunctionWriter:
             result = var if last else self.namespace.create(f"t{len(names) - len(operands) + 1}")
             gram = self._gram(term, [names[i] for i in step.operands], [legs[i] for i in step.operands], result_legs)
             if gram is not None and call not in done:
-                # With one plan, the last product takes the coefficient on its operand where that is the smaller.
+                # The last product takes the coefficient on its operand where that is the smaller.
                 lines, operand_smaller = gram
-                use = last and not indent and term.coefficient != 1 and operand_smaller
+                use = last and term.coefficient != 1 and operand_smaller
                 scale = self.size(term.coefficient) if use else None
                 for line in lines(result, scale):
                     self.emit(f"{indent}{line}")
@@ -522,8 +530,15 @@ class _FunctionWriter:
         hyper = f"{p.kernel_size}, {p.stride}, {p.pad_left}, {p.dilation}"
         call = f"_window_sum({names[other]}, {axis}, {self.size(p.in_size)}, {self.size(p.out_size)}, {hyper})"
         i, k = term.factors[position].legs
-        out = tuple(k if leg == i else leg for leg in legs[other])
-        return call if out == result else f"{call}.permute({', '.join(str(out.index(leg)) for leg in result)})"
+        out = tuple(leg for leg in legs[other] if leg != i) + (k,)
+        if out != result:
+            call += f".permute({', '.join(str(out.index(leg)) for leg in result)})"
+        if known_long(p):
+            return call
+        # the length is known at call time only: the product with Σ_o Π where it is short
+        operands = [names[i] for i in step.operands]
+        product = _pairwise(operands, [legs[i] for i in step.operands], result)
+        return f"{call} if {self.size(p.in_size)} >= {threshold(p)} else {product}"
 
     def _gram(
         self, term: Network, names: list[str], legs: list[tuple[str, ...]], result: tuple[str, ...]
@@ -570,7 +585,7 @@ class _FunctionWriter:
                 out.append(f"{var} = {var}.permute({', '.join(str(order.index(leg)) for leg in result)})")
             return out
 
-        middle = {sym: REGIMES[len(REGIMES) // 2] for leg in a for sym in sympy.sympify(term.size(leg)).free_symbols}
+        middle = self.regimes.middle(symbols_of(*[term.size(leg) for leg in a]))
 
         def entries(positions: list[int]) -> float:
             return float(sympy.Mul(*[sympy.sympify(term.size(a[j])) for j in positions]).subs(middle))
@@ -587,17 +602,17 @@ class _FunctionWriter:
                 f"{indent}{var} = {_einsum([operands[0]], [term.factors[0].legs], target)}  # [{', '.join(target)}]"
             )
 
-    def _scale(self, term: Network, var: str) -> None:
+    def _scale(self, term: Network, var: str, indent: str = "") -> None:
         coefficient = term.coefficient
         if coefficient == 1 or var in self.prescaled:
             return
         if coefficient == -1:
-            self.emit(f"{var} = -{var}")
+            self.emit(f"{indent}{var} = -{var}")
             return
         if var in self.fresh:  # the term's own new tensor: scaling it in place saves a buffer of its size
-            self.emit(f"{var}.mul_({self.size(coefficient)})")
+            self.emit(f"{indent}{var}.mul_({self.size(coefficient)})")
         else:
-            self.emit(f"{var} = {var} * ({self.size(coefficient)})")
+            self.emit(f"{indent}{var} = {var} * ({self.size(coefficient)})")
 
     # -- the result --------------------------------------------------------------------------------------
     def _assemble(self, term_vars: list[str]) -> None:

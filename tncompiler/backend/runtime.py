@@ -60,7 +60,8 @@ def _keep(size, p, generator, device):
 _WINDOW_SUM = '''
 def _window_sum(t, axis, I, O, K, stride, pad_left, dilation):
     """sum_o t[.., o*stride + k*dilation - pad_left, ..] for each k (indices outside 0..I-1 read zero): axis i of t
-    becomes axis k. One strided sum per residue of i mod stride, minus the few entries outside each k's windows."""
+    goes and axis k comes last, as in a tensordot with the (I, K) matrix sum_o Pi. One strided sum per residue of
+    i mod stride, minus the few entries outside each k's windows."""
     def part(start, stop):  # t[.., start:stop:stride, ..], summed over the axis
         return t[(slice(None),) * axis + (slice(start, stop, stride),)].sum(axis)
     totals, sums = {}, []
@@ -84,7 +85,7 @@ def _window_sum(t, axis, I, O, K, stride, pad_left, dilation):
         if hi + stride < I:
             value = value - part(hi + stride, I)
         sums.append(value)
-    return torch.stack(sums, axis)
+    return torch.stack(sums, -1)
 '''
 
 _TAKE = '''
@@ -213,7 +214,10 @@ _NEEDS = {
 
 def helper_source(used: set[str]) -> list[str]:
     """Source blocks of the used helpers and what they need, in a fixed order."""
-    closure = set(used)
-    for name in used:
-        closure.update(_NEEDS.get(name, ()))
+    closure, todo = set(used), list(used)
+    while todo:
+        for needed in _NEEDS.get(todo.pop(), ()):
+            if needed not in closure:
+                closure.add(needed)
+                todo.append(needed)
     return [HELPERS[name].strip("\n") for name in HELPERS if name in closure]

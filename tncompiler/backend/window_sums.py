@@ -8,14 +8,29 @@ from tncompiler.ir.network import Network
 from tncompiler.ir.values import ConvPattern, Factor, Fused
 from tncompiler.order import Plan, Step
 
-__all__ = ["summed_pattern", "window_sum_factors", "window_sum_step"]
+__all__ = ["known_long", "summed_pattern", "threshold", "window_sum_factors", "window_sum_step"]
+
+
+# Window sums issue about 3K small reductions, the product one GEMM with K columns, which runs at 4-30 GFLOP/s on
+# these shapes. Crossovers measured on a 2-core CPU: I ≥ 56 for K ≤ 4 (MobileNetV2's 56x56 depthwise layer, 1.9
+# against 2.6 ms), and only very long axes beyond that (a 4000-sample audio layer: 0.2 against 1.5 ms).
+SHORT_KERNEL, LONG_FOR_SHORT_KERNELS, LONG = 4, 56, 1024
+
+
+def threshold(p: ConvPattern) -> int:
+    """The input length from which window sums beat the GEMM."""
+    return LONG_FOR_SHORT_KERNELS if p.kernel_size <= SHORT_KERNEL else LONG
 
 
 def _long_enough(p: ConvPattern) -> bool:
-    """Window sums issue about 3K small reductions, the product one GEMM with K columns, which runs at 4-30 GFLOP/s
-    on these shapes. Crossovers measured on a 2-core CPU: I ≥ 56 for K ≤ 4 (MobileNetV2's 56x56 depthwise layer,
-    1.9 against 2.6 ms), and only very long axes beyond that (a 4000-sample audio layer: 0.2 against 1.5 ms)."""
-    return isinstance(p.in_size, int) and p.in_size >= (56 if p.kernel_size <= 4 else 1024)
+    """Whether window sums may beat the GEMM: an axis whose length is only known at call time may be long (the
+    generated code then compares the length with the threshold, and keeps the product with Σ_o Π for short ones)."""
+    return not isinstance(p.in_size, int) or p.in_size >= threshold(p)
+
+
+def known_long(p: ConvPattern) -> bool:
+    """Window sums win whatever the call: the product with Σ_o Π need never be built."""
+    return isinstance(p.in_size, int) and p.in_size >= threshold(p)
 
 
 def summed_pattern(factor: Factor) -> ConvPattern | None:
@@ -44,8 +59,12 @@ def window_sum_step(term: Network, step: Step, legs: list[tuple[str, ...]]) -> t
 
 
 def window_sum_factors(term: Network, plans: tuple[Plan, ...]) -> set[int]:
-    """Fused Σ_o Π factors that every plan applies as window sums."""
-    found = {k for k in range(len(term.factors)) if summed_pattern(term.factors[k]) is not None}
+    """Fused Σ_o Π factors that every plan applies as window sums, whatever the call-time sizes."""
+    found = set()
+    for k, factor in enumerate(term.factors):
+        p = summed_pattern(factor)
+        if p is not None and known_long(p):
+            found.add(k)
     for plan in plans:
         legs = [f.legs for f in term.factors]
         for step in plan.steps:

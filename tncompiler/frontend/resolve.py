@@ -100,7 +100,9 @@ def resolve(module: ast.Module, filename: str, source: str) -> Program:
         autograd = _autograd_specs(scope)
     except TncError as error:
         raise error.located(filename, source) from None
-    return Program(filename, dict(scope.sizes), tuple(scope.definitions.values()), autograd, tuple(scope.rules))
+    rules = tuple(scope.rules)
+    diagrams = tuple(replace(d, size_rules=rules) for d in scope.definitions.values())
+    return Program(filename, dict(scope.sizes), diagrams, autograd, rules)
 
 
 def _autograd_specs(scope: _Scope) -> tuple[AutogradSpec, ...]:

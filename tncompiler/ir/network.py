@@ -198,6 +198,7 @@ class Diagram:
     span: Span | None = None
     source: str = ""
     meta: Mapping[str, Any] = field(default_factory=dict)
+    size_rules: tuple[SizeRule, ...] = ()  # the file's rules that tie open sizes together (see SizeRule)
 
     def lint(self) -> None:
         legs = self.layout.legs

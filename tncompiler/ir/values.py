@@ -29,6 +29,7 @@ __all__ = [
     "Layout",
     "out_size",
     "slice_length",
+    "simplify_size",
 ]
 
 # A size is an int when known at compile time, else a sympy expression of the call-time symbols.
@@ -67,9 +68,11 @@ def out_size(in_size: Size, kernel: int, stride: int, pad_left: int, pad_right: 
     return simplify_size(sympy.floor(span / stride) + 1)
 
 
-def slice_length(start: int, stop: int, step: int) -> int:
-    """len(range(start, stop, step))."""
-    return len(range(start, stop, step))
+def slice_length(start: int, stop: Size, step: int) -> Size:
+    """len(range(start, stop, step)); a stop known at call time only (O·S) is at least `start`."""
+    if isinstance(stop, int):
+        return len(range(start, stop, step))
+    return simplify_size(sympy.ceiling((stop - start) / step))
 
 
 @dataclass(frozen=True)
@@ -125,11 +128,11 @@ class Select:
 
 @dataclass(frozen=True)
 class SliceOp:
-    """Keep entries start:stop:step of an axis."""
+    """Keep entries start:stop:step of an axis (stop may be a call-time size: the first O·S rows)."""
 
     axis: int
     start: int
-    stop: int
+    stop: Size
     step: int
 
 

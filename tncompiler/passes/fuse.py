@@ -4,13 +4,12 @@ carry is contracted once, when the constants are built, where the cost model say
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-import sympy
-
 from tncompiler.ir.network import Network
-from tncompiler.ir.values import Factor, Fused, GatherOp, Size
-from tncompiler.order import REGIMES
+from tncompiler.ir.values import Factor, Fused, GatherOp, is_kept
+from tncompiler.order import WITHOUT_RULES, Regimes, evaluate, symbols_of
 from tncompiler.passes.lower import lowered_cost
 
 __all__ = ["fuse_network", "MAX_FUSED_ENTRIES"]
@@ -62,41 +61,35 @@ def _groups(net: Network) -> list[_Group]:
     return groups
 
 
-def _cost(net: Network) -> float:
+def _cost(net: Network, regimes: Regimes) -> float:
     """Work per call after lowering (window views are free), at the middle size regime."""
-    middle = {
-        s: REGIMES[len(REGIMES) // 2]
-        for size in net.sizes.values()
-        if isinstance(size, sympy.Expr)
-        for s in size.free_symbols
-    }
-    return lowered_cost(net, middle)
+    return lowered_cost(net, regimes)
 
 
-def _entries(net: Network, legs: tuple[str, ...]) -> int | None:
-    total = 1
-    for leg in legs:
-        size: Size = net.size(leg)
-        if not isinstance(size, int):
-            return None
-        total *= size
-    return total
+def _entries(net: Network, legs: tuple[str, ...], regimes: Regimes) -> int | None:
+    """Entries over these legs; a size known only at call time counts at the middle regime (a fused constant over
+    it is built once per call-time shape), a sampled one makes the group unfusable."""
+    sizes = [net.size(leg) for leg in legs]
+    if any(is_kept(size) for size in sizes):
+        return None
+    middle = regimes.middle(symbols_of(*sizes))
+    return math.prod(evaluate(size, middle) for size in sizes)
 
 
-def _shrinks(net: Network, parts: tuple[Factor, ...], entries: int) -> bool:
+def _shrinks(net: Network, parts: tuple[Factor, ...], entries: int, regimes: Regimes) -> bool:
     """A single constant summed over a leg only it carries (Σ_o Π[i, o, k]) becomes a smaller one: always worth it.
     Multiply-adds alone would not say so (a window view sums as few), but the summed view is strided and a product
     with a small dense matrix runs as a matrix product, and needs no padded copy."""
     if len(parts) != 1:
         return False
-    whole = _entries(net, parts[0].legs)
+    whole = _entries(net, parts[0].legs, regimes)
     return whole is not None and entries < whole
 
 
-def fuse_network(net: Network) -> tuple[Network, list[str]]:
+def fuse_network(net: Network, regimes: Regimes = WITHOUT_RULES) -> tuple[Network, list[str]]:
     base: float | None = None  # the unfused network's cost, computed once, when first needed
     for group in _groups(net):
-        entries = _entries(net, group.legs)
+        entries = _entries(net, group.legs, regimes)
         if entries is None or entries > MAX_FUSED_ENTRIES:
             continue
         parts = tuple(net.factors[k] for k in group.members)
@@ -107,11 +100,11 @@ def fuse_network(net: Network) -> tuple[Network, list[str]]:
         candidate = Network(
             factors, net.outputs, {k: v for k, v in net.sizes.items() if k in kept}, net.coefficient, net.meta
         )
-        if not _shrinks(net, parts, entries):
-            base = _cost(net) if base is None else base
-            if _cost(candidate) >= base:
+        if not _shrinks(net, parts, entries, regimes):
+            base = _cost(net, regimes) if base is None else base
+            if _cost(candidate, regimes) >= base:
                 continue
         described = " * ".join(f"{f.name or f.kind}({', '.join(f.legs)})" for f in parts)
-        rest, more = fuse_network(candidate)
+        rest, more = fuse_network(candidate, regimes)
         return rest, [f"fuse: {described} -> one constant over ({', '.join(group.legs)}), built once", *more]
     return net, []

@@ -5,7 +5,6 @@ instead of a product with a dense one-hot tensor."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -13,7 +12,7 @@ import sympy
 
 from tncompiler.ir.network import Network
 from tncompiler.ir.values import ConvPattern, Factor, GatherOp, View, WindowOp, is_kept
-from tncompiler.order import REGIMES, plan_network
+from tncompiler.order import WITHOUT_RULES, Regimes, evaluate, plan_network, symbols_of
 
 __all__ = ["NativeConv", "lower_network", "match_native", "native_flops", "lowered_cost"]
 
@@ -155,12 +154,12 @@ def _only_gathers_on_o(factor: Factor) -> bool:
     return factor.view is None or all(isinstance(op, GatherOp) and op.axis == 1 for op in factor.view.ops)
 
 
-def lower_network(net: Network) -> tuple[Network, list[str]]:
+def lower_network(net: Network, regimes: Regimes = WITHOUT_RULES) -> tuple[Network, list[str]]:
     native = match_native(net)
     written = net.meta.get("as_written")
     if isinstance(written, Network):
         written_native = match_native(written)
-        if written_native is not None and _kernel_wins(net, native, written, written_native):
+        if written_native is not None and _kernel_wins(net, native, written, written_native, regimes):
             note = f"lower: {_text(written)} -> {written_native.describe()} (the kernel beats the rewritten network)"
             return replace_meta(written, written_native), [note]
     if native is not None:
@@ -181,7 +180,9 @@ def lower_network(net: Network) -> tuple[Network, list[str]]:
     return net, notes
 
 
-def _kernel_wins(rewritten: Network, native: NativeConv | None, written: Network, kernel: NativeConv) -> bool:
+def _kernel_wins(
+    rewritten: Network, native: NativeConv | None, written: Network, kernel: NativeConv, regimes: Regimes
+) -> bool:
     """The cost model between the kernel on the term as written and the rewritten term (`native`: its own kernel,
     if it is one). Two kernels: the file's layout needs no permuted copies, so it wins unless the rewrite does less
     work (a slice that drops windows). Otherwise both do the same multiply-adds, but PyTorch's convolution kernels
@@ -191,17 +192,16 @@ def _kernel_wins(rewritten: Network, native: NativeConv | None, written: Network
     if rewritten.outputs != written.outputs:
         return False
     if native is not None:
-        return not _fewer(native_flops(rewritten, native), native_flops(written, kernel))
+        return not _fewer(native_flops(rewritten, native), native_flops(written, kernel), regimes)
     if kernel.role != "transpose":
         return True
     return any(f.kind in ("pattern", "select", "delta", "fused") for f in rewritten.factors)
 
 
-def _fewer(a: sympy.Expr, b: sympy.Expr) -> bool:
+def _fewer(a: sympy.Expr, b: sympy.Expr, regimes: Regimes) -> bool:
     """a < b at the middle regime of every call-time size."""
-    middle = REGIMES[len(REGIMES) // 2]
-    at = {symbol: middle for symbol in (sympy.sympify(a).free_symbols | sympy.sympify(b).free_symbols)}
-    return bool(sympy.sympify(a).subs(at) < sympy.sympify(b).subs(at))
+    at = regimes.middle(symbols_of(a, b))
+    return evaluate(a, at) < evaluate(b, at)
 
 
 def replace_meta(net: Network, native: NativeConv) -> Network:
@@ -225,9 +225,13 @@ def native_flops(term: Network, native: NativeConv) -> sympy.Expr:
     return sympy.Mul(*[full.get(leg, term.size(leg)) for leg in sorted(legs - inputs)])
 
 
-def lowered_cost(net: Network, at: Mapping[sympy.Symbol, int]) -> float:
-    """Multiply-adds per call once lowered (native kernel, or window views and the cheapest order), at sizes `at`."""
-    lowered, _ = lower_network(net)
+def lowered_cost(net: Network, regimes: Regimes) -> float:
+    """Multiply-adds per call once lowered (native kernel, or window views and the cheapest order), at the middle
+    regime of the call-time sizes."""
+    lowered, _ = lower_network(net, regimes)
     native = lowered.meta.get("native")
-    flops = native_flops(lowered, native) if isinstance(native, NativeConv) else plan_network(lowered)[0].flops
-    return float(sympy.sympify(flops).subs({s: at.get(s, 1) for s in sympy.sympify(flops).free_symbols}))
+    if isinstance(native, NativeConv):
+        flops = native_flops(lowered, native)
+    else:
+        flops = plan_network(lowered, regimes=regimes)[0].flops
+    return float(evaluate(flops, regimes.middle(symbols_of(flops))))

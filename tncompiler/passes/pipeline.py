@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 from tncompiler.ir.network import Diagram, Network
 from tncompiler.ir.values import Layout
+from tncompiler.order import Regimes
 from tncompiler.passes.fuse import fuse_network
 from tncompiler.passes.lower import lower_network, match_native
 from tncompiler.passes.simplify import simplify_network
@@ -51,14 +52,15 @@ def simplify(diagram: Diagram, lint: bool) -> tuple[Diagram, tuple[str, ...]]:
 
 
 def per_term(
-    run: Callable[[Network], tuple[Network, list[str]]],
+    run: Callable[[Network, Regimes], tuple[Network, list[str]]],
 ) -> Callable[[Diagram, bool], tuple[Diagram, tuple[str, ...]]]:
-    """A diagram pass from a network pass that leaves open legs alone: applied to every term."""
+    """A diagram pass from a network pass that leaves open legs alone: applied to every term, with the diagram's
+    representative call-time sizes for its cost model."""
 
     def diagram_pass(diagram: Diagram, lint: bool) -> tuple[Diagram, tuple[str, ...]]:
         terms, notes = [], []
         for term in diagram.terms:
-            new, changed = run(term)
+            new, changed = run(term, Regimes(diagram.size_rules))
             if lint:
                 new.lint()
             terms.append(new)

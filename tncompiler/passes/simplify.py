@@ -25,6 +25,7 @@ from tncompiler.ir.values import (
     SqueezeOp,
     View,
     ViewOp,
+    simplify_size,
     slice_length,
 )
 from tncompiler.passes.names import fresh_name
@@ -146,10 +147,14 @@ def _as_select(
     net: Network, position: int, legs: tuple[str, str], start: int, step: int, count: Size, rule: str
 ) -> Rewrite | None:
     factor = net.factors[position]
-    assert isinstance(factor.pattern, ConvPattern)
-    size, count = _int(factor.pattern.in_size), _int(count)
-    if size is None or count is None or start < 0 or start + (count - 1) * step > size - 1:
-        return None  # some windows reach into the padding: not a pure selection
+    p = factor.pattern
+    assert isinstance(p, ConvPattern)
+    size = p.in_size
+    if isinstance(size, int) and isinstance(count, int):
+        if start < 0 or start + (count - 1) * step > size - 1:
+            return None  # some windows reach into the padding: not a pure selection
+    elif p.pad_left != 0 or p.pad_right != 0 or count != p.out_size:
+        return None  # sizes bound at call time obey the size rule: without padding, every window lies inside
     select = Factor("select", "", legs, factor.span, Select(size, count, start, step))
     if factor.view is not None:  # sampled windows (kernel-one): the selection keeps the pattern's gather on o
         select = replace(select, view=View((size, count), factor.view.ops))
@@ -168,14 +173,22 @@ def strided_reshape(net: Network, position: int, outputs_may_change: bool) -> Re
     p = factor.pattern
     if not isinstance(p, ConvPattern) or factor.view is not None or p.pad_left != 0 or p.dilation != 1:
         return None
-    size, out, kernel, stride = _int(p.in_size), _int(p.out_size), p.kernel_size, p.stride
+    size, out, kernel, stride = p.in_size, p.out_size, p.kernel_size, p.stride
     i, o, k = factor.legs
     carriers = _carriers(net, i, position)
-    if size is None or out is None or kernel > stride or size < out * stride or carriers is None:
+    known = isinstance(size, int) and isinstance(out, int)
+    # Sizes bound at call time obey the pattern's size rule, O = floor((I − K) / S) + 1, so O·S ≤ I holds for any I
+    # only when K = S (no right padding): then the windows tile the first O·S rows.
+    fits = size >= out * stride if known else kernel == stride and p.pad_right == 0
+    if kernel > stride or not fits or carriers is None:
         return None
     is_open = i in net.outputs
     if is_open and not (
-        outputs_may_change and size == out * stride == out * kernel and o not in net.outputs and k not in net.outputs
+        outputs_may_change
+        and known
+        and size == out * stride == out * kernel
+        and o not in net.outputs
+        and k not in net.outputs
     ):
         return None
     factors = list(net.factors)
@@ -189,11 +202,11 @@ def strided_reshape(net: Network, position: int, outputs_may_change: bool) -> Re
 
 
 def _split(
-    factor: Factor, leg: str, into: tuple[str, str], size: int, out: int, stride: int, kernel: int, net: Network
+    factor: Factor, leg: str, into: tuple[str, str], size: Size, out: Size, stride: int, kernel: int, net: Network
 ) -> Factor:
     axis = factor.legs.index(leg)
     legs = factor.legs[:axis] + into + factor.legs[axis + 1 :]
-    if size > out * stride:
+    if not isinstance(size, int) or size > out * stride:
         factor = _with_op(factor, SliceOp(axis, 0, out * stride, 1), factor.legs, net)
     factor = _with_op(factor, SplitOp(axis, (out, stride)), legs, net)
     if kernel < stride:
@@ -311,13 +324,13 @@ def select_into_tensor(net: Network, position: int, outputs_may_change: bool) ->
         return None
     i, j = factor.legs
     carriers = _carriers(net, i, position)
-    count = _int(s.out_size)
-    if carriers is None or len(carriers) != 1 or i in net.outputs or count is None:
+    count = s.out_size
+    if carriers is None or len(carriers) != 1 or i in net.outputs:
         return None
     target = net.factors[carriers[0]]
     axis = target.legs.index(i)
     legs = target.legs[:axis] + (j,) + target.legs[axis + 1 :]
-    op = SliceOp(axis, s.start, s.start + (count - 1) * s.step + 1, s.step)
+    op = SliceOp(axis, s.start, simplify_size(s.start + (count - 1) * s.step + 1), s.step)
     factors = list(net.factors)
     factors[carriers[0]] = _with_op(target, op, legs, net)
     for gather in factor.view.ops if factor.view is not None else ():  # then keep the sampled entries of j
