@@ -41,6 +41,8 @@ docs: setup  ## docs/gallery.md and its pictures docs/img/*.svg, from the exampl
 bench: setup  ## benchmarks: tnc vs PyTorch, einconv and unfold-based KFAC (bench/README.md); BENCH_ARGS="--quick"
 	$(PY) -m pip install -q -c constraints.txt -e ".[bench]"
 	$(PY) -m bench.run $(BENCH_ARGS)
+	$(PY) -m bench.open_sizes $(BENCH_ARGS)
+	$(PY) -m bench.compile_time
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -23,7 +23,7 @@ import torch
 import tncompiler
 
 if TYPE_CHECKING:
-    from tncompiler.ir.network import Diagram
+    from tncompiler.ir.network import Diagram, Program
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from references import CALL_TIME_SIZES, REFERENCES, Reference  # noqa: E402
@@ -44,19 +44,33 @@ class Row:
     status: str
 
 
-def concrete(size: object) -> int:
+def call_time_sizes(program: Program) -> dict[str, int]:
+    """CALL_TIME_SIZES, and the sizes the file's patterns derive from them by their size rules (o from i)."""
+    values = dict(CALL_TIME_SIZES)
+    for rule in program.size_rules:
+        if isinstance(rule.conv.out_size, sympy.Symbol):
+            values[str(rule.conv.out_size)] = concrete(rule.formula, values)
+    return values
+
+
+def concrete(size: object, values: dict[str, int]) -> int:
     """An index size as an int, with the call-time sizes substituted."""
     expr = sympy.sympify(size)
-    values = {symbol: CALL_TIME_SIZES[str(symbol)] for symbol in expr.free_symbols}
-    return int(expr.subs(values))
+    return int(expr.subs({symbol: values[str(symbol)] for symbol in expr.free_symbols}))
 
 
-def argument_shapes(diagram: Diagram, sizes: dict[str, object]) -> list[tuple[int, ...]]:
+def argument_shapes(diagram: Diagram, values: dict[str, int]) -> list[tuple[int, ...]]:
     """One shape per argument: each axis holds the product of its indices' sizes."""
     return [
-        tuple(math.prod(concrete(sizes[leg]) for leg in axis) for axis in argument.layout.axes)
+        tuple(math.prod(concrete(diagram.sizes[leg], values) for leg in axis) for axis in argument.layout.axes)
         for argument in diagram.arguments
     ]
+
+
+def keyword_sizes(function: Reference, values: dict[str, int]) -> dict[str, int]:
+    """The sizes a function takes as keyword-only arguments (those no argument carries), by index name."""
+    parameters = inspect.signature(function).parameters.values()
+    return {p.name: values[p.name] for p in parameters if p.kind is p.KEYWORD_ONLY and p.name in values}
 
 
 def relative_error(result: torch.Tensor, reference: torch.Tensor) -> float:
@@ -68,8 +82,9 @@ def relative_error(result: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def check_function(
-    example: str, name: str, function: Reference, reference: Reference, shapes: list[tuple[int, ...]]
-) -> Row:
+    example: str, name: str, function: Reference, reference: Reference, shapes: list[tuple[int, ...]],
+    sizes: dict[str, int],
+) -> Row:  # fmt: skip
     """Compare one generated function with its reference, in float64 and float32."""
     arguments = [torch.randn(shape, dtype=torch.float64) for shape in shapes]
     sampled = "generator" in inspect.signature(function).parameters  # tensor dropout: random at each call
@@ -79,8 +94,8 @@ def check_function(
         return {"generator": torch.Generator().manual_seed(0)} if sampled else {}
 
     expected = reference(*arguments, **draw())
-    result64 = function(*arguments, **draw())
-    result32 = function(*[a.float() for a in arguments], **draw())
+    result64 = function(*arguments, **draw(), **sizes)
+    result32 = function(*[a.float() for a in arguments], **draw(), **sizes)
     error64, error32 = relative_error(result64, expected), relative_error(result32, expected)
     dtypes_ok = result64.dtype == torch.float64 and result32.dtype == torch.float32
     passed = error64 <= TOLERANCE[torch.float64] and error32 <= TOLERANCE[torch.float32] and dtypes_ok
@@ -95,14 +110,16 @@ def check_example(path: Path) -> list[Row]:
     references = REFERENCES[path.name]
     program = tncompiler.build_program(path.read_text(encoding="utf-8"), str(path))
     module = tncompiler.load(path)
+    values = call_time_sizes(program)
     rows = []
     for diagram in program.diagrams:
         if diagram.name not in references:
             rows.append(Row(path.name, diagram.name, "-", math.nan, math.nan, "FAIL (no reference)"))
             continue
-        shapes = argument_shapes(diagram, dict(program.sizes))
+        shapes = argument_shapes(diagram, values)
         function = getattr(module, diagram.name)
-        rows.append(check_function(path.name, diagram.name, function, references[diagram.name], shapes))
+        sizes = keyword_sizes(function, values)
+        rows.append(check_function(path.name, diagram.name, function, references[diagram.name], shapes, sizes))
     return rows
 
 

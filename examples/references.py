@@ -16,8 +16,8 @@ __all__ = ["CALL_TIME_SIZES", "REFERENCES", "Reference"]
 
 Reference = Callable[..., torch.Tensor]
 
-# Sizes for the indices declared without one, e.g. `index n` (the batch).
-CALL_TIME_SIZES: dict[str, int] = {"n": 4, "batch": 3}
+# Sizes for the indices declared without one, e.g. `index n` (the batch); i1, i2, c and d are conv2d_open.tnd's.
+CALL_TIME_SIZES: dict[str, int] = {"n": 4, "batch": 3, "i1": 11, "i2": 8, "c": 3, "d": 5}
 
 
 def conv1d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -240,6 +240,16 @@ def gram(x: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
     return flat @ flat.T
 
 
+# conv2d_open.tnd: the same layer at the call-time sizes above (x [4, 3, 11, 8], w [5, 3, 3, 3]).
+OPEN_CONV = {"stride": 2, "padding": 1}
+OPEN = {
+    "y": lambda x, w, b: F.conv2d(x, w, b, **OPEN_CONV),
+    "gx": lambda w, grad_y: torch.nn.grad.conv2d_input((grad_y.shape[0], 3, 11, 8), w, grad_y, **OPEN_CONV),
+    "gw": lambda x, grad_y: torch.nn.grad.conv2d_weight(x, (5, 3, 3, 3), grad_y, **OPEN_CONV),
+    "Ar": lambda x: input_factor(F.unfold(x, (3, 3), **OPEN_CONV), "reduce"),
+}
+
+
 REFERENCES: dict[str, dict[str, Reference]] = {
     "conv1d.tnd": {"y": conv1d},
     "conv2d.tnd": {"y": conv2d},
@@ -274,6 +284,7 @@ REFERENCES: dict[str, dict[str, Reference]] = {
         "tw": conv2d_jvp_w,
         "t": conv2d_jvp,
     },
+    "conv2d_open.tnd": OPEN,
     "conv2d_curvature.tnd": {
         "y": lambda x, w: F.conv2d(x, w, **CURVATURE_CONV),
         "J": per_sample_jacobian,

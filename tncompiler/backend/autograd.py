@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import sympy
+
 from tncompiler.backend.names import Namespace
-from tncompiler.ir.network import AutogradSpec, Program
+from tncompiler.binding import axis_size
+from tncompiler.errors import TncError
+from tncompiler.ir.network import AutogradSpec, Diagram, Program
 
 __all__ = ["autograd_class", "class_name"]
 
@@ -12,8 +18,14 @@ def class_name(spec: AutogradSpec, names: dict[str, str]) -> str:
     return f"{names[spec.definition]}_sampled_autograd"
 
 
-def autograd_class(spec: AutogradSpec, program: Program, names: dict[str, str]) -> str:
-    """`y_sampled_autograd.apply(x, w, b, generator)`: y in the forward pass, its VJPs in the backward pass."""
+def autograd_class(
+    spec: AutogradSpec,
+    program: Program,
+    names: dict[str, str],
+    keywords: Mapping[str, tuple[tuple[sympy.Symbol, str], ...]],
+) -> str:
+    """`y_sampled_autograd.apply(x, w, b, generator)`: y in the forward pass, its VJPs in the backward pass (a VJP
+    that takes sizes as keywords gets them from the forward pass's arguments)."""
     y = program.diagram(spec.definition)
     local = Namespace({"ctx", "generator"})
     args = {a.name: local.create(a.name) for a in y.arguments}
@@ -42,6 +54,7 @@ def autograd_class(spec: AutogradSpec, program: Program, names: dict[str, str]) 
     for position, (argument, vjp, cotangent) in enumerate(spec.vjps):
         diagram = program.diagram(vjp)
         call_args = [grad if a.name == cotangent else args[a.name] for a in diagram.arguments]
+        call_args += [f"{name}={_size_of(y, symbol, args)}" for symbol, name in keywords.get(vjp, ())]
         if diagram.meta.get("samplers"):
             call_args.append("generator=ctx.generator")
         result = local.create(f"grad_{argument}")
@@ -51,3 +64,13 @@ def autograd_class(spec: AutogradSpec, program: Program, names: dict[str, str]) 
         results.append(result)
     lines.append(f"        return {', '.join(results)}, None")
     return "\n".join(lines)
+
+
+def _size_of(y: Diagram, symbol: sympy.Symbol, args: Mapping[str, str]) -> str:
+    """The expression that reads a call-time size off the forward pass's arguments."""
+    for argument in y.arguments:
+        for axis in range(len(argument.layout.axes)):
+            known = sympy.simplify(axis_size(y, argument, axis) / symbol)
+            if known.is_Integer:
+                return f"{args[argument.name]}.shape[{axis}]" + ("" if known == 1 else f" // {known}")
+    raise TncError(f"the autograd class of {y.name!r} cannot read the size of index {symbol} off its arguments", y.span)

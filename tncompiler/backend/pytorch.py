@@ -71,6 +71,7 @@ def generate(program: Program, rewrite: bool = True, max_memory: int | None = No
     names = public_names(program)
     helpers: set[str] = set()
     blocks: list[str] = []
+    keywords: dict[str, tuple[tuple[sympy.Symbol, str], ...]] = {}
     for built in program.diagrams:
         stages = run_pipeline(built, rewrite)
         meta = {**built.meta, "rewrites": [c for s in stages for c in s.changes], "layout": built.layout}
@@ -79,7 +80,8 @@ def generate(program: Program, rewrite: bool = True, max_memory: int | None = No
         binding = plan_binding(built, program.size_rules, list(program.sizes))
         writer = _FunctionWriter(program, diagram, binding, names[diagram.name], set(names.values()), helpers)
         blocks.extend(writer.write())
-    blocks += [autograd_class(spec, program, names) for spec in program.autograd]
+        keywords[diagram.name] = tuple((symbol, writer.symbols[symbol]) for symbol in binding.keywords)
+    blocks += [autograd_class(spec, program, names, keywords) for spec in program.autograd]
     exported = [n for n in names.values() if not n.startswith("_")]
     exported += [class_name(spec, names) for spec in program.autograd]
     source = PurePath(program.filename).name
