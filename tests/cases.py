@@ -254,7 +254,8 @@ def im2col(case: Conv, x: Tensor) -> Tensor:
     dims = case.dims
     order = [0, 1, *range(2 + dims, 2 + 2 * dims), *range(2, 2 + dims)]
     windows = windows[(slice(None), slice(None), *(slice(0, o) for o in case.pattern_out()))]
-    return windows.permute(order).reshape(x.shape[0], -1, math.prod(case.pattern_out()))
+    features = x.shape[1] * math.prod(case.kernel)
+    return windows.permute(order).reshape(x.shape[0], features, math.prod(case.pattern_out()))
 
 
 def _per_group(rows: Tensor, groups: int) -> Tensor:

@@ -108,6 +108,16 @@ CATALOGUE = [
           "a definition can only use inputs and earlier definitions (no cycles)"),
     Entry("self-reference", HEAD + "y[n] = y[n] * delta(n)\n", 4, 8, "'y' refers to itself",
           "a definition can only use earlier ones"),
+    Entry("definition-named-like-python", HEAD + "print[n] = x[n, c, i] * delta(c) * delta(i)\n", 4, 1,
+          "'print' cannot name a function of the generated module: it is a Python builtin",
+          "rename the definition", 5),
+    Entry("definition-named-like-a-class", DEFINED + "gw = sample(vjp(y, w), index=n, p=0.5)\n"
+          "y_sampled_autograd[n] = x[n, c, i] * delta(c) * delta(i)\n", 6, 1,
+          "'y_sampled_autograd' cannot name a function of the generated module: it is the autograd class tnc "
+          "generates for 'y'", "rename the definition", 18),
+    Entry("size-keyword-not-a-name", "index n, lambda\ninput x[n]\ny[n, lambda] = x[n]\n", 3, 1,
+          "'y' takes the size of index 'lambda' as a keyword argument, but 'lambda' cannot be one",
+          "rename the index 'lambda', or give it a size in the file", 19),
     # -- transforms -------------------------------------------------------------------------------------------
     Entry("transform-unknown-diagram", DEFINED + "g = vjp(yy, x)\n", 5, 9, "unknown diagram 'yy'",
           "did you mean 'y'?", 2),

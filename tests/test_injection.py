@@ -5,6 +5,7 @@ never evaluates user text."""
 from __future__ import annotations
 
 import ast
+import inspect
 import types
 from pathlib import Path
 
@@ -61,17 +62,22 @@ input len[lambda, device, dtype]
 input print[device, result]
 input print_[result]
 input None[True]
-def[lambda, o] = len[lambda, device, dtype] * class(dtype, o, t1) * delta(t1) * print[device, result] * print_[result]
-return[lambda, True] = def[lambda, o] * None[True] * delta(o) * 2
+first[lambda, o] = len[lambda, device, dtype] * class(dtype, o, t1) * delta(t1) * print[device, result] * print_[result]
+second[lambda, True] = first[lambda, o] * None[True] * delta(o) * 2
 """
 
 
 def test_keywords_builtins_and_generated_locals_as_names() -> None:
+    """Indices, patterns and inputs may take any name: inside a function they are renamed where they must be."""
     module = module_of(tncompiler.compile_source(RESERVED, "reserved.tnd"))
-    assert module.__all__ == ["def_", "return_"]
-    assert public_names(module) == {"def_", "return_"}
-    args = (torch.randn(4, 2, 3, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64),
-            torch.randn(2, dtype=torch.float64), torch.randn(2, dtype=torch.float64))
+    assert module.__all__ == ["first", "second"]
+    assert public_names(module) == {"first", "second"}
+    args = (
+        torch.randn(4, 2, 3, dtype=torch.float64),
+        torch.randn(2, 2, dtype=torch.float64),
+        torch.randn(2, dtype=torch.float64),
+        torch.randn(2, dtype=torch.float64),
+    )
     x, p, q, none = args
     pattern = torch.zeros(3, 3, 3, dtype=torch.float64)  # i = o + k - 1 (padding 1)
     for i in range(3):
@@ -79,8 +85,48 @@ def test_keywords_builtins_and_generated_locals_as_names() -> None:
             for k in range(3):
                 pattern[i, o, k] = float(i == o + k - 1)
     expected = torch.einsum("ldc,cok,dr,r->lo", x, pattern, p, q)
-    torch.testing.assert_close(module.def_(x, p, q), expected)
-    torch.testing.assert_close(module.return_(x, p, q, none), 2 * expected.sum(1)[:, None] * none)
+    torch.testing.assert_close(module.first(x, p, q), expected)
+    torch.testing.assert_close(module.second(x, p, q, none), 2 * expected.sum(1)[:, None] * none)
+
+
+@pytest.mark.parametrize("name", ["def", "print", "torch", "max", "y_sampled_autograd"])
+def test_a_definition_is_reachable_under_its_own_name_or_the_compile_fails_where_it_is(name: str) -> None:
+    """`print_` used to be renamed `print__2` beside a `print` renamed `print_`, which then returned the wrong
+    definition; a definition named like the autograd class of another was silently replaced by the class."""
+    source = (
+        "index n, o1\ninput x[n, o1]\ninput w[o1]\ny[n] = x[n, o1] * w[o1]\n"
+        f"gy = sample(vjp(y, w), index=n, p=0.5)\n{name}[n] = x[n, o1] * w[o1]\n"
+    )
+    with pytest.raises(tncompiler.TncError) as caught:
+        tncompiler.compile_source(source, "names.tnd")
+    error = caught.value
+    assert error.span is not None and (error.span.line, error.span.column) == (6, 1)
+    assert f"{name!r} cannot name a function" in error.message and "rename the definition" in str(error)
+
+
+def test_generated_names_never_meet_each_other_or_the_files() -> None:
+    """Private exact VJPs `_{y}_vjp_{x}` of two definitions could be spelt alike (was: internal error: KeyError);
+    an input named `generator` in a sampled function (was: SyntaxError: duplicate argument)."""
+    source = """index n, c = 2
+input x[n, c]
+input vjp_x[n, c]
+input generator[c]
+a[n] = vjp_x[n, c] * generator[c]
+a_vjp[n] = x[n, c] * generator[c]
+g = sample(vjp(a, generator), index=n, p=0.5)
+h = sample(vjp(a_vjp, generator), index=n, p=0.5)
+k = sample(a, index=c, p=1)
+"""
+    module = module_of(tncompiler.compile_source(source))
+    assert str(inspect.signature(module.k)) == "(vjp_x, generator_2, *, generator=None)"
+    assert "generator_2: the file's 'generator', [c]" in (module.k.__doc__ or "")
+    x, v = (torch.randn(3, 2, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    w = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(module.k(v, w), v @ w)
+    module.a_sampled_autograd.apply(v, w, None).sum().backward()  # the exact VJPs: _a_vjp_vjp_x and its twin
+    module.a_vjp_sampled_autograd.apply(x, w, None).sum().backward()
+    torch.testing.assert_close(v.grad, w.detach().expand(3, 2))
+    torch.testing.assert_close(x.grad, w.detach().expand(3, 2))
 
 
 def test_an_input_named_like_a_local_keeps_its_value() -> None:
@@ -92,8 +138,9 @@ def test_an_input_named_like_a_local_keeps_its_value() -> None:
 
 
 # -- docstrings, comments and file names --------------------------------------------------------------------------
-@pytest.mark.parametrize("payload", [p for p in PAYLOADS if "\n" not in p], ids=[i for i, p in zip(IDS, PAYLOADS)
-                                                                                  if "\n" not in p])
+@pytest.mark.parametrize(
+    "payload", [p for p in PAYLOADS if "\n" not in p], ids=[i for i, p in zip(IDS, PAYLOADS) if "\n" not in p]
+)
 def test_comments_cannot_break_out_of_the_docstring(payload: str) -> None:
     """The docstring quotes the definition's lines, comments included."""
     source = SIMPLE.format(comment=f"<{payload}>")

@@ -36,3 +36,20 @@ def test_window_sums_equal_the_pattern_product(pattern: tuple[int, int, int, int
     expected = torch.tensordot(t, pattern_tensor(size, out, kernel, stride, pad, dilation).sum(1), dims=([axis], [0]))
     actual = window_sum(t, axis, size, out, kernel, stride, pad, dilation)  # type: ignore[operator]
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-12)
+
+
+def test_the_pad_helper_crops_and_pads_like_a_shifted_window() -> None:
+    """_pad(t, (left, right)) gives t_padded[j] = t[j - left] (zero outside t) for j < size + left + right, also
+    where a crop goes past the end (only padding stays) and where nothing changes (t itself, no copy)."""
+    exec("\n\n".join(helper_source({"_pad"})), NAMESPACE)
+    pad = NAMESPACE["_pad"]
+    t = torch.arange(1.0, 4.0)
+    for left in range(-5, 4):
+        for right in range(-5, 4):
+            length = 3 + left + right
+            expected = torch.tensor([t[j - left].item() if 0 <= j - left < 3 else 0.0 for j in range(max(length, 0))])
+            torch.testing.assert_close(pad(t, (left, right)), expected)  # type: ignore[operator]
+    assert pad(t, (0, 0)) is t  # type: ignore[operator]
+    grid = torch.arange(12.0).reshape(3, 4)
+    torch.testing.assert_close(pad(grid, (1, -2, -1, 0)), torch.nn.functional.pad(grid[1:, :2], (1, 0)))  # type: ignore[operator]
+    assert pad(grid, (4, -9, 0, 0)).shape == (3, 0)  # type: ignore[operator,union-attr]

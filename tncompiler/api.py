@@ -6,7 +6,7 @@ import os
 import types
 from pathlib import Path
 
-from tncompiler.backend.pytorch import generate
+from tncompiler.backend.pytorch import check_names, generate
 from tncompiler.dot import program_svg
 from tncompiler.errors import Span, TncError
 from tncompiler.frontend.parse import parse, require_definitions
@@ -83,6 +83,10 @@ def build_program(source: str, filename: str = "<string>") -> Program:
         raise _too_deep(filename, source) from None
     for diagram in program.diagrams:
         diagram.lint()
+    try:
+        check_names(program)
+    except TncError as error:
+        raise error.located(filename, source) from None
     return program
 
 

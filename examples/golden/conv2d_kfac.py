@@ -41,8 +41,11 @@ def _check_arguments(function, arguments):
         if value.dim() != len(layout):
             raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
                              f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
-        if not (value.is_floating_point() or value.is_complex()):
-            raise ValueError(f"{function}(): argument {name!r} must have a floating dtype, got {value.dtype}")
+        if not value.is_floating_point():
+            raise ValueError(f"{function}(): argument {name!r} must have a real floating dtype (float16, bfloat16, "
+                             f"float32 or float64), got {value.dtype}"
+                             + ("; complex arguments are not supported (a VJP here is the plain transpose, not "
+                                "PyTorch's conjugate one)" if value.is_complex() else ""))
         if first is None:
             first = (name, value)
         elif value.dtype != first[1].dtype:
@@ -58,6 +61,13 @@ def _check_size(function, argument, axis, index, actual, expected):
     if actual != expected:
         raise ValueError(f"{function}(): argument {argument!r} axis {axis} ({index}) has size {actual}, "
                          f"expected {expected}")
+
+
+def _nonzero(function, index, size):
+    """A size the result is divided by (a KFAC factor's 1/|n|, a file's / size(n)) must not be 0."""
+    if size == 0:
+        raise ValueError(f"{function}(): index {index} has size 0 (an empty batch?), and the result is divided by it")
+    return size
 
 
 def y(x, w, b):
@@ -131,6 +141,7 @@ def A(x):
     _check_size('A', 'x', 1, 'c', x.shape[1], 2)
     _check_size('A', 'x', 2, 'i1', x.shape[2], 6)
     _check_size('A', 'x', 3, 'i2', x.shape[3], 7)
+    _nonzero('A', 'n', n)
     device, dtype = x.device, x.dtype
     # 1/n * x[n, c, o1, k1, o2, k2] * x[n, c', o1, k1', o2, k2']
     x_view = torch.nn.functional.pad(x, (0, 0, 1, 0)).unfold(2, 3, 2).movedim(-1, 3).unfold(4, 3, 1)[..., ::2].movedim(-1, 5)  # [n, c, o1, k1, o2, k2]
@@ -165,6 +176,7 @@ def Ar(x):
     _check_size('Ar', 'x', 1, 'c', x.shape[1], 2)
     _check_size('Ar', 'x', 2, 'i1', x.shape[2], 6)
     _check_size('Ar', 'x', 3, 'i2', x.shape[3], 7)
+    _nonzero('Ar', 'n', n)
     device, dtype = x.device, x.dtype
     # 1/(225*n) * x[n, c, i1, i2] * x[n, c', i1', i2'] * fused(i1, k1) * fused(i2, k2) * fused(i1', k1') * fused(i2', k2')
     fused = _cached(('Ar.fused', device, dtype), lambda: torch.einsum("abc->ac", _conv_pattern(6, 3, 3, 2, 1, 1, device, dtype)))
@@ -201,6 +213,7 @@ def B(grad_y):
     _check_size('B', 'grad_y', 1, 'd', grad_y.shape[1], 3)
     _check_size('B', 'grad_y', 2, 'o1', grad_y.shape[2], 3)
     _check_size('B', 'grad_y', 3, 'o2', grad_y.shape[3], 5)
+    _nonzero('B', 'n', n)
     device, dtype = grad_y.device, grad_y.dtype
     # 1/n * grad_y[n, d, o1.o2] * grad_y[n, d', o1.o2]
     grad_y_view = grad_y.reshape(n, 3, 15)  # [n, d, o1.o2]
@@ -232,6 +245,7 @@ def Br(grad_y):
     _check_size('Br', 'grad_y', 1, 'd', grad_y.shape[1], 3)
     _check_size('Br', 'grad_y', 2, 'o1', grad_y.shape[2], 3)
     _check_size('Br', 'grad_y', 3, 'o2', grad_y.shape[3], 5)
+    _nonzero('Br', 'n', n)
     device, dtype = grad_y.device, grad_y.dtype
     # 1/n * grad_y[n, d, o1.o2] * grad_y[n, d', o1'.o2']
     grad_y_view = grad_y.reshape(n, 3, 15)  # [n, d, o1.o2]

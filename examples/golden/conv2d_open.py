@@ -73,8 +73,11 @@ def _check_arguments(function, arguments):
         if value.dim() != len(layout):
             raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
                              f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
-        if not (value.is_floating_point() or value.is_complex()):
-            raise ValueError(f"{function}(): argument {name!r} must have a floating dtype, got {value.dtype}")
+        if not value.is_floating_point():
+            raise ValueError(f"{function}(): argument {name!r} must have a real floating dtype (float16, bfloat16, "
+                             f"float32 or float64), got {value.dtype}"
+                             + ("; complex arguments are not supported (a VJP here is the plain transpose, not "
+                                "PyTorch's conjugate one)" if value.is_complex() else ""))
         if first is None:
             first = (name, value)
         elif value.dtype != first[1].dtype:
@@ -90,6 +93,13 @@ def _check_size(function, argument, axis, index, actual, expected):
     if actual != expected:
         raise ValueError(f"{function}(): argument {argument!r} axis {axis} ({index}) has size {actual}, "
                          f"expected {expected}")
+
+
+def _nonzero(function, index, size):
+    """A size the result is divided by (a KFAC factor's 1/|n|, a file's / size(n)) must not be 0."""
+    if size == 0:
+        raise ValueError(f"{function}(): index {index} has size 0 (an empty batch?), and the result is divided by it")
+    return size
 
 
 def _size_keyword(function, name, value):
@@ -292,6 +302,9 @@ def Ar(x):
     i2 = x.shape[3]  # index i2, bound at call time
     o1 = _out_size('Ar', "argument 'x' axis 2 (i1)", i1, 'p1', 3, 2, 1, 1, 1)
     o2 = _out_size('Ar', "argument 'x' axis 3 (i2)", i2, 'p2', 3, 2, 1, 1, 1)
+    _nonzero('Ar', 'n', n)
+    _nonzero('Ar', 'o1', o1)
+    _nonzero('Ar', 'o2', o2)
     device, dtype = x.device, x.dtype
     # 1/(n*o1**2*o2**2) * x[n, c, i1, i2] * x[n, c', i1', i2'] * fused(i1, k1) * fused(i2, k2) * fused(i1', k1') * fused(i2', k2')
     fused = _cached(('Ar.fused', i1, o1, device, dtype), lambda: torch.einsum("abc->ac", _conv_pattern(i1, o1, 3, 2, 1, 1, device, dtype)))

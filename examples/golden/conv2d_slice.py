@@ -23,6 +23,27 @@ def _select(I, J, start, step, device, dtype):
     return select
 
 
+def _pad(t, pads):
+    """F.pad for amounts known at call time only: pads lists (left, right) per axis, the last axis first; a negative
+    amount crops, also more entries than there are (the rest is zeros), and nothing is copied where nothing changes."""
+    if all(amount == 0 for amount in pads):
+        return t
+    if all(amount >= 0 for amount in pads):
+        return torch.nn.functional.pad(t, pads)
+    shape, kept, positive = list(t.shape), [], []
+    for k in range(len(pads) // 2):
+        axis, left, right = t.dim() - 1 - k, pads[2 * k], pads[2 * k + 1]
+        size = shape[axis]
+        kept.append((axis, max(0, -left), min(size, size + right)))  # the entries that stay
+        shape[axis] = size + left + right
+        positive += [max(left, 0), max(right, 0)]
+    if any(hi <= lo for _, lo, hi in kept) or min(shape) <= 0:  # nothing stays: zeros
+        return t.new_zeros([max(0, size) for size in shape])
+    for axis, lo, hi in kept:
+        t = t.narrow(axis, lo, hi - lo)
+    return torch.nn.functional.pad(t, positive) if any(positive) else t
+
+
 def _check_arguments(function, arguments):
     """Each argument is a tensor of the declared rank; all share one floating dtype and one device."""
     first = None
@@ -32,8 +53,11 @@ def _check_arguments(function, arguments):
         if value.dim() != len(layout):
             raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
                              f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
-        if not (value.is_floating_point() or value.is_complex()):
-            raise ValueError(f"{function}(): argument {name!r} must have a floating dtype, got {value.dtype}")
+        if not value.is_floating_point():
+            raise ValueError(f"{function}(): argument {name!r} must have a real floating dtype (float16, bfloat16, "
+                             f"float32 or float64), got {value.dtype}"
+                             + ("; complex arguments are not supported (a VJP here is the plain transpose, not "
+                                "PyTorch's conjugate one)" if value.is_complex() else ""))
         if first is None:
             first = (name, value)
         elif value.dtype != first[1].dtype:
@@ -457,7 +481,7 @@ def gx_crop(w, grad_y):
     result_in = grad_y_view.reshape(n, 8, 5, 8)
     result_w = w_legs.reshape(8, 3, 3, 3)
     result = torch.nn.functional.conv_transpose2d(result_in, result_w, None, (2, 1), 0, 0, 2, (1, 1))
-    result = torch.nn.functional.pad(result, (-2, -2, -1, -2))
+    result = _pad(result, (-2, -2, -1, -2))
     result = result.reshape(n, 2, 3, 8, 6)
     result = result.reshape(n, 6, 8, 6)  # [n, (g c), i1', i2']
     return result

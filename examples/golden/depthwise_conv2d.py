@@ -16,8 +16,11 @@ def _check_arguments(function, arguments):
         if value.dim() != len(layout):
             raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
                              f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
-        if not (value.is_floating_point() or value.is_complex()):
-            raise ValueError(f"{function}(): argument {name!r} must have a floating dtype, got {value.dtype}")
+        if not value.is_floating_point():
+            raise ValueError(f"{function}(): argument {name!r} must have a real floating dtype (float16, bfloat16, "
+                             f"float32 or float64), got {value.dtype}"
+                             + ("; complex arguments are not supported (a VJP here is the plain transpose, not "
+                                "PyTorch's conjugate one)" if value.is_complex() else ""))
         if first is None:
             first = (name, value)
         elif value.dtype != first[1].dtype:

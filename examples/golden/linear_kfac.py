@@ -16,8 +16,11 @@ def _check_arguments(function, arguments):
         if value.dim() != len(layout):
             raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
                              f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
-        if not (value.is_floating_point() or value.is_complex()):
-            raise ValueError(f"{function}(): argument {name!r} must have a floating dtype, got {value.dtype}")
+        if not value.is_floating_point():
+            raise ValueError(f"{function}(): argument {name!r} must have a real floating dtype (float16, bfloat16, "
+                             f"float32 or float64), got {value.dtype}"
+                             + ("; complex arguments are not supported (a VJP here is the plain transpose, not "
+                                "PyTorch's conjugate one)" if value.is_complex() else ""))
         if first is None:
             first = (name, value)
         elif value.dtype != first[1].dtype:
@@ -33,6 +36,13 @@ def _check_size(function, argument, axis, index, actual, expected):
     if actual != expected:
         raise ValueError(f"{function}(): argument {argument!r} axis {axis} ({index}) has size {actual}, "
                          f"expected {expected}")
+
+
+def _nonzero(function, index, size):
+    """A size the result is divided by (a KFAC factor's 1/|n|, a file's / size(n)) must not be 0."""
+    if size == 0:
+        raise ValueError(f"{function}(): index {index} has size 0 (an empty batch?), and the result is divided by it")
+    return size
 
 
 def y(x, w, b):
@@ -158,6 +168,7 @@ def A(x):
     ))
     n = x.shape[0]  # index n, bound at call time
     _check_size('A', 'x', 1, 'c', x.shape[1], 5)
+    _nonzero('A', 'n', n)
     device, dtype = x.device, x.dtype
     # 1/n * x[n, c] * x[n, c']
     result_rows = x.permute(1, 0).reshape(1, 5, n)  # laid out once
@@ -182,6 +193,7 @@ def Ar(x):
     ))
     n = x.shape[0]  # index n, bound at call time
     _check_size('Ar', 'x', 1, 'c', x.shape[1], 5)
+    _nonzero('Ar', 'n', n)
     device, dtype = x.device, x.dtype
     # 1/n * x[n, c] * x[n, c']
     result_rows = x.permute(1, 0).reshape(1, 5, n)  # laid out once
@@ -206,6 +218,7 @@ def B(grad_y):
     ))
     n = grad_y.shape[0]  # index n, bound at call time
     _check_size('B', 'grad_y', 1, 'd', grad_y.shape[1], 3)
+    _nonzero('B', 'n', n)
     device, dtype = grad_y.device, grad_y.dtype
     # 1/n * grad_y[n, d] * grad_y[n, d']
     result_rows = grad_y.permute(1, 0).reshape(1, 3, n)  # laid out once
@@ -230,6 +243,7 @@ def Br(grad_y):
     ))
     n = grad_y.shape[0]  # index n, bound at call time
     _check_size('Br', 'grad_y', 1, 'd', grad_y.shape[1], 3)
+    _nonzero('Br', 'n', n)
     device, dtype = grad_y.device, grad_y.dtype
     # 1/n * grad_y[n, d] * grad_y[n, d']
     result_rows = grad_y.permute(1, 0).reshape(1, 3, n)  # laid out once

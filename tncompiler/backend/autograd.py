@@ -6,38 +6,35 @@ from collections.abc import Mapping
 
 import sympy
 
-from tncompiler.backend.names import Namespace
+from tncompiler.backend.names import ModuleNames, Namespace
 from tncompiler.binding import axis_size
 from tncompiler.errors import TncError
 from tncompiler.ir.network import AutogradSpec, Diagram, Program
 
-__all__ = ["autograd_class", "class_name"]
-
-
-def class_name(spec: AutogradSpec, names: dict[str, str]) -> str:
-    return f"{names[spec.definition]}_sampled_autograd"
+__all__ = ["autograd_class"]
 
 
 def autograd_class(
     spec: AutogradSpec,
     program: Program,
-    names: dict[str, str],
+    module: ModuleNames,
     keywords: Mapping[str, tuple[tuple[sympy.Symbol, str], ...]],
 ) -> str:
     """`y_sampled_autograd.apply(x, w, b, generator)`: y in the forward pass, its VJPs in the backward pass (a VJP
     that takes sizes as keywords gets them from the forward pass's arguments)."""
     y = program.diagram(spec.definition)
-    local = Namespace({"ctx", "generator"})
+    names, cls = module.functions, module.classes[spec.definition]
+    local = Namespace({"ctx", "generator"} | module.taken())
     args = {a.name: local.create(a.name) for a in y.arguments}
     grad = local.create(f"grad_{spec.definition}")
     params = ", ".join(args.values())
     sampled = [v for _, v, _ in spec.vjps if program.diagram(v).meta.get("samplers")]
     lines = [
-        f"class {class_name(spec, names)}(torch.autograd.Function):",
+        f"class {cls}(torch.autograd.Function):",
         f'    """{names[spec.definition]} exactly in the forward pass; in the backward pass, the sampled VJPs',
         f"    {', '.join(names[v] for v in sampled)} and exact VJPs for the other arguments.",
         "",
-        f"    Use as {class_name(spec, names)}.apply({params}, generator) (generator: a torch.Generator or None).",
+        f"    Use as {cls}.apply({params}, generator) (generator: a torch.Generator or None).",
         '    """',
         "",
         "    @staticmethod",

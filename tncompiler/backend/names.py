@@ -1,19 +1,28 @@
-"""Safe, deterministic Python names for generated code, and Python source for size expressions."""
+"""Safe, deterministic Python names for generated code: the module's names, decided in one place, and each
+function's locals."""
 
 from __future__ import annotations
 
 import builtins
 import keyword
-import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-import sympy
-from sympy.printing.str import StrPrinter
+from tncompiler.errors import Span, TncError
+from tncompiler.ir.network import Diagram, Program
 
-from tncompiler.errors import TncError
-
-__all__ = ["Namespace", "safe_identifier", "size_code", "docstring", "docstring_text", "comment_text"]
+__all__ = [
+    "Namespace",
+    "ModuleNames",
+    "check_keywords",
+    "module_names",
+    "sampling_keywords",
+    "safe_identifier",
+    "docstring",
+    "docstring_text",
+    "comment_text",
+]
 
 _RESERVED = (
     frozenset(keyword.kwlist)
@@ -31,11 +40,85 @@ def safe_identifier(text: str) -> str:
     return name + "_" if name in _RESERVED else name
 
 
+def sampling_keywords(diagram: Diagram) -> tuple[str, ...]:
+    """The keyword-only arguments a function takes besides its sizes: a sampled one, its random generator."""
+    return ("generator",) if diagram.meta.get("samplers") else ()
+
+
+@dataclass(frozen=True)
+class ModuleNames:
+    """Every module-level name of a generated module, decided before any code is written: the definitions keep
+    their own names, the autograd classes and private functions get names that cannot meet them."""
+
+    functions: Mapping[str, str]  # diagram name -> function name
+    classes: Mapping[str, str]  # definition with an autograd class -> class name
+
+    def taken(self) -> set[str]:
+        return set(self.functions.values()) | set(self.classes.values())
+
+
+def module_names(program: Program, helpers: Mapping[str, str]) -> ModuleNames:
+    """The module's names. The compiler's own names are reserved first (helpers, Python's names, the autograd
+    classes); then each definition is placed under its own name, or the compile fails where it is defined."""
+    classes = {spec.definition: f"{spec.definition}_sampled_autograd" for spec in program.autograd}
+    owners = {name: f"the autograd class tnc generates for {definition!r}" for definition, name in classes.items()}
+    functions: dict[str, str] = {}
+    for diagram in program.diagrams:
+        name = diagram.name
+        if name.startswith("_"):  # the compiler's own private derivatives: made unique in resolve
+            functions[name] = name
+            continue
+        why = _unusable(name) or owners.get(name) or ("a helper of the module" if name in helpers else None)
+        if why is not None:
+            where = diagram.span and Span(diagram.span.line, diagram.span.column, diagram.span.line,
+                                          diagram.span.column + len(name))  # fmt: skip
+            raise TncError(
+                f"{name!r} cannot name a function of the generated module: it is {why}",
+                where,
+                f"rename the definition (e.g. {name}_1)",
+            )
+        functions[name] = name
+    return ModuleNames(functions, classes)
+
+
+def check_keywords(diagram: Diagram, keywords: tuple[str, ...]) -> None:
+    """A function's keyword arguments keep their names (sizes are named after their indices), so each must be a name
+    Python takes, and they must differ from each other."""
+    for position, name in enumerate(keywords):
+        if _unusable(name) is not None or name in keywords[:position]:
+            raise TncError(
+                f"{diagram.name!r} takes the size of index {name!r} as a keyword argument, but {name!r} cannot be "
+                "one (a Python keyword or builtin, or another keyword of the function)",
+                diagram.span,
+                f"rename the index {name!r}, or give it a size in the file",
+            )
+
+
+def _unusable(name: str) -> str | None:
+    if keyword.iskeyword(name) or keyword.issoftkeyword(name):
+        return "a Python keyword"
+    if name in dir(builtins):
+        return "a Python builtin, which the generated code uses"
+    if name in ("torch", "functools", "math"):
+        return "a module the generated code imports"
+    return None
+
+
 class Namespace:
     """Hands out unique names: the first request for a candidate gets it, later ones get `candidate_2`, ..."""
 
-    def __init__(self, taken: frozenset[str] | set[str] = frozenset()) -> None:
-        self._taken = set(taken)
+    def __init__(self, taken: frozenset[str] | set[str] = frozenset(), shadowable: frozenset[str] = frozenset()):
+        self._taken = set(taken) | set(shadowable)
+        self._shadowable = set(shadowable)
+
+    def reserve(self, name: str) -> bool:
+        """Take `name` as it is (a keyword argument, which may shadow a module-level name: bodies call none);
+        False where it is not a safe identifier or is taken already."""
+        if safe_identifier(name) != name or name in self._taken - self._shadowable:
+            return False
+        self._taken.add(name)
+        self._shadowable.discard(name)
+        return True
 
     def create(self, candidate: str) -> str:
         base = safe_identifier(candidate)
@@ -45,39 +128,6 @@ class Namespace:
             name = f"{base}_{counter}"
         self._taken.add(name)
         return name
-
-
-class _SizePrinter(StrPrinter):  # type: ignore[misc]
-    """Prints integer size expressions with Python operators: floor(a/b) becomes (a) // b."""
-
-    def __init__(self, names: Mapping[sympy.Symbol, str]) -> None:
-        super().__init__()
-        self._names = names
-
-    def _print_Symbol(self, expr: sympy.Symbol) -> str:
-        return str(self._names[expr])
-
-    def _print_floor(self, expr: sympy.Expr) -> str:
-        numerator, denominator = sympy.fraction(sympy.together(expr.args[0]))
-        if denominator == 1:
-            return str(self._print(numerator))
-        return f"({self._print(numerator)}) // {self._print(denominator)}"
-
-    def _print_Rational(self, expr: sympy.Rational) -> str:
-        return f"({expr.p} / {expr.q})"
-
-    def _print_Float(self, expr: sympy.Float) -> str:
-        value = float(expr)
-        if not math.isfinite(value):
-            raise TncError(f"the scalar {expr} does not fit in a float", hint="floats go up to about 1e308")
-        return repr(value)
-
-
-def size_code(expr: sympy.Expr | int | float, names: Mapping[sympy.Symbol, str]) -> str:
-    """Python source that evaluates a size (or scalar) expression over the named size variables."""
-    if isinstance(expr, int):
-        return str(expr)
-    return str(_SizePrinter(names).doprint(sympy.sympify(expr)))
 
 
 def comment_text(text: str) -> str:

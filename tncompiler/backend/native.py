@@ -10,7 +10,7 @@ from tncompiler.ir.network import Network
 from tncompiler.ir.values import ConvPattern, GatherOp, Size
 from tncompiler.passes.lower import NativeConv
 
-__all__ = ["native_lines", "pad_arguments", "right_pad"]
+__all__ = ["native_lines", "pad_arguments", "pad_call", "right_pad_size"]
 
 
 def _permute(expr: str, legs: tuple[str, ...], order: tuple[str, ...]) -> str:
@@ -39,12 +39,18 @@ def pad_arguments(pairs: list[tuple[str, str]]) -> str:
     return ", ".join(f"{left}, {right}" for left, right in reversed(pairs))
 
 
-def right_pad(p: ConvPattern, size: Callable[[Size], str]) -> str:
+def pad_call(expr: str, pairs: list[tuple[Size, Size]], size: Callable[[Size], str], helpers: set[str]) -> str:
+    """`expr` padded by (left, right) pairs of its last axes, in order: F.pad where every amount is a known
+    non-negative int, else the helper `_pad`, which also crops (any amount) and copies nothing for zeros."""
+    text = pad_arguments([(size(left), size(right)) for left, right in pairs])
+    if all(isinstance(amount, int) and amount >= 0 for pair in pairs for amount in pair):
+        return f"torch.nn.functional.pad({expr}, ({text}))"
+    helpers.add("_pad")
+    return f"_pad({expr}, ({text}))"
+
+
+def right_pad_size(p: ConvPattern) -> Size:
     """The right padding that makes the kernel's output size exactly O (negative: a crop)."""
-    return size(_right_pad(p))
-
-
-def _right_pad(p: ConvPattern) -> Size:
     pad = sympy.sympify(p.out_size - 1) * p.stride + _extent(p) - p.in_size - p.pad_left
     return int(pad) if pad.is_Integer else pad
 
@@ -104,7 +110,7 @@ class _Native:
             self.gather_windows(axis, self.written[axis], self.keep(index))
         padding, crop, extra_windows = _symmetric(self.conv)
         if padding is None or (extra_windows and m.role == "weight"):
-            rights = [0 if _is_tiling(p) else _right_pad(p) for p in self.conv]
+            rights = [0 if _is_tiling(p) else right_pad_size(p) for p in self.conv]
             cuts = [-right if isinstance(right, int) and right < 0 else 0 for right in rights]
             if any(cuts):  # cut unread rows first: F.pad cannot crop more than a tensor holds
                 ends = [
@@ -113,12 +119,12 @@ class _Native:
                 ]
                 self.lines.append(f"{self.var}_in = {self.var}_in[:, :, {', '.join(ends)}]  # rows no window reaches")
                 rights = [0 if cut else right for right, cut in zip(rights, cuts, strict=True)]
-            pads = [
-                ("0", "0") if _is_tiling(p) else (str(p.pad_left), self.size(right))
-                for p, right in zip(self.conv, rights, strict=True)
+            pads: list[tuple[Size, Size]] = [
+                (0, 0) if _is_tiling(p) else (p.pad_left, right) for p, right in zip(self.conv, rights, strict=True)
             ]
-            if any(pair != ("0", "0") for pair in pads):
-                self.lines.append(f"{self.var}_in = torch.nn.functional.pad({self.var}_in, ({pad_arguments(pads)}))")
+            if any(pair != (0, 0) for pair in pads):
+                padded = pad_call(f"{self.var}_in", pads, self.size, self.helpers)
+                self.lines.append(f"{self.var}_in = {padded}")
             return "0", False
         if any(crop):
             ends = [f":{self.leg(x)} - {c}" if c else ":" for x, c in zip(self.spatial(0), crop, strict=True)]
@@ -196,7 +202,9 @@ class _Native:
         shape = [channels, self.product(m.other_channels)] + [self.leg(x) for x in self.spatial(2)]
         self.arrange("w", m.other, m.groups + m.data_channels + m.other_channels + self.spatial(2), shape, b)
         out = f"{self.var}_taps" if self.tiled else self.var
-        call = _transpose_call(self.var, out, self.conv, self.d, self.strides, self.dilations, self.groups, self.size)
+        call = _transpose_call(
+            self.var, out, self.conv, self.d, self.strides, self.dilations, self.groups, self.size, self.helpers
+        )
         if not self.tiled:
             self.lines += call
         else:
@@ -266,9 +274,10 @@ def native_lines(
     return writer.lines, writer.helpers
 
 
-def _crop_right(p: ConvPattern, size: Callable[[Size], str]) -> str:
+def _crop_right(p: ConvPattern) -> Size:
     """I + P_left − (the kernel's full output size): what to add (or, negative, cut) on the right."""
-    return size(p.in_size + p.pad_left - (sympy.sympify(p.out_size - 1) * p.stride + _extent(p)))
+    crop = sympy.sympify(p.in_size + p.pad_left - (sympy.sympify(p.out_size - 1) * p.stride + _extent(p)))
+    return int(crop) if crop.is_Integer else crop
 
 
 def _tiled(p: ConvPattern, kept: Size) -> ConvPattern:
@@ -333,6 +342,7 @@ def _transpose_call(
     dilations: str,
     groups: str,
     size: Callable[[Size], str],
+    helpers: set[str],
 ) -> list[str]:
     """`out` = the transpose convolution of `var`_in with `var`_w. conv_transpose writes positions o·S + k·D; ours
     are those minus P_left, cut (or zero-padded) to I. Where PyTorch's padding and output_padding express exactly
@@ -344,11 +354,11 @@ def _transpose_call(
             f"{out} = torch.nn.functional.conv_transpose{d}d({var}_in, {var}_w, None, {strides}, {padding}, "
             f"{_tuple(size(e) for e in extra if e is not None)}, {groups}, {dilations})"
         ]
-    crops = [(str(-p.pad_left), _crop_right(p, size)) for p in conv]
+    crops: list[tuple[Size, Size]] = [(-p.pad_left, _crop_right(p)) for p in conv]
     return [
         f"{out} = torch.nn.functional.conv_transpose{d}d({var}_in, {var}_w, None, {strides}, 0, 0, {groups}, "
         f"{dilations})",
-        f"{out} = torch.nn.functional.pad({out}, ({pad_arguments(crops)}))",
+        f"{out} = {pad_call(out, crops, size, helpers)}",
     ]
 
 

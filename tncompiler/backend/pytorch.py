@@ -10,12 +10,20 @@ from typing import Any
 
 import sympy
 
-from tncompiler.backend.autograd import autograd_class, class_name
+from tncompiler.backend.autograd import autograd_class
 from tncompiler.backend.expressions import product_expr, python_expr
-from tncompiler.backend.names import Namespace, comment_text, docstring, docstring_text, safe_identifier
-from tncompiler.backend.native import native_lines
-from tncompiler.backend.native import right_pad as _right_pad
-from tncompiler.backend.runtime import helper_source
+from tncompiler.backend.names import (
+    Namespace,
+    check_keywords,
+    comment_text,
+    docstring,
+    docstring_text,
+    module_names,
+    safe_identifier,
+    sampling_keywords,
+)
+from tncompiler.backend.native import native_lines, pad_call, right_pad_size
+from tncompiler.backend.runtime import HELPERS, helper_source
 from tncompiler.backend.window_sums import known_long, summed_pattern, threshold, window_sum_factors, window_sum_step
 from tncompiler.binding import (
     AxisSize,
@@ -53,22 +61,32 @@ from tncompiler.passes.lower import NativeConv
 from tncompiler.passes.pipeline import run_pipeline
 from tncompiler.passes.sampling import Sampler
 
-__all__ = ["generate", "public_names", "step_kind", "tensordot_dims"]
+__all__ = ["check_names", "generate", "public_names", "step_kind", "tensordot_dims"]
 
 _LETTERS = string.ascii_lowercase + string.ascii_uppercase
+_TERMS_PER_LINE = 20
 
 
 def public_names(program: Program) -> dict[str, str]:
-    """Diagram name -> the generated function's name (the same, unless it would shadow Python)."""
-    namespace = Namespace()
-    return {diagram.name: namespace.create(diagram.name) for diagram in program.diagrams}
+    """Diagram name -> the generated function's name: the same (or a located TncError where it cannot be)."""
+    return dict(module_names(program, HELPERS).functions)
+
+
+def check_names(program: Program) -> None:
+    """Every name the module will have is usable (a located TncError where one is not): checked before any code is
+    written, so that `tnc check` and `tnc dot` refuse what `tnc compile` would."""
+    module_names(program, HELPERS)
+    for diagram in program.diagrams:
+        binding = plan_binding(diagram, program.size_rules, list(program.sizes))
+        check_keywords(diagram, tuple(str(s) for s in binding.keywords) + sampling_keywords(diagram))
 
 
 def generate(program: Program, rewrite: bool = True, max_memory: int | None = None) -> str:
     """The source of a module with one function per diagram of `program`, each rewritten by the pipeline;
     a diagram that would need more than `max_memory` bytes (default: half the machine's memory) is refused."""
     limit = default_limit() if max_memory is None else max_memory
-    names = public_names(program)
+    module = module_names(program, HELPERS)
+    names = dict(module.functions)
     helpers: set[str] = set()
     blocks: list[str] = []
     keywords: dict[str, tuple[tuple[sympy.Symbol, str], ...]] = {}
@@ -78,12 +96,11 @@ def generate(program: Program, rewrite: bool = True, max_memory: int | None = No
         diagram = replace(stages[-1].diagram, meta=meta)
         check_memory(diagram, limit)
         binding = plan_binding(built, program.size_rules, list(program.sizes))
-        writer = _FunctionWriter(program, diagram, binding, names[diagram.name], set(names.values()), helpers)
+        writer = _FunctionWriter(program, diagram, binding, names[diagram.name], module.taken(), helpers)
         blocks.extend(writer.write())
         keywords[diagram.name] = tuple((symbol, writer.symbols[symbol]) for symbol in binding.keywords)
-    blocks += [autograd_class(spec, program, names, keywords) for spec in program.autograd]
-    exported = [n for n in names.values() if not n.startswith("_")]
-    exported += [class_name(spec, names) for spec in program.autograd]
+    blocks += [autograd_class(spec, program, module, keywords) for spec in program.autograd]
+    exported = [n for n in names.values() if not n.startswith("_")] + list(module.classes.values())
     source = PurePath(program.filename).name
     head = [
         f'"""Tensor-network functions compiled by tnc from {docstring_text(comment_text(source))}: '
@@ -105,9 +122,16 @@ class _FunctionWriter:
         self, program: Program, diagram: Diagram, binding: Binding, name: str, public: set[str], helpers: set[str]
     ) -> None:
         self.program, self.diagram, self.binding, self.name, self.helpers = program, diagram, binding, name, helpers
-        self.namespace = Namespace(public | {"functools", "device", "dtype"})  # locals every function has
+        self.samplers_meta: tuple[Sampler, ...] = tuple(diagram.meta.get("samplers", ()))
+        # Keyword arguments keep their names (the sizes are named after their indices); positional ones come next
+        # and give way where they meet one (an input named `generator`), then the locals.
+        self.namespace = Namespace({"functools", "device", "dtype"}, frozenset(public))  # locals every function has
+        keywords = tuple(str(s) for s in binding.keywords) + sampling_keywords(diagram)
+        check_keywords(diagram, keywords)
+        for name in keywords:
+            self.namespace.reserve(name)
+        self.symbols: dict[sympy.Symbol, str] = {s: str(s) for s in binding.keywords}
         self.args = {arg.name: self.namespace.create(arg.name) for arg in diagram.arguments}
-        self.symbols: dict[sympy.Symbol, str] = {s: self.namespace.create(str(s)) for s in binding.keywords}
         self.where: dict[sympy.Symbol, str] = {}  # how each call-time size was given, for messages
         self.regimes = Regimes(diagram.size_rules)
         self.body: list[str] = []
@@ -118,9 +142,6 @@ class _FunctionWriter:
         self.fresh: set[str] = set()
         self.prescaled: set[str] = set()
         self.padded_windows: set[int] = set()
-        self.samplers_meta: tuple[Sampler, ...] = tuple(diagram.meta.get("samplers", ()))
-        if self.samplers_meta:
-            self.namespace.create("generator")
 
     # -- the whole function ------------------------------------------------------------------------------
     def write(self) -> list[str]:
@@ -154,7 +175,9 @@ class _FunctionWriter:
             "",
         ]
         args = [
-            f"    {self.args[a.name]}: {a.layout.text()}, sizes {self._shape_text(a.layout.axes)}" for a in d.arguments
+            f"    {self.args[a.name]}: {self._renamed(a.name)}{a.layout.text()}, "
+            f"sizes {self._shape_text(a.layout.axes)}"
+            for a in d.arguments
         ]
         args += [
             f"    {self.symbols[s]}: keyword-only int, the size of index {s} (no argument carries it)"
@@ -174,6 +197,9 @@ class _FunctionWriter:
             ]
         return "\n".join(lines)
 
+    def _renamed(self, name: str) -> str:
+        return f"the file's {name!r}, " if self.args[name] != name else ""
+
     def _shape_text(self, axes: tuple[tuple[str, ...], ...]) -> str:
         sizes = [sympy.Mul(*[sympy.sympify(self.diagram.sizes[leg]) for leg in axis]) for axis in axes]
         return "[" + ", ".join(str(s) for s in sizes) + "]"
@@ -190,6 +216,16 @@ class _FunctionWriter:
             self.emit("))")
         for step in self.binding.steps:
             _BIND_WRITERS[type(step)](self, step)
+        for symbol in self._divisors():
+            self.helpers.add("_nonzero")
+            self.emit(f"_nonzero({self.name!r}, {str(symbol)!r}, {self.symbols[symbol]})")
+
+    def _divisors(self) -> list[sympy.Symbol]:
+        """The call-time sizes some term's coefficient divides by."""
+        found: set[sympy.Symbol] = set()
+        for term in self.diagram.terms:
+            found |= sympy.fraction(sympy.sympify(term.coefficient))[1].free_symbols
+        return sorted((s for s in found if s in self.symbols), key=str)
 
     def _layout(self, argument: str) -> Layout:
         return next(a.layout for a in self.diagram.arguments if a.name == argument)
@@ -363,7 +399,7 @@ class _FunctionWriter:
     def _pad_windows(self, expr: str, shape: list[Size], ops: tuple[ViewOp, ...], first: int) -> str:
         """Pad every axis of a run of windows at once, before the first unfold: padding after an unfold would copy
         the (larger) windowed view."""
-        axes: dict[int, tuple[int, str]] = {}
+        axes: dict[int, tuple[Size, Size]] = {}
         earlier: list[int] = []
         for position in range(first, len(ops)):
             op = ops[position]
@@ -373,14 +409,12 @@ class _FunctionWriter:
             for split in reversed(earlier):  # undo the axes that the run's earlier windows inserted
                 axis -= 1 if axis > split else 0
             earlier.append(op.axis)
-            axes[axis] = (op.pattern.pad_left, _right_pad(op.pattern, self.size))
+            axes[axis] = (op.pattern.pad_left, right_pad_size(op.pattern))
             self.padded_windows.add(position)
-        if all(left == 0 and right == "0" for left, right in axes.values()):
+        if all(pair == (0, 0) for pair in axes.values()):
             return expr
-        pairs = [
-            f"{axes[a][0]}, {axes[a][1]}" if a in axes else "0, 0" for a in range(len(shape) - 1, min(axes) - 1, -1)
-        ]
-        return f"torch.nn.functional.pad({expr}, ({', '.join(pairs)}))"
+        pairs = [axes.get(a, (0, 0)) for a in range(min(axes), len(shape))]
+        return pad_call(expr, pairs, self.size, self.helpers)
 
     def _shape(self, shape: list[Size]) -> str:
         return ", ".join(self.size(s) for s in shape)
@@ -447,7 +481,7 @@ class _FunctionWriter:
         if len(plans) == 1:
             self._contract(term, plans[0], operands, target, var, "")
             self._scale(term, var)
-            return var
+            return self._own(term, var)
         chooser = self._chooser(position, plans, expected)
         for k, plan in enumerate(plans):
             keyword = "if" if k == 0 else ("else" if k == len(plans) - 1 else "elif")
@@ -457,6 +491,15 @@ class _FunctionWriter:
             self.fresh.discard(var)
             self._contract(term, plan, operands, target, var, "    ")
             self._scale(term, var, "    ")
+        self.fresh.discard(var)  # not every branch may have made new storage
+        return self._own(term, var)
+
+    def _own(self, term: Network, var: str) -> str:
+        """A term of constants alone (a pattern, a selection) may be a cached constant or a view of one: the
+        caller gets a copy, which it may change without changing every later result."""
+        if var not in self.fresh and not any(f.kind == "input" for f in term.factors):
+            self.emit(f"{var} = {var}.clone()  # not the cached constant itself")
+            self.fresh.add(var)
         return var
 
     def _chooser(self, position: int, plans: tuple[Plan, ...], expected: dict[sympy.Symbol, int]) -> str:
@@ -610,11 +653,11 @@ class _FunctionWriter:
             return
         if coefficient == -1:
             self.emit(f"{indent}{var} = -{var}")
-            return
-        if var in self.fresh:  # the term's own new tensor: scaling it in place saves a buffer of its size
+        elif var in self.fresh:  # the term's own new tensor: scaling it in place saves a buffer of its size
             self.emit(f"{indent}{var}.mul_({self.size(coefficient)})")
         else:
             self.emit(f"{indent}{var} = {var} * ({self.size(coefficient)})")
+        self.fresh.add(var)
 
     # -- the result --------------------------------------------------------------------------------------
     def _assemble(self, term_vars: list[str]) -> None:
@@ -636,7 +679,11 @@ class _FunctionWriter:
         result = term_vars[0]
         if len(term_vars) > 1:
             result = self.namespace.create("result")
-            self.emit(f"{result} = {' + '.join(term_vars)}")
+            # a few terms per line: Python nests `a + b + ...` one level per term, and a sum of thousands would
+            # not compile
+            for start in range(0, len(term_vars), _TERMS_PER_LINE):
+                chunk = " + ".join(term_vars[start : start + _TERMS_PER_LINE])
+                self.emit(f"{result} = {chunk}" if start == 0 else f"{result} = {result} + ({chunk})")
         covered = set().union(*(t.outputs for t in self.diagram.terms))
         if covered != set(legs):
             if len(term_vars) == 1:

@@ -88,6 +88,28 @@ def _window_sum(t, axis, I, O, K, stride, pad_left, dilation):
     return torch.stack(sums, -1)
 '''
 
+_PAD = '''
+def _pad(t, pads):
+    """F.pad for amounts known at call time only: pads lists (left, right) per axis, the last axis first; a negative
+    amount crops, also more entries than there are (the rest is zeros), and nothing is copied where nothing changes."""
+    if all(amount == 0 for amount in pads):
+        return t
+    if all(amount >= 0 for amount in pads):
+        return torch.nn.functional.pad(t, pads)
+    shape, kept, positive = list(t.shape), [], []
+    for k in range(len(pads) // 2):
+        axis, left, right = t.dim() - 1 - k, pads[2 * k], pads[2 * k + 1]
+        size = shape[axis]
+        kept.append((axis, max(0, -left), min(size, size + right)))  # the entries that stay
+        shape[axis] = size + left + right
+        positive += [max(left, 0), max(right, 0)]
+    if any(hi <= lo for _, lo, hi in kept) or min(shape) <= 0:  # nothing stays: zeros
+        return t.new_zeros([max(0, size) for size in shape])
+    for axis, lo, hi in kept:
+        t = t.narrow(axis, lo, hi - lo)
+    return torch.nn.functional.pad(t, positive) if any(positive) else t
+'''
+
 _TAKE = '''
 def _take(t, axis, index):
     """t.index_select(axis, index); on the last axis torch.gather, which copies single entries 4x faster."""
@@ -115,8 +137,11 @@ def _check_arguments(function, arguments):
         if value.dim() != len(layout):
             raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
                              f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
-        if not (value.is_floating_point() or value.is_complex()):
-            raise ValueError(f"{function}(): argument {name!r} must have a floating dtype, got {value.dtype}")
+        if not value.is_floating_point():
+            raise ValueError(f"{function}(): argument {name!r} must have a real floating dtype (float16, bfloat16, "
+                             f"float32 or float64), got {value.dtype}"
+                             + ("; complex arguments are not supported (a VJP here is the plain transpose, not "
+                                "PyTorch's conjugate one)" if value.is_complex() else ""))
         if first is None:
             first = (name, value)
         elif value.dtype != first[1].dtype:
@@ -125,6 +150,14 @@ def _check_arguments(function, arguments):
         elif value.device != first[1].device:
             raise ValueError(f"{function}(): argument {name!r} is on {value.device}, "
                              f"but {first[0]!r} is on {first[1].device}")
+'''
+
+_NONZERO = '''
+def _nonzero(function, index, size):
+    """A size the result is divided by (a KFAC factor's 1/|n|, a file's / size(n)) must not be 0."""
+    if size == 0:
+        raise ValueError(f"{function}(): index {index} has size 0 (an empty batch?), and the result is divided by it")
+    return size
 '''
 
 _CHECK_SIZE = '''
@@ -195,9 +228,11 @@ HELPERS = {
     "_keep": _KEEP,
     "_window_sum": _WINDOW_SUM,
     "_take": _TAKE,
+    "_pad": _PAD,
     "_cached": _CACHED,
     "_check_arguments": _CHECK_ARGUMENTS,
     "_check_size": _CHECK_SIZE,
+    "_nonzero": _NONZERO,
     "_bind_size": _BIND_SIZE,
     "_size_keyword": _SIZE_KEYWORD,
     "_out_size": _OUT_SIZE,

@@ -122,6 +122,8 @@ def _autograd_specs(scope: _Scope) -> tuple[AutogradSpec, ...]:
         for argument in y.arguments:
             if argument.name not in by_argument:
                 private = f"_{name}_vjp_{argument.name}"
+                while private in scope.definitions:  # `_a_vjp_vjp_x` of `a` and of `a_vjp` alike: make it unique
+                    private += "_"
                 span = y.span or Span(1, 1)
                 scope.definitions[private] = autodiff.vjp(y, argument.name, cotangent, private, span, y.source)
                 by_argument[argument.name] = (private, cotangent)
