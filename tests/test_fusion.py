@@ -182,7 +182,7 @@ def fuse_by_hand(net: Network, members: list[int]) -> Network:
     kept = {leg for f in rest for leg in f.legs} | set(legs) | set(net.outputs)
     assert inside - kept  # something is summed inside the group
     return Network(
-        [*rest, fused], net.outputs, {k: v for k, v in net.sizes.items() if k in kept}, net.coefficient, net.meta
+        [*rest, fused], net.outputs, {k: v for k, v in net.sizes.items() if k in kept}, net.coefficient, net.lowering
     )
 
 

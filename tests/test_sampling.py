@@ -254,7 +254,7 @@ def work(diagram: Diagram, expected: dict[sympy.Symbol, int]) -> float:
     """The multiply-adds of every term as lowered (native kernel or first plan), at a batch of 32 and the expected
     kept sizes."""
     total = sum(
-        native_flops(term, term.meta["native"]) if "native" in term.meta else plan_network(term, expected)[0].flops
+        native_flops(term, term.lowering.native) if term.lowering.native else plan_network(term, expected)[0].flops
         for term in diagram.terms
     )
     return float(sympy.sympify(total).subs({N: 32, **expected}))

@@ -118,7 +118,7 @@ def diagram_symbols(diagram: Diagram) -> set[sympy.Symbol]:
                 sizes += [op.pattern.in_size, op.pattern.out_size] if isinstance(op, WindowOp) else []
             if isinstance(factor.pattern, Fused):
                 sizes += [size for part in factor.pattern.parts for size in natural_shape(part) or ()]
-    sizes += [s.size for s in diagram.meta.get("samplers", ())]
+    sizes += [s.size for s in diagram.samplers]
     return _symbols(sizes)
 
 

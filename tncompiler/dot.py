@@ -81,7 +81,7 @@ def _title(diagram: Diagram, stage: str) -> str:
 
 
 def _diagram_body(prefix: str, diagram: Diagram) -> list[str]:
-    new = tuple(diagram.meta.get("new_arguments", ()))
+    new = diagram.new_arguments
     count = len(diagram.terms)
     lines = []
     for position, term in reversed(list(enumerate(diagram.terms))):  # dot stacks clusters bottom-up: term 1 on top
@@ -92,7 +92,7 @@ def _diagram_body(prefix: str, diagram: Diagram) -> list[str]:
 
 def _term_title(position: int, count: int, term: Network) -> str:
     notes = [] if term.coefficient == 1 else [f"× {term.coefficient}"]
-    native = term.meta.get("native")
+    native = term.lowering.native
     if native is not None:
         notes.append(native.describe())
     head = f"term {position + 1}" if count > 1 else ""

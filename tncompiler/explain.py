@@ -7,9 +7,9 @@ import sympy
 
 from tncompiler.backend.pytorch import step_kind
 from tncompiler.ir.network import Diagram, Network, Program
-from tncompiler.ir.values import View, WindowOp
+from tncompiler.ir.values import NativeConv, View, WindowOp
 from tncompiler.order import Plan, Regimes, plan_network
-from tncompiler.passes.lower import NativeConv, native_flops
+from tncompiler.passes.lower import native_flops
 from tncompiler.passes.pipeline import run_pipeline
 
 __all__ = ["explain", "explain_diagram"]
@@ -37,7 +37,7 @@ def _term(position: int, total: int, term: Network, regimes: Regimes) -> list[st
     lines = [f"{title}: coefficient {term.coefficient}"]
     for k, factor in enumerate(term.factors):
         lines.append(f"    #{k} {factor.kind} {factor.name or ''}[{', '.join(factor.legs)}]{_view_text(factor.view)}")
-    native = term.meta.get("native")
+    native = term.lowering.native
     if isinstance(native, NativeConv):
         flops = native_flops(term, native)
         lines.append(

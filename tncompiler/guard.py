@@ -10,7 +10,6 @@ import sympy
 from tncompiler.errors import TncError
 from tncompiler.ir.network import Diagram, Network, natural_shape
 from tncompiler.order import plan_network
-from tncompiler.passes.lower import NativeConv
 
 __all__ = ["default_limit", "parse_size", "check_memory", "estimate_bytes", "BYTES_PER_ENTRY"]
 
@@ -67,7 +66,7 @@ def _entries(size: sympy.Expr | int) -> int:
 def _term_entries(term: Network) -> int:
     constants = [natural_shape(f) for f in term.factors]
     largest = sum(_entries(sympy.Mul(*shape)) for shape in constants if shape is not None)
-    if isinstance(term.meta.get("native"), NativeConv):
+    if term.lowering.native is not None:
         return largest + _entries(sympy.Mul(*[term.size(leg) for leg in term.outputs]))
     plans = plan_network(term)
     return largest + min(plan.largest({}) for plan in plans) if plans[0].steps else largest

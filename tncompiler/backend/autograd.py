@@ -28,7 +28,7 @@ def autograd_class(
     args = {a.name: local.create(a.name) for a in y.arguments}
     grad = local.create(f"grad_{spec.definition}")
     params = ", ".join(args.values())
-    sampled = [v for _, v, _ in spec.vjps if program.diagram(v).meta.get("samplers")]
+    sampled = [v for _, v, _ in spec.vjps if program.diagram(v).samplers]
     lines = [
         f"class {cls}(torch.autograd.Function):",
         f'    """{names[spec.definition]} exactly in the forward pass; in the backward pass, the sampled VJPs',
@@ -52,7 +52,7 @@ def autograd_class(
         diagram = program.diagram(vjp)
         call_args = [grad if a.name == cotangent else args[a.name] for a in diagram.arguments]
         call_args += [f"{name}={_size_of(y, symbol, args)}" for symbol, name in keywords.get(vjp, ())]
-        if diagram.meta.get("samplers"):
+        if diagram.samplers:
             call_args.append("generator=ctx.generator")
         result = local.create(f"grad_{argument}")
         lines.append(

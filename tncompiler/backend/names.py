@@ -42,7 +42,7 @@ def safe_identifier(text: str) -> str:
 
 def sampling_keywords(diagram: Diagram) -> tuple[str, ...]:
     """The keyword-only arguments a function takes besides its sizes: a sampled one, its random generator."""
-    return ("generator",) if diagram.meta.get("samplers") else ()
+    return ("generator",) if diagram.samplers else ()
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,7 @@ from collections.abc import Callable, Iterable
 import sympy
 
 from tncompiler.ir.network import Network
-from tncompiler.ir.values import ConvPattern, GatherOp, Size
-from tncompiler.passes.lower import NativeConv
+from tncompiler.ir.values import ConvPattern, GatherOp, NativeConv, Size
 
 __all__ = ["native_lines", "pad_arguments", "pad_call", "right_pad_size"]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import string
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import PurePath
 from typing import Any
 
@@ -45,6 +44,8 @@ from tncompiler.ir.values import (
     GatherOp,
     Layout,
     MergeOp,
+    NativeConv,
+    Sampler,
     Select,
     Size,
     SizeRule,
@@ -57,9 +58,7 @@ from tncompiler.ir.values import (
     slice_length,
 )
 from tncompiler.order import Plan, Regimes, Step, plan_network, symbols_of
-from tncompiler.passes.lower import NativeConv
 from tncompiler.passes.pipeline import run_pipeline
-from tncompiler.passes.sampling import Sampler
 
 __all__ = ["check_names", "generate", "public_names", "step_kind", "tensordot_dims"]
 
@@ -92,11 +91,12 @@ def generate(program: Program, rewrite: bool = True, max_memory: int | None = No
     keywords: dict[str, tuple[tuple[sympy.Symbol, str], ...]] = {}
     for built in program.diagrams:
         stages = run_pipeline(built, rewrite)
-        meta = {**built.meta, "rewrites": [c for s in stages for c in s.changes], "layout": built.layout}
-        diagram = replace(stages[-1].diagram, meta=meta)
+        diagram = stages[-1].diagram
+        rewrites = tuple(c for s in stages for c in s.changes)
         check_memory(diagram, limit)
         binding = plan_binding(built, program.size_rules, list(program.sizes))
         writer = _FunctionWriter(program, diagram, binding, names[diagram.name], module.taken(), helpers)
+        writer.built_layout, writer.rewrites = built.layout, rewrites
         blocks.extend(writer.write())
         keywords[diagram.name] = tuple((symbol, writer.symbols[symbol]) for symbol in binding.keywords)
     blocks += [autograd_class(spec, program, module, keywords) for spec in program.autograd]
@@ -122,7 +122,8 @@ class _FunctionWriter:
         self, program: Program, diagram: Diagram, binding: Binding, name: str, public: set[str], helpers: set[str]
     ) -> None:
         self.program, self.diagram, self.binding, self.name, self.helpers = program, diagram, binding, name, helpers
-        self.samplers_meta: tuple[Sampler, ...] = tuple(diagram.meta.get("samplers", ()))
+        self.samplers_meta: tuple[Sampler, ...] = diagram.samplers
+        self.built_layout, self.rewrites = diagram.layout, tuple[str, ...]()
         # Keyword arguments keep their names (the sizes are named after their indices); positional ones come next
         # and give way where they meet one (an input named `generator`), then the locals.
         self.namespace = Namespace({"functools", "device", "dtype"}, frozenset(public))  # locals every function has
@@ -167,7 +168,7 @@ class _FunctionWriter:
     # -- docstring ---------------------------------------------------------------------------------------
     def _doc(self) -> str:
         d = self.diagram
-        layout = d.meta.get("layout", d.layout)  # as the file wrote it, before rewrites split any open leg
+        layout = self.built_layout  # as the file wrote it, before rewrites split any open leg
         lines = [
             f"{d.name}{layout.text()}: compiled from {_location(self.program, d)}.",
             "",
@@ -185,7 +186,7 @@ class _FunctionWriter:
         ]
         lines += ["Args:", *args] if args else []
         lines += ["", "Returns:", f"    {layout.text()}, sizes {self._shape_text(d.layout.axes)}"]
-        rewrites = d.meta.get("rewrites", [])
+        rewrites = self.rewrites
         if rewrites:
             lines += ["", "Rewrites applied:"] + [f"    {note}" for note in rewrites]
         patterns = {f.name: f.pattern for t in d.terms for f in t.factors if isinstance(f.pattern, ConvPattern)}
@@ -459,7 +460,7 @@ class _FunctionWriter:
         self.emit(f"# {label}{comment_text(_term_text(term))}")
         target = tuple(leg for leg in self.diagram.layout.legs if leg in term.outputs)
         var = self.namespace.create("result" if total == 1 else f"term{position + 1}")
-        native = term.meta.get("native")
+        native = term.lowering.native
         if isinstance(native, NativeConv):
             a, b = (self._operand(term.factors[k], term) for k in (native.data, native.other))
             self.emit(f"# {native.describe()}")

@@ -110,10 +110,10 @@ def _autograd_specs(scope: _Scope) -> tuple[AutogradSpec, ...]:
     exact one, compiled as a private function."""
     sampled: dict[str, dict[str, tuple[str, str]]] = {}
     for diagram in scope.definitions.values():
-        if diagram.meta.get("samplers") and "vjp_of" in diagram.meta:
-            y, wrt, cotangent = diagram.meta["vjp_of"]
-            if y in scope.plain:
-                sampled.setdefault(y, {}).setdefault(wrt, (diagram.name, cotangent))
+        if diagram.samplers and diagram.vjp_of is not None:
+            of, wrt, cotangent = diagram.vjp_of
+            if of in scope.plain:
+                sampled.setdefault(of, {}).setdefault(wrt, (diagram.name, cotangent))
     specs = []
     for name, by_argument in sampled.items():
         y = scope.definitions[name]
@@ -330,7 +330,7 @@ def _definition(scope: _Scope, decl: ast.Definition) -> None:
         _check_free_indices(product, layout, decl)
         sizes = {leg: _leg_size(scope, leg) for f in product.factors for leg in f.legs}
         outputs = tuple(leg for leg in layout.legs if leg in sizes)
-        terms.append(Network(product.factors, outputs, sizes, product.coefficient, {"span": decl.span}))
+        terms.append(Network(product.factors, outputs, sizes, product.coefficient))
     used = {f.name for t in terms for f in t.factors if f.kind == "input"}
     arguments = tuple(arg for name, arg in scope.arguments.items() if name in used)
     sizes = {leg: scope.sizes[leg] for leg in layout.legs + tuple(leg for a in arguments for leg in a.layout.legs)}
@@ -618,7 +618,7 @@ def _evaluate(scope: _Scope, call: ast.Call, name: str, source: str) -> Diagram:
             f"transform {transform!r} is not supported yet", call.name.span, "supported: " + ", ".join(_SIGNATURES)
         )
     args = _call_args(scope, call, _SIGNATURES[transform], name)
-    if args.diagram.meta.get("samplers") and transform not in ("slice", "sample"):
+    if args.diagram.samplers and transform not in ("slice", "sample"):
         raise TncError(
             f"{transform}() of a sampled diagram: derive first, then sample",
             call.span,

@@ -4,16 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import networkx as nx
 import sympy
 
 from tncompiler.errors import Span
-from tncompiler.ir.values import ConvPattern, Factor, Fused, Layout, Select, Size, SizeRule, view_shape
+from tncompiler.ir.values import (
+    ConvPattern,
+    Factor,
+    Fused,
+    Layout,
+    NativeConv,
+    Sampler,
+    Select,
+    Size,
+    SizeRule,
+    view_shape,
+)
 
 __all__ = [
     "Network",
+    "Lowering",
     "Argument",
     "Diagram",
     "Program",
@@ -36,6 +47,15 @@ def index_node(name: str) -> tuple[str, str]:
     return ("index", name)
 
 
+@dataclass(frozen=True)
+class Lowering:
+    """What the lower pass decides about a term: the native kernel that computes it (None: a contraction), and the
+    term as the file wrote it, before simplify (the kernel may rather take that one)."""
+
+    native: NativeConv | None = None
+    as_written: Network | None = None
+
+
 class Network:
     """`coefficient · Π factors`, with `outputs` the open legs and every other index summed.
 
@@ -50,13 +70,13 @@ class Network:
         outputs: Iterable[str],
         sizes: Mapping[str, Size],
         coefficient: sympy.Expr | int = 1,
-        meta: Mapping[str, Any] | None = None,
+        lowering: Lowering | None = None,
     ) -> None:
         graph = nx.Graph()
         self._factors = tuple(factors)
         self._outputs = tuple(outputs)
         self.coefficient: sympy.Expr = sympy.sympify(coefficient)
-        self.meta: dict[str, Any] = dict(meta or {})
+        self.lowering = lowering or Lowering()
         for name in self._index_order():
             if name not in sizes:
                 raise LintError(f"index {name!r} has no size")
@@ -111,13 +131,13 @@ class Network:
         coefficient: sympy.Expr | int | None = None,
         sizes: Mapping[str, Size] | None = None,
     ) -> Network:
-        """A new network with some parts swapped; `meta` is carried over."""
+        """A new network with some parts swapped; the lowering annotations are carried over."""
         return Network(
             self._factors if factors is None else factors,
             self._outputs if outputs is None else outputs,
             {**self.sizes, **(sizes or {})},
             self.coefficient if coefficient is None else coefficient,
-            self.meta,
+            self.lowering,
         )
 
     def lint(self) -> None:
@@ -197,8 +217,10 @@ class Diagram:
     sizes: Mapping[str, Size]
     span: Span | None = None
     source: str = ""
-    meta: Mapping[str, Any] = field(default_factory=dict)
     size_rules: tuple[SizeRule, ...] = ()  # the file's rules that tie open sizes together (see SizeRule)
+    samplers: tuple[Sampler, ...] = ()  # tensor dropout: the indices sampled at each call
+    new_arguments: tuple[str, ...] = ()  # the arguments a derivation added (cotangents, tangents)
+    vjp_of: tuple[str, str, str] | None = None  # a VJP: (of definition, with respect to, its cotangent)
 
     def lint(self) -> None:
         legs = self.layout.legs

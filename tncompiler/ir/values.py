@@ -27,6 +27,9 @@ __all__ = [
     "Factor",
     "FactorKind",
     "Layout",
+    "NativeConv",
+    "Role",
+    "Sampler",
     "out_size",
     "slice_length",
     "simplify_size",
@@ -256,3 +259,41 @@ class Layout:
     def axis_text(self, axis: int) -> str:
         names = self.axes[axis]
         return names[0] if len(names) == 1 else "(" + " ".join(names) + ")"
+
+
+Role = Literal["forward", "transpose", "weight"]
+
+
+@dataclass(frozen=True)
+class NativeConv:
+    """A term that one call of F.conv*d / F.conv_transpose*d / torch.nn.grad.conv*d_weight computes.
+
+    `data` and `other` are factor positions: the input (or, for transpose, the input on the o legs) and the weight
+    (or, for the weight gradient, the output gradient). Leg groups are in order; `patterns` in spatial order."""
+
+    role: Role
+    data: int
+    other: int
+    patterns: tuple[int, ...]
+    batch: tuple[str, ...]
+    groups: tuple[str, ...]
+    data_channels: tuple[str, ...]
+    other_channels: tuple[str, ...]
+    tiled: tuple[str, ...] = ()  # sampled o legs: the kernel runs on the kept windows, one after the other
+    masked: tuple[str, ...] = ()  # sampled o legs put back in place (zeros elsewhere) for the kernel as written
+
+    def describe(self) -> str:
+        call = {"forward": "conv", "transpose": "conv_transpose", "weight": "conv_weight"}[self.role]
+        kept = f" on the kept windows of {', '.join(self.tiled)} (stride K)" if self.tiled else ""
+        if self.masked:
+            kept = f" on grad with the dropped rows of {', '.join(self.masked)} zeroed"
+        return f"native {call}{len(self.patterns)}d{kept}"
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """Index `index` of `size` entries is sampled with keep-probability `p` at each call (tensor dropout)."""
+
+    index: str
+    size: Size
+    p: float

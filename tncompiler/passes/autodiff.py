@@ -84,8 +84,10 @@ def derived_diagram(
     sizes = {leg: diagram.sizes[leg] for leg in legs if leg in diagram.sizes}
     for term in terms:
         sizes.update(term.sizes)
-    meta = {"new_arguments": tuple(a.name for a in new)}
-    return Diagram(name, layout, tuple(terms), arguments, sizes, diagram.span, source, meta)
+    new_arguments = tuple(a.name for a in new)
+    return Diagram(
+        name, layout, tuple(terms), arguments, sizes, diagram.span, source, diagram.size_rules, (), new_arguments
+    )
 
 
 def vjp(diagram: Diagram, wrt: str, cotangent: str, name: str, span: Span, source: str = "") -> Diagram:
@@ -99,9 +101,9 @@ def vjp(diagram: Diagram, wrt: str, cotangent: str, name: str, span: Span, sourc
             extra = (Factor("input", cotangent, diagram.layout.legs),)
             outer = {leg: diagram.sizes[leg] for leg in diagram.layout.legs}
             factors, sizes = cut(term, position, targets, (), extra, outer)
-            terms.append(Network(factors, targets, sizes, term.coefficient, term.meta))
+            terms.append(Network(factors, targets, sizes, term.coefficient, term.lowering))
     derived = derived_diagram(diagram, name, argument.layout, terms, (Argument(cotangent, diagram.layout),), source)
-    return replace(derived, meta={**derived.meta, "vjp_of": (diagram.name, wrt, cotangent)})
+    return replace(derived, vjp_of=(diagram.name, wrt, cotangent))
 
 
 def jvp(diagram: Diagram, wrt: str, tangent: str, name: str, span: Span, source: str = "") -> Diagram:
@@ -130,7 +132,7 @@ def jacobian(diagram: Diagram, wrt: str, name: str, span: Span, source: str = ""
             _check_split(diagram, term, position, argument, span)
             factors, sizes = cut(term, position, targets, keep)
             outputs = tuple(leg for leg in keep if leg in sizes) + targets
-            terms.append(Network(factors, outputs, sizes, term.coefficient, term.meta))
+            terms.append(Network(factors, outputs, sizes, term.coefficient, term.lowering))
     layout = Layout(diagram.layout.axes + tuple(tuple(renames[leg] for leg in axis) for axis in argument.layout.axes))
     derived = derived_diagram(diagram, name, layout, terms, (), source)
     sizes = {**derived.sizes, **{renames[leg]: diagram.sizes[leg] for leg in renames}}

@@ -98,7 +98,7 @@ def fuse_network(net: Network, regimes: Regimes = WITHOUT_RULES) -> tuple[Networ
         factors = [f for k, f in enumerate(net.factors) if k not in group.members] + [fused]
         kept = {leg for f in factors for leg in f.legs} | set(net.outputs)
         candidate = Network(
-            factors, net.outputs, {k: v for k, v in net.sizes.items() if k in kept}, net.coefficient, net.meta
+            factors, net.outputs, {k: v for k, v in net.sizes.items() if k in kept}, net.coefficient, net.lowering
         )
         if not _shrinks(net, parts, entries, regimes):
             base = _cost(net, regimes) if base is None else base

@@ -5,45 +5,17 @@ instead of a product with a dense one-hot tensor."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import replace
 
 import sympy
 
-from tncompiler.ir.network import Network
-from tncompiler.ir.values import ConvPattern, Factor, GatherOp, View, WindowOp, is_kept
+from tncompiler.ir.network import Lowering, Network
+from tncompiler.ir.values import ConvPattern, Factor, GatherOp, NativeConv, Role, View, WindowOp, is_kept
 from tncompiler.order import WITHOUT_RULES, Regimes, evaluate, plan_network, symbols_of
 
 __all__ = ["NativeConv", "lower_network", "match_native", "native_flops", "lowered_cost"]
 
-Role = Literal["forward", "transpose", "weight"]
 _ROLE_OF_OPEN_LEG = {0: "transpose", 1: "forward", 2: "weight"}  # which pattern leg (i, o, k) is open
-
-
-@dataclass(frozen=True)
-class NativeConv:
-    """A term that one call of F.conv*d / F.conv_transpose*d / torch.nn.grad.conv*d_weight computes.
-
-    `data` and `other` are factor positions: the input (or, for transpose, the input on the o legs) and the weight
-    (or, for the weight gradient, the output gradient). Leg groups are in order; `patterns` in spatial order."""
-
-    role: Role
-    data: int
-    other: int
-    patterns: tuple[int, ...]
-    batch: tuple[str, ...]
-    groups: tuple[str, ...]
-    data_channels: tuple[str, ...]
-    other_channels: tuple[str, ...]
-    tiled: tuple[str, ...] = ()  # sampled o legs: the kernel runs on the kept windows, one after the other
-    masked: tuple[str, ...] = ()  # sampled o legs put back in place (zeros elsewhere) for the kernel as written
-
-    def describe(self) -> str:
-        call = {"forward": "conv", "transpose": "conv_transpose", "weight": "conv_weight"}[self.role]
-        kept = f" on the kept windows of {', '.join(self.tiled)} (stride K)" if self.tiled else ""
-        if self.masked:
-            kept = f" on grad with the dropped rows of {', '.join(self.masked)} zeroed"
-        return f"native {call}{len(self.patterns)}d{kept}"
 
 
 def match_native(net: Network) -> NativeConv | None:
@@ -147,7 +119,7 @@ def _window(net: Network, position: int) -> Network | None:
     windowed = replace(target, legs=legs, view=View(view.base, (*view.ops, WindowOp(axis, p), *gathers)))
     factors = [windowed if k == carriers[0] else f for k, f in enumerate(net.factors) if k != position]
     sizes = {name: size for name, size in net.sizes.items() if name != i}
-    return Network(factors, net.outputs, sizes, net.coefficient, net.meta)
+    return Network(factors, net.outputs, sizes, net.coefficient, net.lowering)
 
 
 def _only_gathers_on_o(factor: Factor) -> bool:
@@ -156,14 +128,14 @@ def _only_gathers_on_o(factor: Factor) -> bool:
 
 def lower_network(net: Network, regimes: Regimes = WITHOUT_RULES) -> tuple[Network, list[str]]:
     native = match_native(net)
-    written = net.meta.get("as_written")
+    written = net.lowering.as_written
     if isinstance(written, Network):
         written_native = match_native(written)
         if written_native is not None and _kernel_wins(net, native, written, written_native, regimes):
             note = f"lower: {_text(written)} -> {written_native.describe()} (the kernel beats the rewritten network)"
-            return replace_meta(written, written_native), [note]
+            return with_native(written, written_native), [note]
     if native is not None:
-        return replace_meta(net, native), [f"lower: {_text(net)} -> {native.describe()}"]
+        return with_native(net, native), [f"lower: {_text(net)} -> {native.describe()}"]
     notes = []
     changed = True
     while changed:
@@ -204,8 +176,8 @@ def _fewer(a: sympy.Expr, b: sympy.Expr, regimes: Regimes) -> bool:
     return evaluate(a, at) < evaluate(b, at)
 
 
-def replace_meta(net: Network, native: NativeConv) -> Network:
-    return Network(net.factors, net.outputs, net.sizes, net.coefficient, {**net.meta, "native": native})
+def with_native(net: Network, native: NativeConv) -> Network:
+    return Network(net.factors, net.outputs, net.sizes, net.coefficient, Lowering(native=native))
 
 
 def _text(net: Network) -> str:
@@ -229,7 +201,7 @@ def lowered_cost(net: Network, regimes: Regimes) -> float:
     """Multiply-adds per call once lowered (native kernel, or window views and the cheapest order), at the middle
     regime of the call-time sizes."""
     lowered, _ = lower_network(net, regimes)
-    native = lowered.meta.get("native")
+    native = lowered.lowering.native
     if isinstance(native, NativeConv):
         flops = native_flops(lowered, native)
     else:

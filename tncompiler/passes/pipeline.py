@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from tncompiler.ir.network import Diagram, Network
+from tncompiler.ir.network import Diagram, Lowering, Network
 from tncompiler.ir.values import Layout
 from tncompiler.order import Regimes
 from tncompiler.passes.fuse import fuse_network
@@ -41,7 +41,7 @@ def simplify(diagram: Diagram, lint: bool) -> tuple[Diagram, tuple[str, ...]]:
         check: Callable[[Network], None] | None = Network.lint if lint else None
         new, changed, splits = simplify_network(term, len(diagram.terms) == 1, check)
         if changed and match_native(term) is not None:  # lowering may prefer the kernel on the term as written
-            new = Network(new.factors, new.outputs, new.sizes, new.coefficient, {**new.meta, "as_written": term})
+            new = Network(new.factors, new.outputs, new.sizes, new.coefficient, Lowering(as_written=term))
         terms.append(new)
         notes += changed
         layout = _split_layout(layout, splits)

@@ -4,25 +4,16 @@ the kept entries from every tensor on c (so all work on c shrinks by p) and resc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import sympy
 
 from tncompiler.errors import Span, TncError
 from tncompiler.ir.network import Diagram, Network
-from tncompiler.ir.values import Factor, GatherOp, Size, View, kept_symbol
+from tncompiler.ir.values import Factor, GatherOp, Sampler, View, kept_symbol
 from tncompiler.passes.names import fresh_name
 
 __all__ = ["Sampler", "kept_symbol", "sample_diagram"]
-
-
-@dataclass(frozen=True)
-class Sampler:
-    """Index `index` of `size` entries is sampled with keep-probability `p` at each call."""
-
-    index: str
-    size: Size
-    p: float
 
 
 def sample_diagram(diagram: Diagram, index: str, p: float, name: str, span: Span, source: str = "") -> Diagram:
@@ -34,7 +25,7 @@ def sample_diagram(diagram: Diagram, index: str, p: float, name: str, span: Span
             span,
             "use slice(...) to restrict an open leg",
         )
-    samplers = tuple(diagram.meta.get("samplers", ()))
+    samplers = diagram.samplers
     if any(s.index == index for s in samplers):
         raise TncError(f"{index!r} is sampled already", span)
     if not any(index in term.summed() for term in diagram.terms):
@@ -48,8 +39,16 @@ def sample_diagram(diagram: Diagram, index: str, p: float, name: str, span: Span
     sizes = dict(diagram.sizes)
     for term in terms:
         sizes.update(term.sizes)
-    meta = {**diagram.meta, "samplers": samplers + (Sampler(index, size, p),), "new_arguments": ()}
-    return replace(diagram, name=name, terms=terms, sizes=sizes, span=span, source=source, meta=meta)
+    return replace(
+        diagram,
+        name=name,
+        terms=terms,
+        sizes=sizes,
+        span=span,
+        source=source,
+        samplers=samplers + (Sampler(index, size, p),),
+        new_arguments=(),
+    )
 
 
 def _sampled(term: Network, index: str, kept: str, p: float) -> Network:
@@ -61,7 +60,7 @@ def _sampled(term: Network, index: str, kept: str, p: float) -> Network:
     ]
     sizes = {name: size for name, size in term.sizes.items() if name != index}
     sizes[kept] = kept_symbol(index)
-    return Network(factors, term.outputs, sizes, term.coefficient / sympy.nsimplify(p), term.meta)
+    return Network(factors, term.outputs, sizes, term.coefficient / sympy.nsimplify(p), term.lowering)
 
 
 def _gather(factor: Factor, index: str, term: Network) -> Factor:

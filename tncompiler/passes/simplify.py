@@ -86,7 +86,7 @@ def _rebuild(
     legs = {leg for f in factors for leg in f.legs}
     outputs = tuple(leg for leg in (net.outputs if outputs is None else outputs) if leg in legs)
     sizes = {k: v for k, v in net.sizes.items() if k in legs}
-    return Network(factors, outputs, sizes, net.coefficient if coefficient is None else coefficient, net.meta)
+    return Network(factors, outputs, sizes, net.coefficient if coefficient is None else coefficient, net.lowering)
 
 
 def _swap(net: Network, position: int, new: list[Factor]) -> list[Factor]:
@@ -301,7 +301,7 @@ def _narrowed(
     sizes = {**net.sizes, inner: hi - lo + 1}
     text = note.format(pattern=_describe(factor), leg=f"{leg}[{lo}:{hi + 1}]")
     return Rewrite(
-        Network(_swap(net, position, [select, pattern]), net.outputs, sizes, net.coefficient, net.meta), text
+        Network(_swap(net, position, [select, pattern]), net.outputs, sizes, net.coefficient, net.lowering), text
     )
 
 
@@ -380,7 +380,7 @@ def merge_parallel(net: Network, position: int, outputs_may_change: bool) -> Rew
         factors = [_merge(f, a, b, merged, net) if a in f.legs else f for f in net.factors]
         sizes = {k: v for k, v in net.sizes.items() if k not in (a, b)}
         sizes[merged] = _product(net.size(a), net.size(b))
-        new = Network(factors, net.outputs, sizes, net.coefficient, net.meta)
+        new = Network(factors, net.outputs, sizes, net.coefficient, net.lowering)
         return Rewrite(new, f"merge: {a} and {b} always travel together -> one leg {merged}")
     return None
 

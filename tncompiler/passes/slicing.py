@@ -50,7 +50,8 @@ def slice_diagram(
         sizes=sizes,
         span=span,
         source=source,
-        meta={"new_arguments": (), "samplers": diagram.meta.get("samplers", ())},
+        new_arguments=(),
+        vjp_of=None,
     )
 
 
@@ -72,4 +73,4 @@ def _slice_term(
         factors.append(Factor("select", "", (leg, renames[leg]), span, Select(full, count, start, step)))
         new_sizes[renames[leg]] = count
     outputs = tuple(renames.get(leg, leg) if leg in slices else leg for leg in term.outputs)
-    return Network(factors, outputs, new_sizes, term.coefficient, term.meta)
+    return Network(factors, outputs, new_sizes, term.coefficient, term.lowering)
