@@ -10,11 +10,11 @@ from typing import Any
 
 import sympy
 
+from tncompiler.derive import autodiff, kfac, sampling, slicing
 from tncompiler.errors import Span, TncError
 from tncompiler.frontend import ast
 from tncompiler.ir.network import Argument, AutogradSpec, Diagram, Network, Program
 from tncompiler.ir.values import ConvPattern, Factor, Layout, Select, Size, SizeRule, out_size, size_symbol
-from tncompiler.passes import autodiff, kfac, sampling, slicing
 
 __all__ = ["resolve", "MAX_TERMS"]
 

@@ -1,1 +1,1 @@
-"""Transformations of diagrams: derivatives (`autodiff`) and Kronecker factors (`kfac`)."""
+"""Rewrites of diagrams: simplification, fusion and lowering; `pipeline.py` lists them in order."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 
 import sympy
 
+from tncompiler.ir.names import fresh_name
 from tncompiler.ir.network import Network
 from tncompiler.ir.values import (
     ConvPattern,
@@ -28,7 +29,6 @@ from tncompiler.ir.values import (
     simplify_size,
     slice_length,
 )
-from tncompiler.passes.names import fresh_name
 
 __all__ = ["Rewrite", "Rule", "RULES", "simplify_network", "MAX_STEPS"]
 

@@ -9,9 +9,9 @@ from dataclasses import replace
 import sympy
 
 from tncompiler.errors import Span, TncError
+from tncompiler.ir.names import fresh_name
 from tncompiler.ir.network import Diagram, Network
 from tncompiler.ir.values import Factor, GatherOp, Sampler, View, kept_symbol
-from tncompiler.passes.names import fresh_name
 
 __all__ = ["Sampler", "kept_symbol", "sample_diagram"]
 

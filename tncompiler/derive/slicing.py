@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from tncompiler.errors import Span, TncError
+from tncompiler.ir.names import fresh_name
 from tncompiler.ir.network import Diagram, Network
 from tncompiler.ir.values import Factor, Layout, Select
-from tncompiler.passes.names import fresh_name
 
 __all__ = ["normalise", "slice_diagram"]
 

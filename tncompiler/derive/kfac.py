@@ -13,11 +13,11 @@ from typing import Literal
 
 import sympy
 
+from tncompiler.derive.autodiff import derived_diagram, occurrences
 from tncompiler.errors import Span, TncError
+from tncompiler.ir.names import fresh_names
 from tncompiler.ir.network import Argument, Diagram, Network
 from tncompiler.ir.values import Factor, Layout, Size
-from tncompiler.passes.autodiff import derived_diagram, occurrences
-from tncompiler.passes.names import fresh_names
 
 __all__ = ["Roles", "kfac_input", "kfac_grad", "APPROXIMATIONS"]
 

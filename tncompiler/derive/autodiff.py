@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from tncompiler.errors import Span, TncError
+from tncompiler.ir.names import fresh_name
 from tncompiler.ir.network import Argument, Diagram, Network
 from tncompiler.ir.values import Factor, Layout, Size
-from tncompiler.passes.names import fresh_name
 
 __all__ = ["vjp", "jvp", "jacobian", "occurrences", "cut", "derived_diagram"]
 

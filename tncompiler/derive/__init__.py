@@ -1,0 +1,1 @@
+"""Derived diagrams: derivatives, KFAC factors, slices and samples, the registry of transforms, autograd specs."""
