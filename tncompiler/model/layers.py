@@ -1,0 +1,330 @@
+"""PyTorch layers as `.tnd` text: nn.Linear, nn.Conv1d/2d/3d and nn.ConvTranspose1d/2d/3d, written and compiled.
+
+The text leaves the batch and the spatial sizes open, so one compiled module serves every input size; it is a
+function of the layer's hyper-parameters alone, which is what the caches key on.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from tncompiler.model.cache import load_compiled
+
+__all__ = [
+    "LayerSpec",
+    "bias_of",
+    "weight_of",
+    "SUPPORTED",
+    "compile_layer",
+    "compile_sampled",
+    "layer_source",
+    "sampled_source",
+    "spec_of",
+    "supported_layers",
+    "with_sizes",
+]
+
+Kind = Literal["linear", "conv", "transpose"]
+Over = Literal["positions", "batch"]
+
+_CONVS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_TRANSPOSES: tuple[type[nn.Module], ...] = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+SUPPORTED: tuple[type[nn.Module], ...] = (nn.Linear, *_CONVS, *_TRANSPOSES)
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What the `.tnd` text of a layer depends on. `padding` holds each pattern's padding as the file writes it
+    (`1`, `(1, 0)`, `same`, `valid`); a transpose convolution's output padding is folded into it (see `_pad_text`)."""
+
+    kind: Kind
+    in_channels: int  # per group
+    out_channels: int  # per group
+    groups: int
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[str, ...]
+    dilation: tuple[int, ...]
+    output_padding: tuple[int, ...]
+    symmetric_padding: tuple[int, ...]  # a transpose convolution's PyTorch padding, for its output size
+    bias: bool
+    title: str
+
+    @property
+    def dims(self) -> int:
+        return len(self.kernel)
+
+    def output_shape(self, input_shape: torch.Size | tuple[int, ...]) -> tuple[int, ...]:
+        """The spatial sizes of the layer's output for an input of this shape (PyTorch's formulas)."""
+        spatial = tuple(input_shape[2:])
+        if self.kind == "transpose":
+            return tuple(
+                (o - 1) * s - 2 * p + d * (k - 1) + e + 1
+                for o, s, p, d, k, e in zip(
+                    spatial, self.stride, self.symmetric_padding, self.dilation, self.kernel, self.output_padding
+                )
+            )
+        return spatial  # only used for a transpose convolution's keyword sizes
+
+    def sizes(self, x: torch.Tensor) -> dict[str, int]:
+        """The pattern-input sizes i1.. of a call on x: x's own spatial sizes, or a transpose convolution's output
+        sizes, which the text cannot derive from x (PyTorch's `output_padding`) and its functions take as keywords."""
+        if self.kind == "linear":
+            return {}
+        shape = self.output_shape(x.shape) if self.kind == "transpose" else tuple(x.shape[2:])
+        return {f"i{j + 1}": size for j, size in enumerate(shape)}
+
+
+def spec_of(module: nn.Module, name: str | None = None) -> LayerSpec:
+    """The spec of a supported layer; a `TypeError` or `ValueError` that names the module for anything else."""
+    label = f"{name!r} ({module!r})" if name else repr(module)
+    if not isinstance(module, SUPPORTED) or type(module).forward is not _base_forward(module):
+        supported = ", ".join(f"nn.{cls.__name__}" for cls in SUPPORTED)
+        raise TypeError(f"tncompiler: module {label} is not a layer tnc can write; supported: {supported}")
+    if isinstance(module, nn.Linear):
+        return LayerSpec(
+            "linear", module.in_features, module.out_features, 1, (), (), (), (), (), (), module.bias is not None,
+            repr(module),
+        )  # fmt: skip
+    assert isinstance(module, nn.modules.conv._ConvNd)
+    if module.padding_mode != "zeros":
+        raise ValueError(
+            f"tncompiler: module {label} has padding_mode={module.padding_mode!r}; only 'zeros' is supported "
+            "(pad the input with F.pad before the layer instead)"
+        )
+    return _conv_spec(module, label)
+
+
+def _base_forward(module: nn.Module) -> Callable[..., torch.Tensor]:
+    """The forward of the supported class the module is an instance of: a subclass that overrides it is refused."""
+    base = next(cls for cls in SUPPORTED if isinstance(module, cls))
+    return base.forward
+
+
+def _conv_spec(module: nn.modules.conv._ConvNd, label: str) -> LayerSpec:
+    transpose = isinstance(module, _TRANSPOSES)
+    groups = module.groups
+    dims = len(module.kernel_size)
+    padding = module.padding
+    symmetric = (0,) * dims if isinstance(padding, str) else tuple(int(p) for p in padding)
+    extra = tuple(module.output_padding) if transpose else (0,) * dims
+    texts = tuple(_pad_text(module, j, label) for j in range(dims))
+    return LayerSpec(
+        "transpose" if transpose else "conv",
+        module.in_channels // groups,
+        module.out_channels // groups,
+        groups,
+        tuple(module.kernel_size),
+        tuple(module.stride),
+        texts,
+        tuple(module.dilation),
+        extra,
+        symmetric,
+        module.bias is not None,
+        repr(module),
+    )
+
+
+def _pad_text(module: nn.modules.conv._ConvNd, j: int, label: str) -> str:
+    """The padding of dimension j as the pattern writes it. A transpose convolution's `output_padding` e adds e rows
+    at the end of its output; the pattern then has O = floor((I + P_l + P_r - D(K-1) - 1) / S) + 1 windows, which must
+    stay the input's size, so its right padding becomes some P_r in [P - e, P - e + S - 1] (P where e < S)."""
+    padding = module.padding
+    if isinstance(padding, str):
+        return padding
+    left = int(padding[j])
+    if not isinstance(module, _TRANSPOSES):
+        return str(left)
+    extra, stride = int(module.output_padding[j]), int(module.stride[j])
+    right = min(left, left - extra + stride - 1)
+    if right < 0:
+        raise ValueError(
+            f"tncompiler: module {label} has output_padding={extra} with padding={left} and stride={stride} in "
+            f"dimension {j + 1}: no zero padding of a convolution's windows gives that output size"
+        )
+    return str(left) if right == left else f"({left}, {right})"
+
+
+# --- the text ------------------------------------------------------------------------------------------------------
+
+
+def _legs(prefix: str, dims: int, separator: str = ", ") -> str:
+    return separator.join(f"{prefix}{j + 1}" for j in range(dims))
+
+
+def _channels(spec: LayerSpec, name: str) -> str:
+    return f"(g {name})" if spec.groups > 1 else name
+
+
+def _header(spec: LayerSpec) -> list[str]:
+    lines = [f"# {spec.title}", "# written by tncompiler.layer_source; sizes without a value are bound at call time"]
+    lines.append("index n".ljust(36) + "# the batch")
+    group = [f"g = {spec.groups}"] if spec.groups > 1 else []
+    channels = group + [f"c = {spec.in_channels}", f"d = {spec.out_channels}"]
+    what = "in- and out-features" if spec.kind == "linear" else "in- and out-channels"
+    comment = f"# groups, {what} per group" if group else f"# {what}"
+    lines.append(f"index {', '.join(channels)}".ljust(36) + comment)
+    if spec.kind == "linear":
+        return lines
+    dims = spec.dims
+    if spec.kind == "transpose":  # its output sits on the patterns' i legs, which its input does not fix
+        lines.append(f"index {_legs('i', dims)}, {_legs('o', dims)}".ljust(36) + "# output and input positions")
+    else:
+        lines.append(f"index {_legs('i', dims)}".ljust(36) + "# input positions")
+    lines.append("index " + ", ".join(f"k{j + 1} = {k}" for j, k in enumerate(spec.kernel)))
+    for j in range(dims):
+        settings = f"stride={spec.stride[j]}, padding={spec.padding[j]}, dilation={spec.dilation[j]}"
+        lines.append(f"pattern p{j + 1}(i{j + 1}, o{j + 1}, k{j + 1}) = conv({settings})")
+    return lines
+
+
+@dataclass(frozen=True)
+class _Terms:
+    """The factors of y's term: x, the patterns and w, as written, and y's and the unfolded input's legs."""
+
+    x: str
+    w: str
+    y: str
+    patterns: str
+    positions: str  # y's legs that w lacks, besides the batch
+    features: str  # the in-features of the weight, as one grouped leg's contents
+
+
+def _terms(spec: LayerSpec) -> _Terms:
+    if spec.kind == "linear":
+        return _Terms("x[n, c]", "w[d, c]", "y[n, d]", "", "", "c")
+    dims = spec.dims
+    c, d, ks = _channels(spec, "c"), _channels(spec, "d"), _legs("k", dims)
+    patterns = " * ".join(f"p{j + 1}(i{j + 1}, o{j + 1}, k{j + 1})" for j in range(dims))
+    features = f"c {_legs('k', dims, ' ')}"
+    if spec.kind == "transpose":  # its input sits on the patterns' o legs, its output on the i legs
+        ins, outs = _legs("o", dims), _legs("i", dims)
+        return _Terms(f"x[n, {c}, {ins}]", f"w[{c}, d, {ks}]", f"y[n, {d}, {outs}]", patterns, outs, features)
+    ins, outs = _legs("i", dims), _legs("o", dims)
+    return _Terms(f"x[n, {c}, {ins}]", f"w[{d}, c, {ks}]", f"y[n, {d}, {outs}]", patterns, outs, features)
+
+
+def _body(spec: LayerSpec) -> list[str]:
+    terms = _terms(spec)
+    bias = f"b[{_channels(spec, 'd')}]"
+    product = " * ".join(part for part in (terms.x, terms.patterns, terms.w) if part)
+    lines = [f"input {terms.x}", f"input {terms.w}"] + ([f"input {bias}"] if spec.bias else [])
+    lines += ["", f"{terms.y} = {product}" + (f" + {bias}" if spec.bias else "")]
+    return lines
+
+
+def _derived(spec: LayerSpec) -> list[str]:
+    terms = _terms(spec)
+    group = "g " if spec.groups > 1 else ""
+    windows = " * ".join(part for part in (terms.x, terms.patterns) if part)
+    legs = terms.positions.replace(",", "")
+    positions = f", ({legs})" if " " in legs else (f", {legs}" if legs else "")
+    sums = " * ".join(f"delta({leg})" for leg in ["n", *filter(None, terms.positions.split(", "))])
+    features = f"({terms.features})" if " " in terms.features else terms.features
+    grouped = f"g, {features}" if spec.groups > 1 else features
+    window_note = (
+        "# a linear layer has no windows: its unfolded input is x"
+        if spec.kind == "linear"
+        else "# im2col: each output position's window of x, laid out as F.unfold lays it out"
+    )
+    lines = [
+        "",
+        "vjp_x = vjp(y, x)",
+        "vjp_w = vjp(y, w)",
+        *(["vjp_b = vjp(y, b)"] if spec.bias else []),
+        "jvp_x = jvp(y, x)",
+        "jvp_w = jvp(y, w)",
+        "",
+        window_note,
+        f"unfold[n, {f'({group}{terms.features})' if group else features}{positions}] = {windows}",
+        "# the unfolded input summed over the batch and the positions: a bias's row in KFAC's input factor",
+        f"unfold_sum[{grouped}] = {windows} * {sums}",
+        "",
+        "kfac_expand = kfac(y, w, batch=n, approx=expand)",
+        "kfac_reduce = kfac(y, w, batch=n, approx=reduce)",
+        "kfac_grad_expand = kfac_grad(y, w, batch=n, approx=expand)",
+        "kfac_grad_reduce = kfac_grad(y, w, batch=n, approx=reduce)",
+    ]
+    return lines
+
+
+def _spec(module: nn.Module | LayerSpec) -> LayerSpec:
+    return module if isinstance(module, LayerSpec) else spec_of(module)
+
+
+def layer_source(module: nn.Module | LayerSpec) -> str:
+    """The `.tnd` text of a layer with every function tnc derives for it; batch and spatial sizes are open."""
+    spec = _spec(module)
+    return "\n".join(_header(spec) + [""] + _body(spec) + _derived(spec)) + "\n"
+
+
+def sampled_source(module: nn.Module | LayerSpec, p: float, over: Over) -> str:
+    """The layer's y and a tensor-dropout estimate of its weight VJP, over the first spatial output axis (the
+    patterns' o1, which is a transpose convolution's input) or over the batch; a linear layer's positions are none,
+    so it keeps its exact gradient there. The module then holds `y_sampled_autograd`."""
+    spec = _spec(module)
+    lines = _header(spec) + [""] + _body(spec) + [""]
+    index = "n" if over == "batch" else ("o1" if spec.kind != "linear" else "")
+    if index:  # a `p=` keyword per call (issue 14) would make p a call argument and this text independent of it
+        lines.append(f"vjp_w_sampled = sample(vjp(y, w), index={index}, p={p!r})")
+    if spec.kind == "transpose":  # for `sampling._WithSizes`: y may take keyword sizes the generated class lacks
+        lines += ["vjp_x = vjp(y, x)"] + (["vjp_b = vjp(y, b)"] if spec.bias else [])
+    return "\n".join(lines) + "\n"
+
+
+def _module_name(spec: LayerSpec) -> str:
+    return spec.title.split("(", 1)[0].lower()
+
+
+def compile_layer(module: nn.Module | LayerSpec) -> types.ModuleType:
+    """The compiled module of `layer_source(module)`, cached in memory and on disk (`tncompiler.model.cache`)."""
+    spec = _spec(module)
+    return load_compiled(layer_source(spec), _module_name(spec))
+
+
+def compile_sampled(module: nn.Module | LayerSpec, p: float, over: Over) -> types.ModuleType:
+    spec = _spec(module)
+    return load_compiled(sampled_source(spec, p, over), _module_name(spec) + "_sampled")
+
+
+@functools.cache
+def _keywords(function: Callable[..., object]) -> frozenset[str]:
+    """The keyword-only size arguments a generated function takes."""
+    parameters = inspect.signature(function).parameters.values()
+    return frozenset(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "generator")
+
+
+def with_sizes(function: Callable[..., torch.Tensor], sizes: dict[str, int]) -> Callable[..., torch.Tensor]:
+    """`function` called with those of `sizes` it takes as keyword-only arguments."""
+    wanted = _keywords(function)
+    chosen = {name: size for name, size in sizes.items() if name in wanted}
+    return functools.partial(function, **chosen) if chosen else function
+
+
+def weight_of(module: nn.Module) -> torch.Tensor:
+    """A supported layer's weight, typed."""
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
+def bias_of(module: nn.Module) -> torch.Tensor | None:
+    bias = module.bias
+    assert bias is None or isinstance(bias, torch.Tensor)
+    return bias
+
+
+def supported_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """The model's layers that tnc writes, by name; a supported class with unsupported settings raises, naming it."""
+    for name, module in model.named_modules():
+        if isinstance(module, SUPPORTED):
+            spec_of(module, name)  # raises for padding_mode and overridden forwards
+            yield name, module
