@@ -3,8 +3,6 @@ generated function against PyTorch at two input sizes (the sizes are open), the 
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -216,19 +214,19 @@ def test_unsupported_settings_name_the_module() -> None:
         list(layers.supported_layers(model))
 
 
-def test_a_fifty_layer_model_loads_from_the_disk_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The point of the disk cache: a second process finds every layer compiled (here: the memory cache cleared)."""
+def test_a_model_loads_from_the_disk_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The point of the disk cache: a second process finds every layer compiled (here: the memory cache cleared).
+    bench/models.py measures it on 50 layers."""
     monkeypatch.setenv("TNC_CACHE_DIR", str(tmp_path))
-    model = [nn.Conv2d(c, c + 1, 3, padding=p) for c in range(1, 26) for p in (0, 1)]
+    model = [nn.Conv2d(c, c + 1, 3, padding=p) for c in range(1, 11) for p in (0, 1)]
     cache.clear_memory()
     for module in model:
         tncompiler.compile_layer(module)
-    assert len(list(tmp_path.glob("*.py"))) == 50
+    assert len(list(tmp_path.glob("*.py"))) == 20
     cache.clear_memory()
     compiles: list[str] = []
     monkeypatch.setattr(tncompiler, "compile_source", lambda *a, **k: compiles.append("compiled"))
     for module in model:
         tncompiler.compile_layer(module)
     assert compiles == []
-    assert math.isfinite(float(os.path.getsize(next(tmp_path.glob("*.py")))))
     cache.clear_memory()
