@@ -7,6 +7,8 @@ import types
 from pathlib import Path
 
 from tncompiler.backend.pytorch import check_names, generate
+from tncompiler.derive.autograd import with_autograd
+from tncompiler.derive.calls import derive_call
 from tncompiler.dot import program_svg
 from tncompiler.errors import Span, TncError
 from tncompiler.frontend.parse import parse, require_definitions
@@ -75,7 +77,7 @@ def build_program(source: str, filename: str = "<string>") -> Program:
         raise _too_large(filename, len(source.encode("utf-8", "surrogatepass")))
     try:
         module = parse(source, filename)
-        program = resolve(module, filename, source)
+        program = with_autograd(resolve(module, filename, source, derive_call), module)
         require_definitions(module)
     except TncError as error:
         raise error.located(filename, source) from None
