@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "tncompiler"
+from tncompiler.derive.registry import TRANSFORMS
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "tncompiler"
 
 # Each top-level module or sub-package of tncompiler, by stage, in pipeline order ("" is the package itself).
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -127,3 +130,12 @@ def test_the_rule_catches_the_old_layering() -> None:
     assert _allowed("tncompiler.derive.calls", "tncompiler.frontend.deriver")
     assert _allowed("tncompiler.passes.lower", "tncompiler.order")
     assert not _allowed("tncompiler.passes.lower", "tncompiler.guard")
+
+
+def test_the_registry_is_the_one_list_of_transforms() -> None:
+    """docs/language.md's table of transforms has a row per entry of the registry, in order, showing its doc."""
+    text = (ROOT / "docs" / "language.md").read_text(encoding="utf-8").split("## Transforms", 1)[1].split("\n## ")[0]
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| `")]
+    documented = {row[0].removeprefix("| `").split("(")[0]: row[1] for row in rows}
+    assert list(documented) == list(TRANSFORMS)
+    assert documented == {name: transform.doc for name, transform in TRANSFORMS.items()}

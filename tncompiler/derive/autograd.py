@@ -1,5 +1,4 @@
-"""Autograd specs: each plain definition with a sampled VJP is generated as a torch.autograd.Function whose backward
-runs the sampled VJPs; its arguments without one get an exact VJP, compiled as a private function `_{y}_vjp_{x}`."""
+"""Autograd specs: an autograd.Function for each definition with a sampled VJP, exact VJPs for its other arguments."""
 
 from __future__ import annotations
 
@@ -17,8 +16,11 @@ _SampledVjps = dict[str, dict[str, tuple[str, str]]]
 
 
 def with_autograd(program: Program, module: ast.Module) -> Program:
-    """The resolved program with the autograd specs of the definitions `module` writes out (not derived ones),
-    and the private exact VJPs they need after the file's diagrams."""
+    """The resolved program with the autograd specs of the definitions `module` writes out (not derived ones).
+
+    Each such definition with a sampled VJP is generated as a torch.autograd.Function whose backward runs the
+    sampled VJPs; its arguments without one get an exact VJP, a private diagram `_{y}_vjp_{x}` after the file's.
+    """
     diagrams = {diagram.name: diagram for diagram in program.diagrams}
     plain = {s.name.text for s in module.statements if isinstance(s, ast.Definition)}
     specs = [_spec(diagrams, name, by_argument) for name, by_argument in _sampled_vjps(diagrams, plain).items()]

@@ -99,25 +99,25 @@ def _sample(args: CallArgs, name: str, span: Span, source: str) -> Diagram:
 
 
 _ALL = (
-    Transform("vjp", ("input",), ("cotangent",), _vjp, "Σ cotangent[y] · ∂y/∂x over y's legs, laid out like x"),
-    Transform("jvp", ("input",), ("tangent",), _jvp, "Σ ∂y/∂x · tangent[x] over x's legs, laid out like y"),
-    Transform("jacobian", ("input",), (), _jacobian, "∂y/∂x as a network: y's legs, then x's"),
-    Transform("kfac", ("weight",), ("batch", "approx"), _kfac, "KFAC's input-side Kronecker factor of a weight"),
+    Transform("vjp", ("input",), ("cotangent",), _vjp, "Σ over y's legs of cotangent · ∂y/∂x, laid out like x"),
+    Transform("jvp", ("input",), ("tangent",), _jvp, "Σ over x's legs of ∂y/∂x · tangent, laid out like y"),
+    Transform("jacobian", ("input",), (), _jacobian, "∂y/∂x: y's legs, then x's (primed where they clash)"),
+    Transform("kfac", ("weight",), ("batch", "approx"), _kfac, "KFAC's input-based factor `[groups..., (in), (in')]`"),
     Transform(
         "kfac_grad",
         ("weight",),
         ("batch", "approx", "cotangent"),
         _kfac_grad,
-        "KFAC's gradient-side Kronecker factor of a weight, from a cotangent",
+        "KFAC's output-gradient factor `[groups..., (out), (out')]`",
     ),
-    Transform("slice", (), None, _slice, "y restricted to ranges of its legs: slice(y, o1=0:8)", of_sampled=True),
+    Transform("slice", (), None, _slice, "y restricted; the restricted legs get primed names", of_sampled=True),
     Transform(
         "sample",
         (),
         ("index", "p"),
         _sample,
-        "tensor dropout: keep each entry of a summed index with probability p, rescaled by 1/p",
+        "tensor dropout on the summed index c: an unbiased estimate of z",
         of_sampled=True,
     ),
-)
+)  # docs/language.md's table of transforms shows each doc (tests/test_structure.py)
 TRANSFORMS: dict[str, Transform] = {transform.name: transform for transform in _ALL}

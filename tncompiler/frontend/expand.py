@@ -1,5 +1,4 @@
-"""Definitions: each right side expanded into a sum of products of factors, earlier definitions inlined and slices
-in index lists written as selections."""
+"""Definitions: right sides expanded into sums of products, earlier definitions inlined, slices made selections."""
 
 from __future__ import annotations
 
@@ -245,6 +244,21 @@ def _ref_legs(scope: Scope, ref: ast.TensorRef, layout: Layout, what: str) -> tu
 
 def _inline(scope: Scope, ref: ast.TensorRef, diagram: Diagram) -> list[_Expanded]:
     """Substitute an earlier definition: its result legs become the reference's, its summed ones fresh."""
+    legs = _inlined_legs(scope, ref, diagram)
+    result = []
+    for term in diagram.terms:
+        mapping = dict(zip(diagram.layout.legs, legs))
+        mapping.update({leg: scope.fresh_index(leg, term.size(leg)) for leg in term.summed()})
+        factors = [f.renamed(mapping) for f in term.factors]
+        factors += [
+            Factor("delta", "", (mapping[leg],), ref.span) for leg in diagram.layout.legs if leg not in term.outputs
+        ]  # a broadcast leg is a product with ones
+        result.append(_Expanded(term.coefficient, factors))
+    return result
+
+
+def _inlined_legs(scope: Scope, ref: ast.TensorRef, diagram: Diagram) -> tuple[str, ...]:
+    """The names a reference gives a definition's result legs: one per leg, each of the leg's size."""
     names = [name for axis in ref.axes for name in _axis_names(axis)]
     if len(names) != len(diagram.layout.legs):
         raise TncError(
@@ -254,16 +268,7 @@ def _inline(scope: Scope, ref: ast.TensorRef, diagram: Diagram) -> list[_Expande
         )
     for leg, name in zip(diagram.layout.legs, names):
         _expect_size(scope.index(name), diagram.sizes[leg], name.span, f"leg {name.text!r} of {diagram.name!r}")
-    result = []
-    for term in diagram.terms:
-        mapping = dict(zip(diagram.layout.legs, (name.text for name in names)))
-        mapping.update({leg: scope.fresh_index(leg, term.size(leg)) for leg in term.summed()})
-        factors = [f.renamed(mapping) for f in term.factors]
-        factors += [
-            Factor("delta", "", (mapping[leg],), ref.span) for leg in diagram.layout.legs if leg not in term.outputs
-        ]  # a broadcast leg is a product with ones
-        result.append(_Expanded(term.coefficient, factors))
-    return result
+    return tuple(name.text for name in names)
 
 
 def _axis_names(axis: ast.Axis) -> tuple[ast.Name, ...]:
