@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint format golden docs bench clean
+.PHONY: setup demo demo-models test test-fast lint format golden docs bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,9 @@ setup: $(STAMP)  ## create .venv with torch (CPU), the compiler and the test too
 
 demo: setup  ## compile every example and check it against PyTorch
 	$(PY) examples/demo.py
+
+demo-models: setup  ## train a CNN on scikit-learn's digits with tncompiler.KFAC + SGD, SGD and Adam (README, "Whole models")
+	$(PY) examples/train_kfac_digits.py
 
 test: setup  ## the whole test suite
 	$(PY) -m pytest -q
@@ -43,6 +46,7 @@ bench: setup  ## benchmarks: tnc vs PyTorch, einconv and unfold-based KFAC (benc
 	$(PY) -m bench.run $(BENCH_ARGS)
 	$(PY) -m bench.open_sizes $(BENCH_ARGS)
 	$(PY) -m bench.compile_time
+	$(PY) -m bench.models $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -16,7 +16,7 @@ per group, [g, in, in] and [g, out, out], where curvlinops averages the groups' 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,7 +35,8 @@ Tensor = torch.Tensor
 
 
 class FactorLayer:
-    """One layer's contributions to the factor sums, from its compiled functions; blocks carry a group axis."""
+    """One layer's contributions to the factor sums, from its compiled functions; blocks carry a group axis. The sums
+    are added in place (a linear layer's A can hold millions of entries: every pass over it counts)."""
 
     def __init__(self, name: str, module: nn.Module) -> None:
         self.name, self.module = name, module
@@ -48,8 +49,8 @@ class FactorLayer:
         features = spec.in_channels * math.prod(spec.kernel) + int(spec.bias)
         return (spec.groups, features, features), (spec.groups, spec.out_channels, spec.out_channels)
 
-    def input_sum(self, x: Tensor, output_shape: torch.Size, approx: Approx) -> Tensor:
-        """Σ over this batch of [ū; 1][ū; 1]ᵀ."""
+    def add_inputs(self, sums: Sums, x: Tensor, output_shape: torch.Size, approx: Approx) -> None:
+        """Add Σ over this batch of ūūᵀ to the layer's input sum (and Σ ū to its bias row)."""
         x = x.detach()
         n = x.shape[0]
         if self.spec.kind == "linear":
@@ -58,78 +59,115 @@ class FactorLayer:
         else:
             positions, sizes = math.prod(output_shape[2:]), self.spec.sizes(x)
         if approx == "expand":  # kfac_expand divides by the rows it is given: n, or n·positions for a linear layer
-            weight = x.shape[0] * with_sizes(self.functions.kfac_expand, sizes)(x) / positions
+            function, inputs, scale = with_sizes(self.functions.kfac_expand, sizes), x, x.shape[0] / positions
         elif self.spec.kind == "linear":  # reduce: the positions are summed first, here by hand
-            summed = x.reshape(n, positions, -1).sum(1)
-            weight = n * self.functions.kfac_reduce(summed) / positions**2
+            function, inputs, scale = self.functions.kfac_reduce, x.reshape(n, positions, -1).sum(1), n / positions**2
         else:
-            weight = n * with_sizes(self.functions.kfac_reduce, sizes)(x)
-        weight = _grouped(weight, self.spec.groups)
-        if not self.spec.bias:
-            return weight
-        row = _grouped(with_sizes(self.functions.unfold_sum, sizes)(x), self.spec.groups, matrix=False) / positions
-        return _fold_bias(weight, row, n)
+            function, inputs, scale = with_sizes(self.functions.kfac_reduce, sizes), x, float(n)
+        _accumulate(sums.inputs, self.name, _grouped(_scaled_quadratic(function, inputs, scale, self.shapes()[0])))
+        if self.spec.bias:
+            row = _grouped(with_sizes(self.functions.unfold_sum, sizes)(x), matrix=False).mul_(1 / positions)
+            count = row.new_full((row.shape[0], 1), float(n))  # the corner: Σ of 1 per example and call
+            _accumulate(sums.rows, self.name, torch.cat([row, count], dim=1))
 
-    def gradient_sum(self, gradient: Tensor, approx: Approx) -> Tensor:
-        """Σ over this batch of ḡ ḡᵀ, for one backpropagated cotangent."""
+    def add_gradients(self, sums: Sums, gradient: Tensor, approx: Approx, rescale: float = 1.0) -> None:
+        """Add Σ over this batch of ḡ ḡᵀ to the layer's gradient sum, for the backpropagated cotangents (ḡ being
+        `rescale` times the gradient given)."""
         n = gradient.shape[0]
         if self.spec.kind == "linear":
-            rows = gradient.reshape(-1, gradient.shape[-1])
             if approx == "expand":
-                return _grouped(rows.shape[0] * self.functions.kfac_grad_expand(rows), 1)
-            summed = gradient.reshape(n, -1, gradient.shape[-1]).sum(1)
-            return _grouped(n * self.functions.kfac_grad_reduce(summed), 1)
-        function = self.functions.kfac_grad_expand if approx == "expand" else self.functions.kfac_grad_reduce
-        return _grouped(n * function(gradient), self.spec.groups)
+                rows = gradient.reshape(-1, gradient.shape[-1])
+                factor, scale = self.functions.kfac_grad_expand(rows), rows.shape[0]
+            else:
+                factor, scale = self.functions.kfac_grad_reduce(gradient.reshape(n, -1, gradient.shape[-1]).sum(1)), n
+        else:
+            function = self.functions.kfac_grad_expand if approx == "expand" else self.functions.kfac_grad_reduce
+            factor, scale = function(gradient), n
+        _accumulate(sums.gradients, self.name, _grouped(factor.mul_(scale * rescale**2)))
+
+    def zeros(self, like: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Zero sums (weight block, gradient factor, bias row), for a rank that saw no call of the layer."""
+        weight = weight_of(self.module)
+        (groups, features, _), b_shape = self.shapes()
+        features -= int(self.spec.bias)
+        row = weight.new_zeros(groups, features + 1) if self.spec.bias else None
+        return weight.new_zeros(groups, features, features), weight.new_zeros(b_shape), row
 
 
-def _grouped(factor: Tensor, groups: int, matrix: bool = True) -> Tensor:
+def _scaled_quadratic(function: Callable[[Tensor], Tensor], x: Tensor, scale: float, shape: tuple[int, ...]) -> Tensor:
+    """scale · function(x) for a function quadratic in x: x·√scale when x is the smaller (a wide linear layer's A has
+    millions of entries), else the fresh result scaled in place (a convolution's input is the larger)."""
+    if x.numel() < math.prod(shape):
+        return function(x * math.sqrt(scale))
+    return function(x).mul_(scale)
+
+
+def _grouped(factor: Tensor, matrix: bool = True) -> Tensor:
     """With a leading group axis (tnc leaves it out when there is one group)."""
     return factor if factor.dim() == (3 if matrix else 2) else factor.unsqueeze(0)
 
 
-def _fold_bias(weight: Tensor, row: Tensor, count: int) -> Tensor:
-    """[[A, r], [rᵀ, count]] per group: the input factor of the weight and the bias together."""
-    corner = torch.full((weight.shape[0], 1, 1), float(count), dtype=weight.dtype, device=weight.device)
-    top = torch.cat([weight, row.unsqueeze(2)], dim=2)
-    bottom = torch.cat([row.unsqueeze(1), corner], dim=2)
-    return torch.cat([top, bottom], dim=1)
+def _accumulate(sums: dict[str, Tensor], name: str, value: Tensor) -> None:
+    """The first value is kept as it is (a fresh result of a compiled function), later ones added in place."""
+    total = sums.get(name)
+    if total is None:
+        sums[name] = value
+    elif total.dtype.itemsize < value.dtype.itemsize:
+        sums[name] = total.to(value.dtype).add_(value)
+    else:
+        total.add_(value)
 
 
 @dataclass
 class Sums:
-    """The factor sums of each layer and the counts they are normalised by: examples and loss terms."""
+    """The factor sums of each layer (A's weight block apart from its bias row, whose last entry counts the layer's
+    calls times examples: they are assembled at the end) and the counts they are normalised by: examples and loss
+    terms."""
 
     inputs: dict[str, Tensor] = field(default_factory=dict)
+    rows: dict[str, Tensor] = field(default_factory=dict)
     gradients: dict[str, Tensor] = field(default_factory=dict)
     examples: float = 0.0
     terms: float = 0.0
 
-    @classmethod
-    def zeros(cls, layers: Sequence[FactorLayer]) -> Sums:
-        """Zero sums in each layer's weight dtype and device, so every rank reduces the same tensors."""
-        sums = cls()
+    def reduced(self, layers: Sequence[FactorLayer], process_group: Any) -> Sums:
+        """The sums over the ranks of the group (the same on every rank); a layer this rank saw no call of sums
+        zeros, so that every rank reduces the same tensors."""
+        if process_group is None:
+            return self
         for layer in layers:
-            weight = weight_of(layer.module)
-            a_shape, b_shape = layer.shapes()
-            sums.inputs[layer.name] = torch.zeros(a_shape, dtype=weight.dtype, device=weight.device)
-            sums.gradients[layer.name] = torch.zeros(b_shape, dtype=weight.dtype, device=weight.device)
-        return sums
-
-    def reduced(self, process_group: Any) -> Sums:
-        """The sums over the ranks of the group (the same on every rank)."""
-        names = list(self.inputs)
-        tensors = [self.inputs[name] for name in names] + [self.gradients[name] for name in names]
+            if layer.name not in self.inputs or layer.name not in self.gradients:
+                a, b, row = layer.zeros()
+                self.inputs.setdefault(layer.name, a)
+                self.gradients.setdefault(layer.name, b)
+                if row is not None:
+                    self.rows.setdefault(layer.name, row)
+        names = [layer.name for layer in layers]
+        biased = [name for name in names if name in self.rows]
+        tensors = [self.inputs[n] for n in names] + [self.gradients[n] for n in names] + [self.rows[n] for n in biased]
         totals, (examples, terms) = all_reduce_sums(tensors, [self.examples, self.terms], process_group)
         count = len(names)
-        return Sums(dict(zip(names, totals[:count])), dict(zip(names, totals[count:])), examples, terms)
+        inputs, gradients = dict(zip(names, totals[:count])), dict(zip(names, totals[count : 2 * count]))
+        return Sums(inputs, dict(zip(biased, totals[2 * count :])), gradients, examples, terms)
 
     def factors(self, spec: LossSpec, fisher: Fisher, mc_samples: int) -> dict[str, tuple[Tensor, Tensor]]:
-        """A = Σ/N and B = Σ/(S·M), with their group axes."""
+        """A = Σ/N (with the bias's row and column last, and 1 in the corner) and B = Σ/(S·M), with group axes."""
         if self.examples == 0:
             raise ValueError("tncompiler: no data: the factors are averages over the examples")
         scale = (self.terms if spec.reduction == "mean" else 1.0) * (mc_samples if fisher == "mc" else 1)
-        return {name: (self.inputs[name] / self.examples, self.gradients[name] / scale) for name in self.inputs}
+        names = [name for name in self.inputs if name in self.gradients]
+        return {name: (self._input_factor(name), self.gradients[name].div_(scale)) for name in names}
+
+    def _input_factor(self, name: str) -> Tensor:
+        weight, row = self.inputs[name], self.rows.get(name)
+        if row is None:
+            return weight.div_(self.examples)
+        groups, features = weight.shape[0], weight.shape[1]
+        factor = weight.new_empty(groups, features + 1, features + 1)
+        torch.div(weight, self.examples, out=factor[:, :features, :features])  # one pass: the copy is the division
+        factor[:, :, features] = row / self.examples
+        factor[:, features, :features] = row[:, :features] / self.examples
+        return factor
 
 
 def check_options(approx: str, fisher: str, mc_samples: int) -> None:
@@ -194,23 +232,23 @@ def accumulate(
     """Add one forward pass's contributions: its layers' input sums, and for each cotangent of the output the
     gradient sums of the layers' outputs (one backward pass to those outputs, none to the parameters)."""
     for call in calls:
-        sums.inputs[call.layer.name] += call.layer.input_sum(call.x, call.output_shape, approx).to(
-            sums.inputs[call.layer.name].dtype
-        )
+        call.layer.add_inputs(sums, call.x, call.output_shape, approx)
     vectors = cotangents(spec, fisher, output, target, mc_samples, generator)
-    for call, gradient in zip(calls, backpropagate(output, [call.edge for call in calls], vectors)):
-        if gradient is not None:
-            total = sums.gradients[call.layer.name]
-            total += call.layer.gradient_sum(gradient, approx).to(total.dtype)
+    for gradients in backpropagate(output, [call.edge for call in calls], vectors):
+        for call, gradient in zip(calls, gradients):
+            if gradient is not None:
+                call.layer.add_gradients(sums, gradient, approx)
     sums.examples += output.shape[0]
     sums.terms += spec.terms(output)
 
 
-def backpropagate(output: Tensor, edges: list[GradientEdge], vectors: Tensor, chunk: int = 32) -> list[Tensor | None]:
-    """The gradients at the edges of `output` against each of `vectors` [V, *output.shape], the V results of a layer
-    stacked along its batch axis ([V·n, ...], which the factor sums treat as more examples). Chunks of vectors go
-    through one vectorised backward pass each (type-2 needs one per class, mc one per sample); the graph is kept."""
-    found: list[list[Tensor]] = [[] for _ in edges]
+def backpropagate(
+    output: Tensor, edges: list[GradientEdge], vectors: Tensor, chunk: int = 32
+) -> Iterator[list[Tensor | None]]:
+    """The gradients at the edges of `output` against `vectors` [V, *output.shape], in chunks of up to `chunk`
+    vectors, each chunk's results stacked along the layer's batch axis ([V'·n, ...], which the factor sums treat as
+    more examples). A chunk is one vectorised backward pass (type-2 needs one per class, mc one per sample); the graph
+    is kept for the caller's own backward pass."""
     for part in torch.split(vectors, chunk):
         gradients: Sequence[Tensor | None]
         try:
@@ -219,10 +257,7 @@ def backpropagate(output: Tensor, edges: list[GradientEdge], vectors: Tensor, ch
             )
         except RuntimeError:  # an op without a batching rule: one backward pass per vector
             gradients = _one_by_one(output, edges, part)
-        for kept, gradient in zip(found, gradients):
-            if gradient is not None:
-                kept.append(gradient.flatten(0, 1))
-    return [torch.cat(kept) if kept else None for kept in found]
+        yield [None if gradient is None else gradient.flatten(0, 1) for gradient in gradients]
 
 
 def _one_by_one(output: Tensor, edges: list[GradientEdge], vectors: Tensor) -> list[Tensor | None]:
@@ -256,7 +291,7 @@ def kfac_factors(
     group = process_group_of(model, process_group)
     inner = unwrap(model)  # a DDP forward without a backward to the parameters would leave its reducer waiting
     layers = factor_layers(inner)
-    sums = Sums.zeros(layers)
+    sums = Sums()
     with Recorder(layers) as recorder, torch.enable_grad():
         for inputs, target in data:
             recorder.calls.clear()
@@ -264,7 +299,8 @@ def kfac_factors(
             if output.shape[0] == 0:
                 continue
             accumulate(sums, recorder.calls, output, target, spec, approx, fisher, mc_samples, generator)
-    return {name: _ungrouped(a, b) for name, (a, b) in sums.reduced(group).factors(spec, fisher, mc_samples).items()}
+    factors = sums.reduced(layers, group).factors(spec, fisher, mc_samples)
+    return {layer.name: _ungrouped(*factors[layer.name]) for layer in layers if layer.name in factors}
 
 
 def _ungrouped(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:

@@ -141,9 +141,10 @@ class KFAC:
         """The sampled or Hessian-root cotangents, to the layers' outputs; the graph is kept for the loss's backward."""
         forward.scale = 1.0
         vectors = cotangents(self.loss, self.fisher, output, None, self.mc_samples, self.generator)
-        for call, gradient in zip(forward.calls, backpropagate(output, [call.edge for call in forward.calls], vectors)):
-            if gradient is not None:
-                call.gradients.append(gradient)
+        for gradients in backpropagate(output, [call.edge for call in forward.calls], vectors):
+            for call, gradient in zip(forward.calls, gradients):
+                if gradient is not None:
+                    call.gradients.append(gradient)
 
     # --- the step --------------------------------------------------------------------------------------------------
 
@@ -158,29 +159,27 @@ class KFAC:
         self.steps += 1
 
     def _update(self) -> None:
-        sums = Sums.zeros(self.layers)
+        sums = Sums()
         for forward in self._forwards:
             if not any(call.gradients for call in forward.calls):
                 continue  # a forward pass without a backward one (an evaluation with gradients on)
             for call in forward.calls:
-                name = call.layer.name
-                sums.inputs[name] += call.layer.input_sum(call.x, call.output_shape, self.approx).to(
-                    sums.inputs[name].dtype
-                )
+                call.layer.add_inputs(sums, call.x, call.output_shape, self.approx)
                 for gradient in call.gradients:
-                    contribution = call.layer.gradient_sum(gradient * forward.scale, self.approx)
-                    sums.gradients[name] += contribution.to(sums.gradients[name].dtype)
+                    call.layer.add_gradients(sums, gradient, self.approx, rescale=forward.scale)
             sums.examples += forward.examples
             sums.terms += forward.terms
         self._forwards.clear()
-        total = sums.reduced(self.process_group)
+        total = sums.reduced(self.layers, self.process_group)
         if total.examples == 0:
             return
-        batch = total.factors(self.loss, self.fisher, self.mc_samples)
-        decay = self.factor_decay if self.running else 0.0
-        for name, (a, b) in batch.items():
-            old_a, old_b = self.running.get(name, (a, b))
-            self.running[name] = (decay * old_a + (1 - decay) * a, decay * old_b + (1 - decay) * b)
+        for name, (a, b) in total.factors(self.loss, self.fisher, self.mc_samples).items():
+            if name in self.running:  # in place: decay · old + (1 - decay) · new
+                old_a, old_b = self.running[name]
+                old_a.mul_(self.factor_decay).add_(a, alpha=1 - self.factor_decay)
+                old_b.mul_(self.factor_decay).add_(b, alpha=1 - self.factor_decay)
+            else:
+                self.running[name] = (a, b)
 
     def _invert(self) -> None:
         invert = _eigh if self.inverse == "eigh" else _cholesky
