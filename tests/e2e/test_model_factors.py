@@ -267,3 +267,15 @@ def test_factor_shapes() -> None:
     assert shapes["tconv3d"] == ((2 * 8,) * 2, (1, 1))
     assert shapes["shared"] == ((37, 37), (4, 4))
     assert math.isclose(float(factors["conv1d"][0][-1, -1]), 1.0)  # the bias's corner: 1 per example, averaged
+
+
+def test_autocast_activations_give_factors_in_the_weights_precision() -> None:
+    """Under bfloat16 autocast the activations are bfloat16; the factors are computed in float32 with autocast off,
+    so they differ from float32's only by the activations' rounding."""
+    model, data = conv2d_net().float(), [(x.float(), y) for x, y in batches("ce-mean", (2, 8, 8))]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = tncompiler.kfac_factors(model, nn.CrossEntropyLoss(), data)
+    full = tncompiler.kfac_factors(model, nn.CrossEntropyLoss(), data)
+    for name, (a, b) in mixed.items():
+        assert a.dtype == b.dtype == torch.float32
+        assert relative_error(a, full[name][0]) < 3e-2 and relative_error(b, full[name][1]) < 3e-2, name

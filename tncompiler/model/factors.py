@@ -43,6 +43,11 @@ class FactorLayer:
         self.spec: LayerSpec = spec_of(module, name)
         self.functions = compile_layer(self.spec)
 
+    def _widened(self, tensor: Tensor) -> Tensor:
+        """Detached, and in the weight's dtype where that is wider: under autocast, activations in half precision
+        (the factors are then computed with autocast off, in the weight's precision)."""
+        return tensor.detach().to(torch.promote_types(tensor.dtype, weight_of(self.module).dtype))
+
     def shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """The shapes of A (the bias's row included) and B, with their group axis."""
         spec = self.spec
@@ -51,7 +56,11 @@ class FactorLayer:
 
     def add_inputs(self, sums: Sums, x: Tensor, output_shape: torch.Size, approx: Approx) -> None:
         """Add Σ over this batch of ūūᵀ to the layer's input sum (and Σ ū to its bias row)."""
-        x = x.detach()
+        x = self._widened(x)
+        with torch.autocast(x.device.type, enabled=False):
+            self._add_inputs(sums, x, output_shape, approx)
+
+    def _add_inputs(self, sums: Sums, x: Tensor, output_shape: torch.Size, approx: Approx) -> None:
         n = x.shape[0]
         if self.spec.kind == "linear":
             x, positions = x.reshape(-1, x.shape[-1]), x[0].numel() // x.shape[-1]
@@ -73,6 +82,11 @@ class FactorLayer:
     def add_gradients(self, sums: Sums, gradient: Tensor, approx: Approx, rescale: float = 1.0) -> None:
         """Add Σ over this batch of ḡ ḡᵀ to the layer's gradient sum, for the backpropagated cotangents (ḡ being
         `rescale` times the gradient given)."""
+        gradient = self._widened(gradient)
+        with torch.autocast(gradient.device.type, enabled=False):
+            self._add_gradients(sums, gradient, approx, rescale)
+
+    def _add_gradients(self, sums: Sums, gradient: Tensor, approx: Approx, rescale: float) -> None:
         n = gradient.shape[0]
         if self.spec.kind == "linear":
             if approx == "expand":
@@ -85,7 +99,7 @@ class FactorLayer:
             factor, scale = function(gradient), n
         _accumulate(sums.gradients, self.name, _grouped(factor.mul_(scale * rescale**2)))
 
-    def zeros(self, like: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    def zeros(self) -> tuple[Tensor, Tensor, Tensor | None]:
         """Zero sums (weight block, gradient factor, bias row), for a rank that saw no call of the layer."""
         weight = weight_of(self.module)
         (groups, features, _), b_shape = self.shapes()
