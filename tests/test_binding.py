@@ -185,3 +185,25 @@ def test_the_plan_chosen_at_call_time_is_the_cheapest_by_the_true_cost(sizes: tu
     assert counted[chosen] == min(counted)
     tensors = [torch.randn(values[x], values[y], dtype=torch.float64) for x, y in ("ab", "bc", "cd", "de")]
     torch.testing.assert_close(module.y(*tensors), tensors[0] @ tensors[1] @ tensors[2] @ tensors[3])
+
+
+def test_an_autograd_class_takes_the_definitions_keyword_sizes() -> None:
+    """A strided transpose convolution with open sizes takes its output size as a keyword; its autograd class
+    takes it after the generator (autograd.Function.apply takes no keywords) and passes it on."""
+    source = """index n
+index c = 2, d = 3
+index i1, o1, k1 = 3
+pattern p1(i1, o1, k1) = conv(stride=2)
+input x[n, c, o1]
+input w[c, d, k1]
+y[n, d, i1] = x[n, c, o1] * p1(i1, o1, k1) * w[c, d, k1]
+gw = sample(vjp(y, w), index=o1, p=1)
+"""
+    module = tncompiler.load_source(source)
+    x = torch.randn(2, 2, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    module.y_sampled_autograd.apply(x, w, None, 11).sum().backward()
+    reference_x, reference_w = x.detach().requires_grad_(), w.detach().requires_grad_()
+    F.conv_transpose1d(reference_x, reference_w, stride=2, output_padding=0).sum().backward()
+    torch.testing.assert_close(x.grad, reference_x.grad)
+    torch.testing.assert_close(w.grad, reference_w.grad)

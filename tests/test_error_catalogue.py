@@ -284,7 +284,7 @@ def test_a_bug_in_tnc_is_reported_without_a_traceback(
     def broken(*args: object) -> str:
         raise KeyError("oops")
 
-    monkeypatch.setattr("tncompiler.cli.compile_program", broken)
+    monkeypatch.setattr("tncompiler.cli._compilation", broken)
     monkeypatch.delenv("TNC_DEBUG", raising=False)
     assert main(["compile", str(path)]) == 1
     err = capsys.readouterr().err

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tncompiler.api import build_program, compile_source, load_source
-from tncompiler.backend.pytorch import generate
+from tncompiler.driver import Compilation
 from tncompiler.ir.network import Diagram, Network, Program
 from tncompiler.ir.values import ConvPattern, Factor, MergeOp, Select, SliceOp, SplitOp, SqueezeOp, ViewOp
 from tncompiler.passes.pipeline import Stage, run_pipeline
@@ -250,7 +250,7 @@ def with_term(text: str, name: str, term: Network) -> tuple[Program, Diagram]:
 
 def assert_program_agrees(program: Program, text: str, name: str) -> str:
     """`program`'s diagram `name`, compiled with rewrites, equals the file's unrewritten one; returns the code."""
-    code = generate(program, rewrite=True)
+    code = Compilation(program, text).text
     module = types.ModuleType("pre_rewritten")
     exec(compile(code, "<pre-rewritten>", "exec"), module.__dict__)  # the compiler's own output
     args = arguments(program.diagram(name))

@@ -6,10 +6,10 @@ import os
 import types
 from pathlib import Path
 
-from tncompiler.backend.pytorch import check_names, generate
 from tncompiler.derive.autograd import with_autograd
 from tncompiler.derive.calls import derive_call
 from tncompiler.dot import program_svg
+from tncompiler.driver import Compilation
 from tncompiler.errors import Span, TncError
 from tncompiler.frontend.parse import parse, require_definitions
 from tncompiler.frontend.resolve import resolve
@@ -85,10 +85,6 @@ def build_program(source: str, filename: str = "<string>") -> Program:
         raise _too_deep(filename, source) from None
     for diagram in program.diagrams:
         diagram.lint()
-    try:
-        check_names(program)
-    except TncError as error:
-        raise error.located(filename, source) from None
     return program
 
 
@@ -106,12 +102,7 @@ def compile_source(source: str, filename: str = "<string>", rewrite: bool = True
 
 def compile_program(program: Program, source: str, rewrite: bool = True, max_memory: int | None = None) -> str:
     """The generated module of a program already built from `source` (errors point into that source)."""
-    try:
-        return generate(program, rewrite, max_memory)
-    except TncError as error:
-        raise error.located(program.filename, source) from None
-    except RecursionError:
-        raise _too_deep(program.filename, source) from None
+    return Compilation(program, source, rewrite, max_memory).text
 
 
 def compile_file(path: str | Path, rewrite: bool = True) -> str:

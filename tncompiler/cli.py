@@ -12,33 +12,38 @@ from pathlib import Path
 
 import sympy
 
-from tncompiler.api import build_program, compile_program, read_source
-from tncompiler.backend.pytorch import public_names
+from tncompiler.api import build_program, read_source
 from tncompiler.dot import diagram_dot
+from tncompiler.driver import Compilation
 from tncompiler.errors import TncError
 from tncompiler.explain import explain
 from tncompiler.guard import parse_size
-from tncompiler.ir.network import Diagram, Program
+from tncompiler.ir.network import Diagram
 from tncompiler.output import write_files
-from tncompiler.stages import diagram_stages
 
 __all__ = ["main"]
 
 
-def _dot_files(program: Program, rewrite: bool = True) -> dict[str, str]:
+def _compilation(args: argparse.Namespace) -> Compilation:
+    """The file, read and analysed once; every later stage runs when the command first needs it."""
+    source = read_source(args.file)
+    rewrite = not getattr(args, "no_rewrite", False)
+    return Compilation(build_program(source, str(args.file)), source, rewrite, getattr(args, "max_memory", None))
+
+
+def _dot_files(compilation: Compilation) -> dict[str, str]:
     """File name -> DOT text, one per diagram and rewrite stage."""
     files = {}
-    for diagram in program.diagrams:
-        for stage, staged in diagram_stages(diagram, rewrite):
-            files[f"{diagram.name}.{stage}.dot"] = diagram_dot(staged, stage)
+    for diagram in compilation.program.diagrams:
+        for stage in compilation.stages[diagram.name]:
+            files[f"{diagram.name}.{stage.name}.dot"] = diagram_dot(stage.diagram, stage.name)
     return files
 
 
 def _compile(args: argparse.Namespace) -> int:
-    source = read_source(args.file)
-    program = build_program(source, str(args.file))
-    code = compile_program(program, source, not args.no_rewrite, args.max_memory)
-    dots = _dot_files(program, not args.no_rewrite) if args.dot else {}
+    compilation = _compilation(args)
+    code = compilation.text
+    dots = _dot_files(compilation) if args.dot else {}
     output = args.output or Path(args.file).with_suffix(".py")
     files: list[tuple[Path, str | bytes]] = [(output, code)]
     files += [(args.dot / name, text) for name, text in dots.items()]
@@ -55,44 +60,44 @@ def _size(text: str) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    source = read_source(args.file)
-    program = build_program(source, str(args.file))
-    sys.stdout.write(explain(program, not args.no_rewrite))
+    sys.stdout.write(explain(_compilation(args)))
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
-    source = read_source(args.file)
-    program = build_program(source, str(args.file))
-    compile_program(program, source)  # also checks what only code generation can (call-time sizes)
-    names = public_names(program)
-    for diagram in program.diagrams:
-        print(_signature(program, diagram, names[diagram.name]))
+    compilation = _compilation(args)
+    compilation.check()  # names and call-time sizes: all a function's signature needs, and no code
+    for diagram in compilation.program.diagrams:
+        name = compilation.names.functions[diagram.name]
+        print(_signature(diagram, name, compilation.bindings[diagram.name].keywords))
     return 0
 
 
-def _signature(program: Program, diagram: Diagram, name: str) -> str:
+def _signature(diagram: Diagram, name: str, keywords: tuple[sympy.Symbol, ...]) -> str:
     def shape(axes: tuple[tuple[str, ...], ...]) -> str:
         return (
             "[" + ", ".join(str(sympy.Mul(*[sympy.sympify(diagram.sizes[leg]) for leg in axis])) for axis in axes) + "]"
         )
 
-    params = ", ".join(a.name for a in diagram.arguments)
-    lines = [f"{name}({params}) -> {diagram.layout.text()} = {shape(diagram.layout.axes)}"]
+    params = [a.name for a in diagram.arguments]
+    params += ["*", *map(str, keywords)] if keywords else []
+    lines = [f"{name}({', '.join(params)}) -> {diagram.layout.text()} = {shape(diagram.layout.axes)}"]
     lines += [f"    {a.name}: {a.layout.text()} = {shape(a.layout.axes)}" for a in diagram.arguments]
     lines.append(f"    {len(diagram.terms)} term{'s' if len(diagram.terms) != 1 else ''}")
     return "\n".join(lines)
 
 
 def _dot(args: argparse.Namespace) -> int:
-    program = build_program(read_source(args.file), str(args.file))
+    compilation = _compilation(args)
+    compilation.check()  # a file tnc compile refuses is refused here too
+    program = compilation.program
     chosen = [d for d in program.diagrams if args.diagram in (None, d.name)]
     if not chosen:
         names = ", ".join(d.name for d in program.diagrams) or "none"
         raise TncError(f"no diagram named {args.diagram!r}; diagrams: {names}").located(str(args.file), "")
     texts = []
     for diagram in chosen:
-        stages = dict(diagram_stages(diagram))
+        stages = {stage.name: stage.diagram for stage in compilation.stages[diagram.name]}
         if args.stage not in stages:
             raise TncError(f"unknown stage {args.stage!r}; stages: {', '.join(stages)}").located(str(args.file), "")
         texts.append(diagram_dot(stages[args.stage], args.stage))

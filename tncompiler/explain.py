@@ -1,81 +1,95 @@
-"""`tnc explain`: per diagram, the rewrites applied, the contraction order with each step's cost and lowering,
-the total multiply-adds and the largest intermediate."""
+"""`tnc explain`: per diagram, the rewrites applied, then the ops the generated function runs, each with its kind
+and, for contractions and kernels, how it is computed and its multiply-adds; then the total and the largest
+intermediate. The ops are the schedule the printer writes, so explain can never disagree with the code."""
 
 from __future__ import annotations
 
 import sympy
 
-from tncompiler.backend.pytorch import step_kind
-from tncompiler.ir.network import Diagram, Network, Program
-from tncompiler.ir.values import NativeConv, View, WindowOp
-from tncompiler.order import Plan, Regimes, plan_network
-from tncompiler.passes.lower import native_flops
-from tncompiler.passes.pipeline import run_pipeline
+from tncompiler.backend.printer import expr_text, op_lines
+from tncompiler.driver import Compilation
+from tncompiler.ir.network import Diagram
+from tncompiler.order import Regimes, evaluate
+from tncompiler.schedule.contract import step_kind
+from tncompiler.schedule.ops import Assign, Branch, Call, Comment, Effect, Function, Op
 
 __all__ = ["explain", "explain_diagram"]
 
 
-def explain(program: Program, rewrite: bool = True) -> str:
-    return "\n\n".join(explain_diagram(diagram, rewrite) for diagram in program.diagrams) + "\n"
+def explain(compilation: Compilation) -> str:
+    return "\n\n".join(explain_diagram(compilation, d) for d in compilation.program.diagrams) + "\n"
 
 
-def explain_diagram(built: Diagram, rewrite: bool = True) -> str:
-    stages = run_pipeline(built, rewrite)
-    final = stages[-1].diagram
+def explain_diagram(compilation: Compilation, built: Diagram) -> str:
     first = built.source.strip().splitlines()[0] if built.source else ""
     lines = [f"{built.name}{built.layout.text()}: {first}"]
-    changes = [(s.name, c) for s in stages for c in s.changes]
+    changes = [(stage.name, change) for stage in compilation.stages[built.name] for change in stage.changes]
     lines.append("  rewrites:" + ("" if changes else " none"))
     lines += [f"    [{stage}] {change}" for stage, change in changes]
-    for position, term in enumerate(final.terms):
-        lines += _term(position, len(final.terms), term, Regimes(final.size_rules))
+    function = next(f for f in compilation.functions if f.name == compilation.names.functions[built.name])
+    lines.append("  ops:")
+    lines += _ops(function.body, function, "    ")
+    lines += _totals(function, Regimes(built.size_rules))
     return "\n".join(lines)
 
 
-def _term(position: int, total: int, term: Network, regimes: Regimes) -> list[str]:
-    title = f"  term {position + 1} of {total}" if total > 1 else "  contraction"
-    lines = [f"{title}: coefficient {term.coefficient}"]
-    for k, factor in enumerate(term.factors):
-        lines.append(f"    #{k} {factor.kind} {factor.name or ''}[{', '.join(factor.legs)}]{_view_text(factor.view)}")
-    native = term.lowering.native
-    if isinstance(native, NativeConv):
-        flops = native_flops(term, native)
-        lines.append(
-            f"    lowered: {native.describe()} (data #{native.data}, other #{native.other}), ~{flops} multiply-adds"
-        )
-        return lines
-    plans = plan_network(term, regimes=regimes)
-    for index, plan in enumerate(plans):
-        if len(plans) > 1:
-            lines.append(f"    order {index + 1} of {len(plans)} (chosen at call time where it is the cheapest):")
-        lines += _plan(term, plan)
-    return lines
-
-
-def _plan(term: Network, plan: Plan) -> list[str]:
-    legs = [f.legs for f in term.factors]
+def _ops(ops: tuple[Op, ...], function: Function, indent: str) -> list[str]:
     lines = []
-    for number, step in enumerate(plan.steps):
-        operands = [legs[k] for k in step.operands]
-        involved = sorted(set().union(*operands))
-        cost = sympy.Mul(*[term.size(leg) for leg in involved])
-        kind = step_kind(term, step, legs)
-        names = " x ".join(f"#{k}" for k in step.operands)
-        lines.append(
-            f"    step {number + 1}: #{len(legs)} = {names} -> [{', '.join(step.legs)}] by {kind}, {cost} multiply-adds"
-        )
-        legs.append(step.legs)
-    if not plan.steps:
-        lines.append("    no contraction: the single tensor is permuted or summed")
-    lines.append(f"    total: {plan.flops} multiply-adds; largest intermediate: {plan.largest_text()} entries")
+    for op in ops:
+        if isinstance(op, Branch) and op.kind == "check":
+            lines.append(f"{indent}[check] {_CHECKS.get(_called(op), 'a check')}")
+            continue
+        if isinstance(op, Comment):
+            lines.append(f"{indent}[note] {op.text}")
+            continue
+        if isinstance(op, Branch):
+            for position, (test, body) in enumerate(op.arms):
+                when = "otherwise" if test is None else f"if {expr_text(test, function.symbols)}"
+                note = f"  ({op.notes[position]})" if position < len(op.notes) and op.notes[position] else ""
+                lines.append(f"{indent}[{op.kind}] {when}:{note}")
+                lines += _ops(body, function, indent + "    ")
+            continue
+        text = op_lines(op, function.symbols, "")
+        how = ""
+        if isinstance(op, Assign) and op.cost is not None:
+            kind = step_kind(op.value) if op.kind == "contract" else "PyTorch's kernel"
+            how = f"    <- {kind}, {op.cost} multiply-adds"
+        lines.append(f"{indent}[{op.kind}] {text[0].strip()}{how}")
+        lines += [f"{indent}    {line.strip()}" for line in text[1:]]
     return lines
 
 
-def _view_text(view: View | None) -> str:
-    if view is None:
-        return ""
-    names = [
-        ("window " + op.pattern.describe()) if isinstance(op, WindowOp) else type(op).__name__[:-2].lower()
-        for op in view.ops
-    ]
-    return "  view: " + ", ".join(names)
+_CHECKS = {
+    "_check_arguments": "each argument's type, rank, dtype and device in one test (_check_arguments names the culprit)",
+    "_check_shapes": "each argument's shape against the sizes in one test (_check_shapes names the axis)",
+}
+
+
+def _called(branch: Branch) -> str:
+    """The helper a check's branch calls."""
+    body = branch.arms[0][1]
+    value = body[0].value if body and isinstance(body[0], Effect) else None
+    return value.func if isinstance(value, Call) else ""
+
+
+def _costed(ops: tuple[Op, ...]) -> list[Assign]:
+    found: list[Assign] = []
+    for op in ops:
+        if isinstance(op, Assign) and op.cost is not None:
+            found.append(op)
+        elif isinstance(op, Branch):
+            found += _costed(op.arms[0][1])  # the first plan stands for the term in the totals
+    return found
+
+
+def _totals(function: Function, regimes: Regimes) -> list[str]:
+    costed = _costed(function.body)
+    if not costed:
+        return ["  total: no multiply-adds (views, sums and copies only)"]
+    total = sympy.Add(*[op.cost for op in costed if op.cost is not None])
+    sizes = [op.entries for op in costed if op.entries is not None]
+    largest = ""
+    if sizes:
+        at = regimes.middle(set().union(*(sympy.sympify(s).free_symbols for s in sizes)))
+        largest = f"; largest intermediate: {max(sizes, key=lambda s: evaluate(s, at))} entries"
+    return [f"  total: {total} multiply-adds{largest}"]

@@ -47,11 +47,14 @@ def _check_arguments(function, arguments):
                              f"but {first[0]!r} is on {first[1].device}")
 
 
-def _check_size(function, argument, axis, index, actual, expected):
-    """An axis has the size the file gives its index (or that an earlier argument bound)."""
-    if actual != expected:
-        raise ValueError(f"{function}(): argument {argument!r} axis {axis} ({index}) has size {actual}, "
-                         f"expected {expected}")
+def _check_shapes(function, arguments):
+    """Each axis has the size the file gives its index (or that an earlier argument bound): the first that does not
+    is named."""
+    for name, value, layout, expected in arguments:
+        for axis, (index, actual, size) in enumerate(zip(layout, value.shape, expected)):
+            if actual != size:
+                raise ValueError(f"{function}(): argument {name!r} axis {axis} ({index}) has size {actual}, "
+                                 f"expected {size}")
 
 
 def y(x, w):
@@ -73,24 +76,25 @@ def y(x, w):
         p1: conv(stride=2, padding=1, dilation=1), (I, O, K) = (8, 4, 3)
         p2: conv(stride=1, padding=1, dilation=1), (I, O, K) = (6, 6, 3)
     """
-    _check_arguments('y', (
-        ('x', x, ('n', 'c', 'i1', 'i2')),
-        ('w', w, ('d', 'c', 'k1', 'k2')),
-    ))
+    if not (
+        isinstance(x, torch.Tensor)
+        and isinstance(w, torch.Tensor)
+        and x.dim() == 4
+        and w.dim() == 4
+        and x.is_floating_point()
+        and w.dtype == x.dtype
+        and w.device == x.device
+    ):
+        _check_arguments('y', (('x', x, ('n', 'c', 'i1', 'i2')), ('w', w, ('d', 'c', 'k1', 'k2'))))
     n = x.shape[0]  # index n, bound at call time
-    _check_size('y', 'x', 1, 'c', x.shape[1], 2)
-    _check_size('y', 'x', 2, 'i1', x.shape[2], 8)
-    _check_size('y', 'x', 3, 'i2', x.shape[3], 6)
-    _check_size('y', 'w', 0, 'd', w.shape[0], 3)
-    _check_size('y', 'w', 1, 'c', w.shape[1], 2)
-    _check_size('y', 'w', 2, 'k1', w.shape[2], 3)
-    _check_size('y', 'w', 3, 'k2', w.shape[3], 3)
-    device, dtype = x.device, x.dtype
+    if x.shape != (n, 2, 8, 6) or w.shape != (3, 2, 3, 3):
+        _check_shapes(
+            'y',
+            (('x', x, ('n', 'c', 'i1', 'i2'), (n, 2, 8, 6)), ('w', w, ('d', 'c', 'k1', 'k2'), (3, 2, 3, 3))),
+        )
     # x[n, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[d, c, k1, k2]
     # native conv2d
-    result_in = x
-    result_w = w
-    result = torch.nn.functional.conv2d(result_in, result_w, None, (2, 1), (1, 1), (1, 1), 1)
+    result = torch.nn.functional.conv2d(x, w, stride=(2, 1), padding=1)
     return result
 
 
@@ -109,18 +113,17 @@ def J(x):
         lower: p1(i1, o1, k1) -> a strided window view of the tensor on i1
         lower: p2(i2, o2, k2) -> a strided window view of the tensor on i2
     """
-    _check_arguments('J', (
-        ('x', x, ('n', 'c', 'i1', 'i2')),
-    ))
+    if not (isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_floating_point()):
+        _check_arguments('J', (('x', x, ('n', 'c', 'i1', 'i2')),))
     n = x.shape[0]  # index n, bound at call time
-    _check_size('J', 'x', 1, 'c', x.shape[1], 2)
-    _check_size('J', 'x', 2, 'i1', x.shape[2], 8)
-    _check_size('J', 'x', 3, 'i2', x.shape[3], 6)
-    device, dtype = x.device, x.dtype
+    if x.shape != (n, 2, 8, 6):
+        _check_shapes('J', (('x', x, ('n', 'c', 'i1', 'i2'), (n, 2, 8, 6)),))
+    device = x.device
+    dtype = x.dtype
     # x[n, c, o1, k1, o2, k2] * delta(d, d')
     x_view = torch.nn.functional.pad(x, (1, 1, 1, 0)).unfold(2, 3, 2).movedim(-1, 3).unfold(4, 3, 1).movedim(-1, 5)  # [n, c, o1, k1, o2, k2]
     delta = _delta(3, 2, device, dtype)  # copy tensor
-    result = torch.einsum("abcdef,gh->agcehbdf", x_view, delta)  # [n, d, o1, o2, d', c, k1, k2]
+    result = torch.einsum('abcdef,gh->agcehbdf', x_view, delta)  # [n, d, o1, o2, d', c, k1, k2]
     return result
 
 
@@ -143,17 +146,14 @@ def diag(x):
         lower: p1(i1~2, o1, k1) -> a strided window view of the tensor on i1~2
         lower: p2(i2~3, o2, k2) -> a strided window view of the tensor on i2~3
     """
-    _check_arguments('diag', (
-        ('x', x, ('n', 'c', 'i1', 'i2')),
-    ))
+    if not (isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_floating_point()):
+        _check_arguments('diag', (('x', x, ('n', 'c', 'i1', 'i2')),))
     n = x.shape[0]  # index n, bound at call time
-    _check_size('diag', 'x', 1, 'c', x.shape[1], 2)
-    _check_size('diag', 'x', 2, 'i1', x.shape[2], 8)
-    _check_size('diag', 'x', 3, 'i2', x.shape[3], 6)
-    device, dtype = x.device, x.dtype
+    if x.shape != (n, 2, 8, 6):
+        _check_shapes('diag', (('x', x, ('n', 'c', 'i1', 'i2'), (n, 2, 8, 6)),))
     # x[n, c, o1, k1, o2, k2] * x[n, c, o1, k1, o2, k2]
     x_view = torch.nn.functional.pad(x, (1, 1, 1, 0)).unfold(2, 3, 2).movedim(-1, 3).unfold(4, 3, 1).movedim(-1, 5)  # [n, c, o1, k1, o2, k2]
-    result = torch.einsum("abcdef,abcdef->bdf", x_view, x_view)  # [c, k1, k2]
+    result = torch.einsum('abcdef,abcdef->bdf', x_view, x_view)  # [c, k1, k2]
     result = result.reshape(1, 2, 3, 3)
     result = result.expand(3, 2, 3, 3)
     return result
@@ -179,25 +179,28 @@ def gn(x, grad_y):
         p1: conv(stride=2, padding=1, dilation=1), (I, O, K) = (8, 4, 3)
         p2: conv(stride=1, padding=1, dilation=1), (I, O, K) = (6, 6, 3)
     """
-    _check_arguments('gn', (
-        ('x', x, ('n', 'c', 'i1', 'i2')),
-        ('grad_y', grad_y, ('n', 'd', 'o1', 'o2')),
-    ))
+    if not (
+        isinstance(x, torch.Tensor)
+        and isinstance(grad_y, torch.Tensor)
+        and x.dim() == 4
+        and grad_y.dim() == 4
+        and x.is_floating_point()
+        and grad_y.dtype == x.dtype
+        and grad_y.device == x.device
+    ):
+        _check_arguments('gn', (('x', x, ('n', 'c', 'i1', 'i2')), ('grad_y', grad_y, ('n', 'd', 'o1', 'o2'))))
     n = x.shape[0]  # index n, bound at call time
-    _check_size('gn', 'x', 1, 'c', x.shape[1], 2)
-    _check_size('gn', 'x', 2, 'i1', x.shape[2], 8)
-    _check_size('gn', 'x', 3, 'i2', x.shape[3], 6)
-    _check_size('gn', 'grad_y', 0, 'n', grad_y.shape[0], n)
-    _check_size('gn', 'grad_y', 1, 'd', grad_y.shape[1], 3)
-    _check_size('gn', 'grad_y', 2, 'o1', grad_y.shape[2], 4)
-    _check_size('gn', 'grad_y', 3, 'o2', grad_y.shape[3], 6)
-    device, dtype = x.device, x.dtype
+    if x.shape != (n, 2, 8, 6) or grad_y.shape != (n, 3, 4, 6):
+        _check_shapes(
+            'gn',
+            (('x', x, ('n', 'c', 'i1', 'i2'), (n, 2, 8, 6)), ('grad_y', grad_y, ('n', 'd', 'o1', 'o2'), (n, 3, 4, 6))),
+        )
     # grad_y[n, e, o1, o2] * x[n, c, i1~4, i2~5] * p1(i1~4, o1, k1) * p2(i2~5, o2, k2)
     # native conv_weight2d
     result_in = x.reshape(1, 2 * n, 8, 6)
     result_grad = grad_y.reshape(1, 3 * n, 4, 6)
-    result = torch.nn.grad.conv2d_weight(result_in, (3 * n, 2, 3, 3), result_grad, (2, 1), (1, 1), (1, 1), n)
-    result = result.reshape(n, 3, 2, 3, 3)
+    result = torch.nn.grad.conv2d_weight(result_in, (3 * n, 2, 3, 3), result_grad, stride=(2, 1), padding=1, groups=n)
+    result = result.reshape(n, 3, 2, 3, 3)  # [n, e, c, k1, k2]
     return result
 
 
@@ -221,22 +224,25 @@ def G(x, grad_y):
         lower: p1(i1~14, o1~12, k1) -> a strided window view of the tensor on i1~14
         lower: p2(i2~15, o2~13, k2) -> a strided window view of the tensor on i2~15
     """
-    _check_arguments('G', (
-        ('x', x, ('n', 'c', 'i1', 'i2')),
-        ('grad_y', grad_y, ('n', 'd', 'o1', 'o2')),
-    ))
+    if not (
+        isinstance(x, torch.Tensor)
+        and isinstance(grad_y, torch.Tensor)
+        and x.dim() == 4
+        and grad_y.dim() == 4
+        and x.is_floating_point()
+        and grad_y.dtype == x.dtype
+        and grad_y.device == x.device
+    ):
+        _check_arguments('G', (('x', x, ('n', 'c', 'i1', 'i2')), ('grad_y', grad_y, ('n', 'd', 'o1', 'o2'))))
     n = x.shape[0]  # index n, bound at call time
-    _check_size('G', 'x', 1, 'c', x.shape[1], 2)
-    _check_size('G', 'x', 2, 'i1', x.shape[2], 8)
-    _check_size('G', 'x', 3, 'i2', x.shape[3], 6)
-    _check_size('G', 'grad_y', 0, 'n', grad_y.shape[0], n)
-    _check_size('G', 'grad_y', 1, 'd', grad_y.shape[1], 3)
-    _check_size('G', 'grad_y', 2, 'o1', grad_y.shape[2], 4)
-    _check_size('G', 'grad_y', 3, 'o2', grad_y.shape[3], 6)
-    device, dtype = x.device, x.dtype
+    if x.shape != (n, 2, 8, 6) or grad_y.shape != (n, 3, 4, 6):
+        _check_shapes(
+            'G',
+            (('x', x, ('n', 'c', 'i1', 'i2'), (n, 2, 8, 6)), ('grad_y', grad_y, ('n', 'd', 'o1', 'o2'), (n, 3, 4, 6))),
+        )
     # grad_y[n, d~11, o1~7, o2~8] * x[n, c, o1~7, k1, o2~8, k2] * grad_y[m, d~11, o1~12, o2~13] * x[m, c, o1~12, k1, o2~13, k2]
     x_view = torch.nn.functional.pad(x, (1, 1, 1, 0)).unfold(2, 3, 2).movedim(-1, 3).unfold(4, 3, 1).movedim(-1, 5)  # [n, c, o1~7, k1, o2~8, k2]
-    t1 = torch.einsum("abcd,aecfdg->abefg", grad_y, x_view)  # [n, d~11, c, k1, k2]
+    t1 = torch.einsum('abcd,aecfdg->abefg', grad_y, x_view)  # [n, d~11, c, k1, k2]
     result_rows = t1.permute(0, 1, 2, 3, 4).reshape(1, n, 54)  # laid out once
     result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(n, n)  # [n, m]
     return result

@@ -31,11 +31,14 @@ def _check_arguments(function, arguments):
                              f"but {first[0]!r} is on {first[1].device}")
 
 
-def _check_size(function, argument, axis, index, actual, expected):
-    """An axis has the size the file gives its index (or that an earlier argument bound)."""
-    if actual != expected:
-        raise ValueError(f"{function}(): argument {argument!r} axis {axis} ({index}) has size {actual}, "
-                         f"expected {expected}")
+def _check_shapes(function, arguments):
+    """Each axis has the size the file gives its index (or that an earlier argument bound): the first that does not
+    is named."""
+    for name, value, layout, expected in arguments:
+        for axis, (index, actual, size) in enumerate(zip(layout, value.shape, expected)):
+            if actual != size:
+                raise ValueError(f"{function}(): argument {name!r} axis {axis} ({index}) has size {actual}, "
+                                 f"expected {size}")
 
 
 def y(x, w, b):
@@ -58,30 +61,33 @@ def y(x, w, b):
         p1: conv(stride=2, padding=1, dilation=1), (I, O, K) = (8, 4, 3)
         p2: conv(stride=1, padding=0, dilation=2), (I, O, K) = (7, 5, 2)
     """
-    _check_arguments('y', (
-        ('x', x, ('n', 'c', 'i1', 'i2')),
-        ('w', w, ('d', 'c', 'k1', 'k2')),
-        ('b', b, ('d',)),
-    ))
+    if not (
+        isinstance(x, torch.Tensor)
+        and isinstance(w, torch.Tensor)
+        and isinstance(b, torch.Tensor)
+        and x.dim() == 4
+        and w.dim() == 4
+        and b.dim() == 1
+        and x.is_floating_point()
+        and w.dtype == x.dtype
+        and w.device == x.device
+        and b.dtype == x.dtype
+        and b.device == x.device
+    ):
+        _check_arguments('y', (('x', x, ('n', 'c', 'i1', 'i2')), ('w', w, ('d', 'c', 'k1', 'k2')), ('b', b, ('d',))))
     n = x.shape[0]  # index n, bound at call time
-    _check_size('y', 'x', 1, 'c', x.shape[1], 3)
-    _check_size('y', 'x', 2, 'i1', x.shape[2], 8)
-    _check_size('y', 'x', 3, 'i2', x.shape[3], 7)
-    _check_size('y', 'w', 0, 'd', w.shape[0], 4)
-    _check_size('y', 'w', 1, 'c', w.shape[1], 3)
-    _check_size('y', 'w', 2, 'k1', w.shape[2], 3)
-    _check_size('y', 'w', 3, 'k2', w.shape[3], 2)
-    _check_size('y', 'b', 0, 'd', b.shape[0], 4)
-    device, dtype = x.device, x.dtype
-    # term 1 of 2: x[n, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[d, c, k1, k2]
+    if x.shape != (n, 3, 8, 7) or w.shape != (4, 3, 3, 2) or b.shape != (4,):
+        _check_shapes(
+            'y',
+            (
+                ('x', x, ('n', 'c', 'i1', 'i2'), (n, 3, 8, 7)),
+                ('w', w, ('d', 'c', 'k1', 'k2'), (4, 3, 3, 2)),
+                ('b', b, ('d',), (4,)),
+            ),
+        )
+    # term 1 of 2: x[n, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[d, c, k1, k2] + bias
     # native conv2d
-    term1_in = x
-    term1_w = w
-    term1 = torch.nn.functional.conv2d(term1_in, term1_w, None, (2, 1), (1, 0), (1, 2), 1)
-    # term 2 of 2: b[d]
-    term2 = b
-    term2 = term2.reshape(1, 4, 1, 1)  # broadcast over the missing legs
-    result = term1 + term2
+    result = torch.nn.functional.conv2d(x, w, b, stride=(2, 1), padding=(1, 0), dilation=(1, 2))
     return result
 
 
@@ -104,24 +110,28 @@ def tx(w, tangent_x):
         p1: conv(stride=2, padding=1, dilation=1), (I, O, K) = (8, 4, 3)
         p2: conv(stride=1, padding=0, dilation=2), (I, O, K) = (7, 5, 2)
     """
-    _check_arguments('tx', (
-        ('w', w, ('d', 'c', 'k1', 'k2')),
-        ('tangent_x', tangent_x, ('n', 'c', 'i1', 'i2')),
-    ))
+    if not (
+        isinstance(w, torch.Tensor)
+        and isinstance(tangent_x, torch.Tensor)
+        and w.dim() == 4
+        and tangent_x.dim() == 4
+        and w.is_floating_point()
+        and tangent_x.dtype == w.dtype
+        and tangent_x.device == w.device
+    ):
+        _check_arguments('tx', (('w', w, ('d', 'c', 'k1', 'k2')), ('tangent_x', tangent_x, ('n', 'c', 'i1', 'i2'))))
     n = tangent_x.shape[0]  # index n, bound at call time
-    _check_size('tx', 'w', 0, 'd', w.shape[0], 4)
-    _check_size('tx', 'w', 1, 'c', w.shape[1], 3)
-    _check_size('tx', 'w', 2, 'k1', w.shape[2], 3)
-    _check_size('tx', 'w', 3, 'k2', w.shape[3], 2)
-    _check_size('tx', 'tangent_x', 1, 'c', tangent_x.shape[1], 3)
-    _check_size('tx', 'tangent_x', 2, 'i1', tangent_x.shape[2], 8)
-    _check_size('tx', 'tangent_x', 3, 'i2', tangent_x.shape[3], 7)
-    device, dtype = w.device, w.dtype
+    if w.shape != (4, 3, 3, 2) or tangent_x.shape != (n, 3, 8, 7):
+        _check_shapes(
+            'tx',
+            (
+                ('w', w, ('d', 'c', 'k1', 'k2'), (4, 3, 3, 2)),
+                ('tangent_x', tangent_x, ('n', 'c', 'i1', 'i2'), (n, 3, 8, 7)),
+            ),
+        )
     # tangent_x[n, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[d, c, k1, k2]
     # native conv2d
-    result_in = tangent_x
-    result_w = w
-    result = torch.nn.functional.conv2d(result_in, result_w, None, (2, 1), (1, 0), (1, 2), 1)
+    result = torch.nn.functional.conv2d(tangent_x, w, stride=(2, 1), padding=(1, 0), dilation=(1, 2))
     return result
 
 
@@ -144,24 +154,28 @@ def tw(x, tangent_w):
         p1: conv(stride=2, padding=1, dilation=1), (I, O, K) = (8, 4, 3)
         p2: conv(stride=1, padding=0, dilation=2), (I, O, K) = (7, 5, 2)
     """
-    _check_arguments('tw', (
-        ('x', x, ('n', 'c', 'i1', 'i2')),
-        ('tangent_w', tangent_w, ('d', 'c', 'k1', 'k2')),
-    ))
+    if not (
+        isinstance(x, torch.Tensor)
+        and isinstance(tangent_w, torch.Tensor)
+        and x.dim() == 4
+        and tangent_w.dim() == 4
+        and x.is_floating_point()
+        and tangent_w.dtype == x.dtype
+        and tangent_w.device == x.device
+    ):
+        _check_arguments('tw', (('x', x, ('n', 'c', 'i1', 'i2')), ('tangent_w', tangent_w, ('d', 'c', 'k1', 'k2'))))
     n = x.shape[0]  # index n, bound at call time
-    _check_size('tw', 'x', 1, 'c', x.shape[1], 3)
-    _check_size('tw', 'x', 2, 'i1', x.shape[2], 8)
-    _check_size('tw', 'x', 3, 'i2', x.shape[3], 7)
-    _check_size('tw', 'tangent_w', 0, 'd', tangent_w.shape[0], 4)
-    _check_size('tw', 'tangent_w', 1, 'c', tangent_w.shape[1], 3)
-    _check_size('tw', 'tangent_w', 2, 'k1', tangent_w.shape[2], 3)
-    _check_size('tw', 'tangent_w', 3, 'k2', tangent_w.shape[3], 2)
-    device, dtype = x.device, x.dtype
+    if x.shape != (n, 3, 8, 7) or tangent_w.shape != (4, 3, 3, 2):
+        _check_shapes(
+            'tw',
+            (
+                ('x', x, ('n', 'c', 'i1', 'i2'), (n, 3, 8, 7)),
+                ('tangent_w', tangent_w, ('d', 'c', 'k1', 'k2'), (4, 3, 3, 2)),
+            ),
+        )
     # x[n, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * tangent_w[d, c, k1, k2]
     # native conv2d
-    result_in = x
-    result_w = tangent_w
-    result = torch.nn.functional.conv2d(result_in, result_w, None, (2, 1), (1, 0), (1, 2), 1)
+    result = torch.nn.functional.conv2d(x, tangent_w, stride=(2, 1), padding=(1, 0), dilation=(1, 2))
     return result
 
 
@@ -187,38 +201,53 @@ def t(x, w, tangent_x, tangent_w):
         p1: conv(stride=2, padding=1, dilation=1), (I, O, K) = (8, 4, 3)
         p2: conv(stride=1, padding=0, dilation=2), (I, O, K) = (7, 5, 2)
     """
-    _check_arguments('t', (
-        ('x', x, ('n', 'c', 'i1', 'i2')),
-        ('w', w, ('d', 'c', 'k1', 'k2')),
-        ('tangent_x', tangent_x, ('n', 'c', 'i1', 'i2')),
-        ('tangent_w', tangent_w, ('d', 'c', 'k1', 'k2')),
-    ))
+    if not (
+        isinstance(x, torch.Tensor)
+        and isinstance(w, torch.Tensor)
+        and isinstance(tangent_x, torch.Tensor)
+        and isinstance(tangent_w, torch.Tensor)
+        and x.dim() == 4
+        and w.dim() == 4
+        and tangent_x.dim() == 4
+        and tangent_w.dim() == 4
+        and x.is_floating_point()
+        and w.dtype == x.dtype
+        and w.device == x.device
+        and tangent_x.dtype == x.dtype
+        and tangent_x.device == x.device
+        and tangent_w.dtype == x.dtype
+        and tangent_w.device == x.device
+    ):
+        _check_arguments(
+            't',
+            (
+                ('x', x, ('n', 'c', 'i1', 'i2')),
+                ('w', w, ('d', 'c', 'k1', 'k2')),
+                ('tangent_x', tangent_x, ('n', 'c', 'i1', 'i2')),
+                ('tangent_w', tangent_w, ('d', 'c', 'k1', 'k2')),
+            ),
+        )
     n = x.shape[0]  # index n, bound at call time
-    _check_size('t', 'x', 1, 'c', x.shape[1], 3)
-    _check_size('t', 'x', 2, 'i1', x.shape[2], 8)
-    _check_size('t', 'x', 3, 'i2', x.shape[3], 7)
-    _check_size('t', 'w', 0, 'd', w.shape[0], 4)
-    _check_size('t', 'w', 1, 'c', w.shape[1], 3)
-    _check_size('t', 'w', 2, 'k1', w.shape[2], 3)
-    _check_size('t', 'w', 3, 'k2', w.shape[3], 2)
-    _check_size('t', 'tangent_x', 0, 'n', tangent_x.shape[0], n)
-    _check_size('t', 'tangent_x', 1, 'c', tangent_x.shape[1], 3)
-    _check_size('t', 'tangent_x', 2, 'i1', tangent_x.shape[2], 8)
-    _check_size('t', 'tangent_x', 3, 'i2', tangent_x.shape[3], 7)
-    _check_size('t', 'tangent_w', 0, 'd', tangent_w.shape[0], 4)
-    _check_size('t', 'tangent_w', 1, 'c', tangent_w.shape[1], 3)
-    _check_size('t', 'tangent_w', 2, 'k1', tangent_w.shape[2], 3)
-    _check_size('t', 'tangent_w', 3, 'k2', tangent_w.shape[3], 2)
-    device, dtype = x.device, x.dtype
+    if (
+        x.shape != (n, 3, 8, 7)
+        or w.shape != (4, 3, 3, 2)
+        or tangent_x.shape != (n, 3, 8, 7)
+        or tangent_w.shape != (4, 3, 3, 2)
+    ):
+        _check_shapes(
+            't',
+            (
+                ('x', x, ('n', 'c', 'i1', 'i2'), (n, 3, 8, 7)),
+                ('w', w, ('d', 'c', 'k1', 'k2'), (4, 3, 3, 2)),
+                ('tangent_x', tangent_x, ('n', 'c', 'i1', 'i2'), (n, 3, 8, 7)),
+                ('tangent_w', tangent_w, ('d', 'c', 'k1', 'k2'), (4, 3, 3, 2)),
+            ),
+        )
     # term 1 of 2: tangent_x[n, c~0, i1~1, i2~2] * p1(i1~1, o1, k1~3) * p2(i2~2, o2, k2~4) * w[d, c~0, k1~3, k2~4]
     # native conv2d
-    term1_in = tangent_x
-    term1_w = w
-    term1 = torch.nn.functional.conv2d(term1_in, term1_w, None, (2, 1), (1, 0), (1, 2), 1)
+    term1 = torch.nn.functional.conv2d(tangent_x, w, stride=(2, 1), padding=(1, 0), dilation=(1, 2))
     # term 2 of 2: x[n, c~5, i1~6, i2~7] * p1(i1~6, o1, k1~8) * p2(i2~7, o2, k2~9) * tangent_w[d, c~5, k1~8, k2~9]
     # native conv2d
-    term2_in = x
-    term2_w = tangent_w
-    term2 = torch.nn.functional.conv2d(term2_in, term2_w, None, (2, 1), (1, 0), (1, 2), 1)
+    term2 = torch.nn.functional.conv2d(x, tangent_w, stride=(2, 1), padding=(1, 0), dilation=(1, 2))
     result = term1 + term2
     return result

@@ -56,11 +56,14 @@ def _check_arguments(function, arguments):
                              f"but {first[0]!r} is on {first[1].device}")
 
 
-def _check_size(function, argument, axis, index, actual, expected):
-    """An axis has the size the file gives its index (or that an earlier argument bound)."""
-    if actual != expected:
-        raise ValueError(f"{function}(): argument {argument!r} axis {axis} ({index}) has size {actual}, "
-                         f"expected {expected}")
+def _check_shapes(function, arguments):
+    """Each axis has the size the file gives its index (or that an earlier argument bound): the first that does not
+    is named."""
+    for name, value, layout, expected in arguments:
+        for axis, (index, actual, size) in enumerate(zip(layout, value.shape, expected)):
+            if actual != size:
+                raise ValueError(f"{function}(): argument {name!r} axis {axis} ({index}) has size {actual}, "
+                                 f"expected {size}")
 
 
 def _nonzero(function, index, size):
@@ -90,30 +93,33 @@ def y(x, w, b):
         p1: conv(stride=2, padding=1, dilation=1), (I, O, K) = (6, 3, 3)
         p2: conv(stride=1, padding=0, dilation=2), (I, O, K) = (7, 5, 2)
     """
-    _check_arguments('y', (
-        ('x', x, ('n', 'c', 'i1', 'i2')),
-        ('w', w, ('d', 'c', 'k1', 'k2')),
-        ('b', b, ('d',)),
-    ))
+    if not (
+        isinstance(x, torch.Tensor)
+        and isinstance(w, torch.Tensor)
+        and isinstance(b, torch.Tensor)
+        and x.dim() == 4
+        and w.dim() == 4
+        and b.dim() == 1
+        and x.is_floating_point()
+        and w.dtype == x.dtype
+        and w.device == x.device
+        and b.dtype == x.dtype
+        and b.device == x.device
+    ):
+        _check_arguments('y', (('x', x, ('n', 'c', 'i1', 'i2')), ('w', w, ('d', 'c', 'k1', 'k2')), ('b', b, ('d',))))
     n = x.shape[0]  # index n, bound at call time
-    _check_size('y', 'x', 1, 'c', x.shape[1], 2)
-    _check_size('y', 'x', 2, 'i1', x.shape[2], 6)
-    _check_size('y', 'x', 3, 'i2', x.shape[3], 7)
-    _check_size('y', 'w', 0, 'd', w.shape[0], 3)
-    _check_size('y', 'w', 1, 'c', w.shape[1], 2)
-    _check_size('y', 'w', 2, 'k1', w.shape[2], 3)
-    _check_size('y', 'w', 3, 'k2', w.shape[3], 2)
-    _check_size('y', 'b', 0, 'd', b.shape[0], 3)
-    device, dtype = x.device, x.dtype
-    # term 1 of 2: x[n, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[d, c, k1, k2]
+    if x.shape != (n, 2, 6, 7) or w.shape != (3, 2, 3, 2) or b.shape != (3,):
+        _check_shapes(
+            'y',
+            (
+                ('x', x, ('n', 'c', 'i1', 'i2'), (n, 2, 6, 7)),
+                ('w', w, ('d', 'c', 'k1', 'k2'), (3, 2, 3, 2)),
+                ('b', b, ('d',), (3,)),
+            ),
+        )
+    # term 1 of 2: x[n, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[d, c, k1, k2] + bias
     # native conv2d
-    term1_in = x
-    term1_w = w
-    term1 = torch.nn.functional.conv2d(term1_in, term1_w, None, (2, 1), (1, 0), (1, 2), 1)
-    # term 2 of 2: b[d]
-    term2 = b
-    term2 = term2.reshape(1, 3, 1, 1)  # broadcast over the missing legs
-    result = term1 + term2
+    result = torch.nn.functional.conv2d(x, w, b, stride=(2, 1), padding=(1, 0), dilation=(1, 2))
     return result
 
 
@@ -134,15 +140,12 @@ def A(x):
         lower: p1(i1', o1, k1') -> a strided window view of the tensor on i1'
         lower: p2(i2', o2, k2') -> a strided window view of the tensor on i2'
     """
-    _check_arguments('A', (
-        ('x', x, ('n', 'c', 'i1', 'i2')),
-    ))
+    if not (isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_floating_point()):
+        _check_arguments('A', (('x', x, ('n', 'c', 'i1', 'i2')),))
     n = x.shape[0]  # index n, bound at call time
-    _check_size('A', 'x', 1, 'c', x.shape[1], 2)
-    _check_size('A', 'x', 2, 'i1', x.shape[2], 6)
-    _check_size('A', 'x', 3, 'i2', x.shape[3], 7)
+    if x.shape != (n, 2, 6, 7):
+        _check_shapes('A', (('x', x, ('n', 'c', 'i1', 'i2'), (n, 2, 6, 7)),))
     _nonzero('A', 'n', n)
-    device, dtype = x.device, x.dtype
     # 1/n * x[n, c, o1, k1, o2, k2] * x[n, c', o1, k1', o2, k2']
     x_view = torch.nn.functional.pad(x, (0, 0, 1, 0)).unfold(2, 3, 2).movedim(-1, 3).unfold(4, 3, 1)[..., ::2].movedim(-1, 5)  # [n, c, o1, k1, o2, k2]
     result_rows = x_view.permute(1, 3, 5, 0, 2, 4).reshape(1, 12, 15 * n)  # laid out once
@@ -169,22 +172,25 @@ def Ar(x):
         fuse: p1(i1', o1', k1') -> one constant over (i1', k1'), built once
         fuse: p2(i2', o2', k2') -> one constant over (i2', k2'), built once
     """
-    _check_arguments('Ar', (
-        ('x', x, ('n', 'c', 'i1', 'i2')),
-    ))
+    if not (isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_floating_point()):
+        _check_arguments('Ar', (('x', x, ('n', 'c', 'i1', 'i2')),))
     n = x.shape[0]  # index n, bound at call time
-    _check_size('Ar', 'x', 1, 'c', x.shape[1], 2)
-    _check_size('Ar', 'x', 2, 'i1', x.shape[2], 6)
-    _check_size('Ar', 'x', 3, 'i2', x.shape[3], 7)
+    if x.shape != (n, 2, 6, 7):
+        _check_shapes('Ar', (('x', x, ('n', 'c', 'i1', 'i2'), (n, 2, 6, 7)),))
     _nonzero('Ar', 'n', n)
-    device, dtype = x.device, x.dtype
+    device = x.device
+    dtype = x.dtype
     # 1/(225*n) * x[n, c, i1, i2] * x[n, c', i1', i2'] * fused(i1, k1) * fused(i2, k2) * fused(i1', k1') * fused(i2', k2')
-    fused = _cached(('Ar.fused', device, dtype), lambda: torch.einsum("abc->ac", _conv_pattern(6, 3, 3, 2, 1, 1, device, dtype)))
-    # fused: p1(i1, o1, k1), contracted once
-    fused_2 = _cached(('Ar.fused_2', device, dtype), lambda: torch.einsum("abc->ac", _conv_pattern(7, 5, 2, 1, 0, 2, device, dtype)))
-    # fused_2: p2(i2, o2, k2), contracted once
-    t1 = torch.tensordot(fused_2, x, dims=([0], [3]))  # [k2, n, c, i1]
-    t2 = torch.tensordot(fused, t1, dims=([0], [3]))  # [k1, k2, n, c]
+    fused = _cached(
+        ('Ar.fused', device, dtype),
+        lambda: torch.einsum('abc->ac', _conv_pattern(6, 3, 3, 2, 1, 1, device, dtype)),
+    )  # p1(i1, o1, k1), contracted once per shape
+    fused_2 = _cached(
+        ('Ar.fused_2', device, dtype),
+        lambda: torch.einsum('abc->ac', _conv_pattern(7, 5, 2, 1, 0, 2, device, dtype)),
+    )  # p2(i2, o2, k2), contracted once per shape
+    t1 = torch.tensordot(fused_2, x, dims=((0,), (3,)))  # [k2, n, c, i1]
+    t2 = torch.tensordot(fused, t1, dims=((0,), (3,)))  # [k1, k2, n, c]
     result_rows = t2.permute(3, 0, 1, 2).reshape(1, 12, n)  # laid out once
     result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(2, 3, 2, 2, 3, 2)  # [c, k1, k2, c', k1', k2']
     result.mul_(1 / (225 * n))
@@ -206,15 +212,12 @@ def B(grad_y):
     Rewrites applied:
         merge: o1 and o2 always travel together -> one leg o1.o2
     """
-    _check_arguments('B', (
-        ('grad_y', grad_y, ('n', 'd', 'o1', 'o2')),
-    ))
+    if not (isinstance(grad_y, torch.Tensor) and grad_y.dim() == 4 and grad_y.is_floating_point()):
+        _check_arguments('B', (('grad_y', grad_y, ('n', 'd', 'o1', 'o2')),))
     n = grad_y.shape[0]  # index n, bound at call time
-    _check_size('B', 'grad_y', 1, 'd', grad_y.shape[1], 3)
-    _check_size('B', 'grad_y', 2, 'o1', grad_y.shape[2], 3)
-    _check_size('B', 'grad_y', 3, 'o2', grad_y.shape[3], 5)
+    if grad_y.shape != (n, 3, 3, 5):
+        _check_shapes('B', (('grad_y', grad_y, ('n', 'd', 'o1', 'o2'), (n, 3, 3, 5)),))
     _nonzero('B', 'n', n)
-    device, dtype = grad_y.device, grad_y.dtype
     # 1/n * grad_y[n, d, o1.o2] * grad_y[n, d', o1.o2]
     grad_y_view = grad_y.reshape(n, 3, 15)  # [n, d, o1.o2]
     result_rows = grad_y_view.permute(1, 0, 2).reshape(1, 3, 15 * n)  # laid out once
@@ -238,15 +241,12 @@ def Br(grad_y):
         merge: o1 and o2 always travel together -> one leg o1.o2
         merge: o1' and o2' always travel together -> one leg o1'.o2'
     """
-    _check_arguments('Br', (
-        ('grad_y', grad_y, ('n', 'd', 'o1', 'o2')),
-    ))
+    if not (isinstance(grad_y, torch.Tensor) and grad_y.dim() == 4 and grad_y.is_floating_point()):
+        _check_arguments('Br', (('grad_y', grad_y, ('n', 'd', 'o1', 'o2')),))
     n = grad_y.shape[0]  # index n, bound at call time
-    _check_size('Br', 'grad_y', 1, 'd', grad_y.shape[1], 3)
-    _check_size('Br', 'grad_y', 2, 'o1', grad_y.shape[2], 3)
-    _check_size('Br', 'grad_y', 3, 'o2', grad_y.shape[3], 5)
+    if grad_y.shape != (n, 3, 3, 5):
+        _check_shapes('Br', (('grad_y', grad_y, ('n', 'd', 'o1', 'o2'), (n, 3, 3, 5)),))
     _nonzero('Br', 'n', n)
-    device, dtype = grad_y.device, grad_y.dtype
     # 1/n * grad_y[n, d, o1.o2] * grad_y[n, d', o1'.o2']
     grad_y_view = grad_y.reshape(n, 3, 15)  # [n, d, o1.o2]
     t1 = grad_y_view.sum(2)  # [n, d]

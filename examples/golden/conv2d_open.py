@@ -88,11 +88,14 @@ def _check_arguments(function, arguments):
                              f"but {first[0]!r} is on {first[1].device}")
 
 
-def _check_size(function, argument, axis, index, actual, expected):
-    """An axis has the size the file gives its index (or that an earlier argument bound)."""
-    if actual != expected:
-        raise ValueError(f"{function}(): argument {argument!r} axis {axis} ({index}) has size {actual}, "
-                         f"expected {expected}")
+def _check_shapes(function, arguments):
+    """Each axis has the size the file gives its index (or that an earlier argument bound): the first that does not
+    is named."""
+    for name, value, layout, expected in arguments:
+        for axis, (index, actual, size) in enumerate(zip(layout, value.shape, expected)):
+            if actual != size:
+                raise ValueError(f"{function}(): argument {name!r} axis {axis} ({index}) has size {actual}, "
+                                 f"expected {size}")
 
 
 def _nonzero(function, index, size):
@@ -152,11 +155,20 @@ def y(x, w, b):
         p1: conv(stride=2, padding=1, dilation=1), (I, O, K) = (i1, o1, 3)
         p2: conv(stride=2, padding=1, dilation=1), (I, O, K) = (i2, o2, 3)
     """
-    _check_arguments('y', (
-        ('x', x, ('n', 'c', 'i1', 'i2')),
-        ('w', w, ('d', 'c', 'k1', 'k2')),
-        ('b', b, ('d',)),
-    ))
+    if not (
+        isinstance(x, torch.Tensor)
+        and isinstance(w, torch.Tensor)
+        and isinstance(b, torch.Tensor)
+        and x.dim() == 4
+        and w.dim() == 4
+        and b.dim() == 1
+        and x.is_floating_point()
+        and w.dtype == x.dtype
+        and w.device == x.device
+        and b.dtype == x.dtype
+        and b.device == x.device
+    ):
+        _check_arguments('y', (('x', x, ('n', 'c', 'i1', 'i2')), ('w', w, ('d', 'c', 'k1', 'k2')), ('b', b, ('d',))))
     n = x.shape[0]  # index n, bound at call time
     c = x.shape[1]  # index c, bound at call time
     i1 = x.shape[2]  # index i1, bound at call time
@@ -164,20 +176,11 @@ def y(x, w, b):
     d = w.shape[0]  # index d, bound at call time
     o1 = _out_size('y', "argument 'x' axis 2 (i1)", i1, 'p1', 3, 2, 1, 1, 1)
     o2 = _out_size('y', "argument 'x' axis 3 (i2)", i2, 'p2', 3, 2, 1, 1, 1)
-    _check_size('y', 'w', 1, 'c', w.shape[1], c)
-    _check_size('y', 'w', 2, 'k1', w.shape[2], 3)
-    _check_size('y', 'w', 3, 'k2', w.shape[3], 3)
-    _check_size('y', 'b', 0, 'd', b.shape[0], d)
-    device, dtype = x.device, x.dtype
-    # term 1 of 2: x[n, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[d, c, k1, k2]
+    if w.shape != (d, c, 3, 3) or b.shape != (d,):
+        _check_shapes('y', (('w', w, ('d', 'c', 'k1', 'k2'), (d, c, 3, 3)), ('b', b, ('d',), (d,))))
+    # term 1 of 2: x[n, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[d, c, k1, k2] + bias
     # native conv2d
-    term1_in = x
-    term1_w = w
-    term1 = torch.nn.functional.conv2d(term1_in, term1_w, None, (2, 2), (1, 1), (1, 1), 1)
-    # term 2 of 2: b[d]
-    term2 = b
-    term2 = term2.reshape(1, d, 1, 1)  # broadcast over the missing legs
-    result = term1 + term2
+    result = torch.nn.functional.conv2d(x, w, b, stride=2, padding=1)
     return result
 
 
@@ -202,10 +205,16 @@ def gx(w, grad_y, *, i1, i2):
         p1: conv(stride=2, padding=1, dilation=1), (I, O, K) = (i1, o1, 3)
         p2: conv(stride=2, padding=1, dilation=1), (I, O, K) = (i2, o2, 3)
     """
-    _check_arguments('gx', (
-        ('w', w, ('d', 'c', 'k1', 'k2')),
-        ('grad_y', grad_y, ('n', 'd', 'o1', 'o2')),
-    ))
+    if not (
+        isinstance(w, torch.Tensor)
+        and isinstance(grad_y, torch.Tensor)
+        and w.dim() == 4
+        and grad_y.dim() == 4
+        and w.is_floating_point()
+        and grad_y.dtype == w.dtype
+        and grad_y.device == w.device
+    ):
+        _check_arguments('gx', (('w', w, ('d', 'c', 'k1', 'k2')), ('grad_y', grad_y, ('n', 'd', 'o1', 'o2'))))
     d = w.shape[0]  # index d, bound at call time
     c = w.shape[1]  # index c, bound at call time
     n = grad_y.shape[0]  # index n, bound at call time
@@ -213,17 +222,25 @@ def gx(w, grad_y, *, i1, i2):
     o2 = grad_y.shape[3]  # index o2, bound at call time
     i1 = _size_keyword('gx', 'i1', i1)
     i2 = _size_keyword('gx', 'i2', i2)
-    _check_size('gx', 'w', 2, 'k1', w.shape[2], 3)
-    _check_size('gx', 'w', 3, 'k2', w.shape[3], 3)
-    _check_size('gx', 'grad_y', 1, 'd', grad_y.shape[1], d)
+    if w.shape != (d, c, 3, 3) or grad_y.shape != (n, d, o1, o2):
+        _check_shapes(
+            'gx',
+            (
+                ('w', w, ('d', 'c', 'k1', 'k2'), (d, c, 3, 3)),
+                ('grad_y', grad_y, ('n', 'd', 'o1', 'o2'), (n, d, o1, o2)),
+            ),
+        )
     _check_out_size('gx', "argument 'grad_y' axis 2 (o1)", o1, 'keyword i1=', i1, 'p1', 3, 2, 1, 1, 1)
     _check_out_size('gx', "argument 'grad_y' axis 3 (o2)", o2, 'keyword i2=', i2, 'p2', 3, 2, 1, 1, 1)
-    device, dtype = w.device, w.dtype
     # p1(i1, o1, k1) * p2(i2, o2, k2) * w[d, c, k1, k2] * grad_y[n, d, o1, o2]
     # native conv_transpose2d
-    result_in = grad_y
-    result_w = w
-    result = torch.nn.functional.conv_transpose2d(result_in, result_w, None, (2, 2), (1, 1), (i1 - 2 * o1 + 1, i2 - 2 * o2 + 1), 1, (1, 1))
+    result = torch.nn.functional.conv_transpose2d(
+        grad_y,
+        w,
+        stride=2,
+        padding=1,
+        output_padding=(i1 - 2 * o1 + 1, i2 - 2 * o2 + 1),
+    )
     return result
 
 
@@ -246,10 +263,16 @@ def gw(x, grad_y):
         p1: conv(stride=2, padding=1, dilation=1), (I, O, K) = (i1, o1, 3)
         p2: conv(stride=2, padding=1, dilation=1), (I, O, K) = (i2, o2, 3)
     """
-    _check_arguments('gw', (
-        ('x', x, ('n', 'c', 'i1', 'i2')),
-        ('grad_y', grad_y, ('n', 'd', 'o1', 'o2')),
-    ))
+    if not (
+        isinstance(x, torch.Tensor)
+        and isinstance(grad_y, torch.Tensor)
+        and x.dim() == 4
+        and grad_y.dim() == 4
+        and x.is_floating_point()
+        and grad_y.dtype == x.dtype
+        and grad_y.device == x.device
+    ):
+        _check_arguments('gw', (('x', x, ('n', 'c', 'i1', 'i2')), ('grad_y', grad_y, ('n', 'd', 'o1', 'o2'))))
     n = x.shape[0]  # index n, bound at call time
     c = x.shape[1]  # index c, bound at call time
     i1 = x.shape[2]  # index i1, bound at call time
@@ -257,15 +280,13 @@ def gw(x, grad_y):
     d = grad_y.shape[1]  # index d, bound at call time
     o1 = grad_y.shape[2]  # index o1, bound at call time
     o2 = grad_y.shape[3]  # index o2, bound at call time
-    _check_size('gw', 'grad_y', 0, 'n', grad_y.shape[0], n)
+    if grad_y.shape != (n, d, o1, o2):
+        _check_shapes('gw', (('grad_y', grad_y, ('n', 'd', 'o1', 'o2'), (n, d, o1, o2)),))
     _check_out_size('gw', "argument 'grad_y' axis 2 (o1)", o1, "argument 'x' axis 2 (i1)", i1, 'p1', 3, 2, 1, 1, 1)
     _check_out_size('gw', "argument 'grad_y' axis 3 (o2)", o2, "argument 'x' axis 3 (i2)", i2, 'p2', 3, 2, 1, 1, 1)
-    device, dtype = x.device, x.dtype
     # x[n, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * grad_y[n, d, o1, o2]
     # native conv_weight2d
-    result_in = x
-    result_grad = grad_y
-    result = torch.nn.grad.conv2d_weight(result_in, (d, c, 3, 3), result_grad, (2, 2), (1, 1), (1, 1), 1)
+    result = torch.nn.grad.conv2d_weight(x, (d, c, 3, 3), grad_y, stride=2, padding=1)
     return result
 
 
@@ -293,9 +314,8 @@ def Ar(x):
         fuse: p1(i1', o1', k1') -> one constant over (i1', k1'), built once
         fuse: p2(i2', o2', k2') -> one constant over (i2', k2'), built once
     """
-    _check_arguments('Ar', (
-        ('x', x, ('n', 'c', 'i1', 'i2')),
-    ))
+    if not (isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_floating_point()):
+        _check_arguments('Ar', (('x', x, ('n', 'c', 'i1', 'i2')),))
     n = x.shape[0]  # index n, bound at call time
     c = x.shape[1]  # index c, bound at call time
     i1 = x.shape[2]  # index i1, bound at call time
@@ -305,24 +325,29 @@ def Ar(x):
     _nonzero('Ar', 'n', n)
     _nonzero('Ar', 'o1', o1)
     _nonzero('Ar', 'o2', o2)
-    device, dtype = x.device, x.dtype
+    device = x.device
+    dtype = x.dtype
     # 1/(n*o1**2*o2**2) * x[n, c, i1, i2] * x[n, c', i1', i2'] * fused(i1, k1) * fused(i2, k2) * fused(i1', k1') * fused(i2', k2')
-    fused = _cached(('Ar.fused', i1, o1, device, dtype), lambda: torch.einsum("abc->ac", _conv_pattern(i1, o1, 3, 2, 1, 1, device, dtype)))
-    # fused: p1(i1, o1, k1), contracted once
-    fused_2 = _cached(('Ar.fused_2', i2, o2, device, dtype), lambda: torch.einsum("abc->ac", _conv_pattern(i2, o2, 3, 2, 1, 1, device, dtype)))
-    # fused_2: p2(i2, o2, k2), contracted once
-    if _Ar_plan1(c, i1, i2, n) == 0:  # plan 1: 81 * n * c ** 2 + 6 * c * i1 * i2 * n + 18 * c * i1 * n multiply-adds
-        t1 = _window_sum(x, 3, i2, o2, 3, 2, 1, 1).permute(3, 0, 1, 2) if i2 >= 56 else torch.tensordot(fused_2, x, dims=([0], [3]))  # [k2, n, c, i1]
-        t2 = _window_sum(t1, 3, i1, o1, 3, 2, 1, 1).permute(3, 0, 1, 2) if i1 >= 56 else torch.tensordot(fused, t1, dims=([0], [3]))  # [k1, k2, n, c]
+    fused = _cached(
+        ('Ar.fused', i1, o1, device, dtype),
+        lambda: torch.einsum('abc->ac', _conv_pattern(i1, o1, 3, 2, 1, 1, device, dtype)),
+    )  # p1(i1, o1, k1), contracted once per shape
+    fused_2 = _cached(
+        ('Ar.fused_2', i2, o2, device, dtype),
+        lambda: torch.einsum('abc->ac', _conv_pattern(i2, o2, 3, 2, 1, 1, device, dtype)),
+    )  # p2(i2, o2, k2), contracted once per shape
+    if _Ar_plan1(c, i1, i2, n) == 0:  # plan 1: 81*c**2*n + 6*c*i1*i2*n + 18*c*i1*n multiply-adds
+        t1 = _window_sum(x, 3, i2, o2, 3, 2, 1, 1).permute(3, 0, 1, 2) if i2 >= 56 else torch.tensordot(fused_2, x, dims=((0,), (3,)))  # [k2, n, c, i1]
+        t2 = _window_sum(t1, 3, i1, o1, 3, 2, 1, 1).permute(3, 0, 1, 2) if i1 >= 56 else torch.tensordot(fused, t1, dims=((0,), (3,)))  # [k1, k2, n, c]
         result_rows = t2.permute(3, 0, 1, 2).reshape(1, 9 * c, n)  # laid out once
         result = torch.bmm(result_rows * (1 / (n * o1 ** 2 * o2 ** 2)), result_rows.transpose(1, 2)).reshape(c, 3, 3, c, 3, 3)  # [c, k1, k2, c', k1', k2']
-    else:  # plan 2: n * c ** 2 * i1 ** 2 * i2 ** 2 + 3 * c ** 2 * i1 ** 2 * i2 ** 2 + 9 * i1 * c ** 2 * i2 ** 2 + 81 * i1 * i2 * c ** 2 + 9 * i1 * i2 multiply-adds
+    else:  # plan 2: c**2*i1**2*i2**2*n + 3*c**2*i1**2*i2**2 + 9*c**2*i1*i2**2 + 81*c**2*i1*i2 + 9*i1*i2 multiply-adds
         t1_2_rows = x.permute(1, 2, 3, 0).reshape(1, c * i1 * i2, n)  # laid out once
         t1_2 = torch.bmm(t1_2_rows, t1_2_rows.transpose(1, 2)).reshape(c, i1, i2, c, i1, i2)  # [c, i1, i2, c', i1', i2']
-        t2_2 = _window_sum(t1_2, 1, i1, o1, 3, 2, 1, 1).permute(5, 0, 1, 2, 3, 4) if i1 >= 56 else torch.tensordot(fused, t1_2, dims=([0], [1]))  # [k1, c, i2, c', i1', i2']
-        t3 = torch.tensordot(fused_2, fused, dims=([], []))  # [i2, k2, i1', k1']
-        t4 = _window_sum(t2_2, 5, i2, o2, 3, 2, 1, 1).permute(5, 0, 1, 2, 3, 4) if i2 >= 56 else torch.tensordot(fused_2, t2_2, dims=([0], [5]))  # [k2', k1, c, i2, c', i1']
-        result = torch.einsum("abcd,efgahc->gfbhde", t3, t4)  # [c, k1, k2, c', k1', k2']
+        t2_2 = _window_sum(t1_2, 1, i1, o1, 3, 2, 1, 1).permute(5, 0, 1, 2, 3, 4) if i1 >= 56 else torch.tensordot(fused, t1_2, dims=((0,), (1,)))  # [k1, c, i2, c', i1', i2']
+        t3 = torch.tensordot(fused_2, fused, dims=((), ()))  # [i2, k2, i1', k1']
+        t4 = _window_sum(t2_2, 5, i2, o2, 3, 2, 1, 1).permute(5, 0, 1, 2, 3, 4) if i2 >= 56 else torch.tensordot(fused_2, t2_2, dims=((0,), (5,)))  # [k2', k1, c, i2, c', i1']
+        result = torch.einsum('abcd,efgahc->gfbhde', t3, t4)  # [c, k1, k2, c', k1', k2']
         result.mul_(1 / (n * o1 ** 2 * o2 ** 2))
     result = result.reshape(9 * c, 9 * c)  # [(c k1 k2), (c' k1' k2')]
     return result

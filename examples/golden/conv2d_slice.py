@@ -68,11 +68,14 @@ def _check_arguments(function, arguments):
                              f"but {first[0]!r} is on {first[1].device}")
 
 
-def _check_size(function, argument, axis, index, actual, expected):
-    """An axis has the size the file gives its index (or that an earlier argument bound)."""
-    if actual != expected:
-        raise ValueError(f"{function}(): argument {argument!r} axis {axis} ({index}) has size {actual}, "
-                         f"expected {expected}")
+def _check_shapes(function, arguments):
+    """Each axis has the size the file gives its index (or that an earlier argument bound): the first that does not
+    is named."""
+    for name, value, layout, expected in arguments:
+        for axis, (index, actual, size) in enumerate(zip(layout, value.shape, expected)):
+            if actual != size:
+                raise ValueError(f"{function}(): argument {name!r} axis {axis} ({index}) has size {actual}, "
+                                 f"expected {size}")
 
 
 def y(x, w, b):
@@ -96,35 +99,36 @@ def y(x, w, b):
         p1: conv(stride=2, padding=1, dilation=1), (I, O, K) = (12, 6, 3)
         p2: conv(stride=1, padding=1, dilation=1), (I, O, K) = (10, 10, 3)
     """
-    _check_arguments('y', (
-        ('x', x, ('n', '(g c)', 'i1', 'i2')),
-        ('w', w, ('(g d)', 'c', 'k1', 'k2')),
-        ('b', b, ('(g d)',)),
-    ))
+    if not (
+        isinstance(x, torch.Tensor)
+        and isinstance(w, torch.Tensor)
+        and isinstance(b, torch.Tensor)
+        and x.dim() == 4
+        and w.dim() == 4
+        and b.dim() == 1
+        and x.is_floating_point()
+        and w.dtype == x.dtype
+        and w.device == x.device
+        and b.dtype == x.dtype
+        and b.device == x.device
+    ):
+        _check_arguments(
+            'y',
+            (('x', x, ('n', '(g c)', 'i1', 'i2')), ('w', w, ('(g d)', 'c', 'k1', 'k2')), ('b', b, ('(g d)',))),
+        )
     n = x.shape[0]  # index n, bound at call time
-    _check_size('y', 'x', 1, '(g c)', x.shape[1], 6)
-    _check_size('y', 'x', 2, 'i1', x.shape[2], 12)
-    _check_size('y', 'x', 3, 'i2', x.shape[3], 10)
-    _check_size('y', 'w', 0, '(g d)', w.shape[0], 8)
-    _check_size('y', 'w', 1, 'c', w.shape[1], 3)
-    _check_size('y', 'w', 2, 'k1', w.shape[2], 3)
-    _check_size('y', 'w', 3, 'k2', w.shape[3], 3)
-    _check_size('y', 'b', 0, '(g d)', b.shape[0], 8)
-    device, dtype = x.device, x.dtype
-    # term 1 of 2: x[n, g, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[g, d, c, k1, k2]
-    x_legs = x.reshape(n, 2, 3, 12, 10)
-    w_legs = w.reshape(2, 4, 3, 3, 3)
+    if x.shape != (n, 6, 12, 10) or w.shape != (8, 3, 3, 3) or b.shape != (8,):
+        _check_shapes(
+            'y',
+            (
+                ('x', x, ('n', '(g c)', 'i1', 'i2'), (n, 6, 12, 10)),
+                ('w', w, ('(g d)', 'c', 'k1', 'k2'), (8, 3, 3, 3)),
+                ('b', b, ('(g d)',), (8,)),
+            ),
+        )
+    # term 1 of 2: x[n, g, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[g, d, c, k1, k2] + bias
     # native conv2d
-    term1_in = x_legs.reshape(n, 6, 12, 10)
-    term1_w = w_legs.reshape(8, 3, 3, 3)
-    term1 = torch.nn.functional.conv2d(term1_in, term1_w, None, (2, 1), (1, 1), (1, 1), 2)
-    term1 = term1.reshape(n, 2, 4, 6, 10)
-    # term 2 of 2: b[g, d]
-    b_legs = b.reshape(2, 4)
-    term2 = b_legs
-    term2 = term2.reshape(1, 2, 4, 1, 1)  # broadcast over the missing legs
-    result = term1 + term2
-    result = result.reshape(n, 8, 6, 10)  # [n, (g d), o1, o2]
+    result = torch.nn.functional.conv2d(x, w, b, stride=(2, 1), padding=1, groups=2)
     return result
 
 
@@ -152,36 +156,39 @@ def top(x, w, b):
         p1: conv(stride=2, padding=(1, 0), dilation=1), (I, O, K) = (6, 3, 3)
         p2: conv(stride=1, padding=1, dilation=1), (I, O, K) = (10, 10, 3)
     """
-    _check_arguments('top', (
-        ('x', x, ('n', '(g c)', 'i1', 'i2')),
-        ('w', w, ('(g d)', 'c', 'k1', 'k2')),
-        ('b', b, ('(g d)',)),
-    ))
+    if not (
+        isinstance(x, torch.Tensor)
+        and isinstance(w, torch.Tensor)
+        and isinstance(b, torch.Tensor)
+        and x.dim() == 4
+        and w.dim() == 4
+        and b.dim() == 1
+        and x.is_floating_point()
+        and w.dtype == x.dtype
+        and w.device == x.device
+        and b.dtype == x.dtype
+        and b.device == x.device
+    ):
+        _check_arguments(
+            'top',
+            (('x', x, ('n', '(g c)', 'i1', 'i2')), ('w', w, ('(g d)', 'c', 'k1', 'k2')), ('b', b, ('(g d)',))),
+        )
     n = x.shape[0]  # index n, bound at call time
-    _check_size('top', 'x', 1, '(g c)', x.shape[1], 6)
-    _check_size('top', 'x', 2, 'i1', x.shape[2], 12)
-    _check_size('top', 'x', 3, 'i2', x.shape[3], 10)
-    _check_size('top', 'w', 0, '(g d)', w.shape[0], 8)
-    _check_size('top', 'w', 1, 'c', w.shape[1], 3)
-    _check_size('top', 'w', 2, 'k1', w.shape[2], 3)
-    _check_size('top', 'w', 3, 'k2', w.shape[3], 3)
-    _check_size('top', 'b', 0, '(g d)', b.shape[0], 8)
-    device, dtype = x.device, x.dtype
-    # term 1 of 2: x[n, g, c, i1~, i2] * p1(i1~, o1', k1) * p2(i2, o2, k2) * w[g, d, c, k1, k2]
+    if x.shape != (n, 6, 12, 10) or w.shape != (8, 3, 3, 3) or b.shape != (8,):
+        _check_shapes(
+            'top',
+            (
+                ('x', x, ('n', '(g c)', 'i1', 'i2'), (n, 6, 12, 10)),
+                ('w', w, ('(g d)', 'c', 'k1', 'k2'), (8, 3, 3, 3)),
+                ('b', b, ('(g d)',), (8,)),
+            ),
+        )
+    # term 1 of 2: x[n, g, c, i1~, i2] * p1(i1~, o1', k1) * p2(i2, o2, k2) * w[g, d, c, k1, k2] + bias
+    # native conv2d
     x_legs = x.reshape(n, 2, 3, 12, 10)
     x_view = x_legs[:, :, :, 0:6]  # [n, g, c, i1~, i2]
-    w_legs = w.reshape(2, 4, 3, 3, 3)
-    # native conv2d
-    term1_in = x_view.reshape(n, 6, 6, 10)
-    term1_w = w_legs.reshape(8, 3, 3, 3)
-    term1 = torch.nn.functional.conv2d(term1_in, term1_w, None, (2, 1), (1, 1), (1, 1), 2)
-    term1 = term1.reshape(n, 2, 4, 3, 10)
-    # term 2 of 2: b[g, d]
-    b_legs = b.reshape(2, 4)
-    term2 = b_legs
-    term2 = term2.reshape(1, 2, 4, 1, 1)  # broadcast over the missing legs
-    result = term1 + term2
-    result = result.reshape(n, 8, 3, 10)  # [n, (g d), o1', o2]
+    result_in = x_view.reshape(n, 6, 6, 10)
+    result = torch.nn.functional.conv2d(result_in, w, b, stride=(2, 1), padding=1, groups=2)
     return result
 
 
@@ -209,34 +216,44 @@ def even(x, w, b):
         p1: conv(stride=2, padding=1, dilation=1), (I, O, K) = (12, 6, 3)
         p2: conv(stride=2, padding=(1, 0), dilation=1), (I, O, K) = (10, 5, 3)
     """
-    _check_arguments('even', (
-        ('x', x, ('n', '(g c)', 'i1', 'i2')),
-        ('w', w, ('(g d)', 'c', 'k1', 'k2')),
-        ('b', b, ('(g d)',)),
-    ))
+    if not (
+        isinstance(x, torch.Tensor)
+        and isinstance(w, torch.Tensor)
+        and isinstance(b, torch.Tensor)
+        and x.dim() == 4
+        and w.dim() == 4
+        and b.dim() == 1
+        and x.is_floating_point()
+        and w.dtype == x.dtype
+        and w.device == x.device
+        and b.dtype == x.dtype
+        and b.device == x.device
+    ):
+        _check_arguments(
+            'even',
+            (('x', x, ('n', '(g c)', 'i1', 'i2')), ('w', w, ('(g d)', 'c', 'k1', 'k2')), ('b', b, ('(g d)',))),
+        )
     n = x.shape[0]  # index n, bound at call time
-    _check_size('even', 'x', 1, '(g c)', x.shape[1], 6)
-    _check_size('even', 'x', 2, 'i1', x.shape[2], 12)
-    _check_size('even', 'x', 3, 'i2', x.shape[3], 10)
-    _check_size('even', 'w', 0, '(g d)', w.shape[0], 8)
-    _check_size('even', 'w', 1, 'c', w.shape[1], 3)
-    _check_size('even', 'w', 2, 'k1', w.shape[2], 3)
-    _check_size('even', 'w', 3, 'k2', w.shape[3], 3)
-    _check_size('even', 'b', 0, '(g d)', b.shape[0], 8)
-    device, dtype = x.device, x.dtype
+    if x.shape != (n, 6, 12, 10) or w.shape != (8, 3, 3, 3) or b.shape != (8,):
+        _check_shapes(
+            'even',
+            (
+                ('x', x, ('n', '(g c)', 'i1', 'i2'), (n, 6, 12, 10)),
+                ('w', w, ('(g d)', 'c', 'k1', 'k2'), (8, 3, 3, 3)),
+                ('b', b, ('(g d)',), (8,)),
+            ),
+        )
     # term 1 of 2: x[n, g, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2', k2) * w[g, d', c, k1, k2]
-    x_legs = x.reshape(n, 2, 3, 12, 10)
+    # native conv2d
     w_legs = w.reshape(2, 4, 3, 3, 3)
     w_view = w_legs[:, 1:3]  # [g, d', c, k1, k2]
-    # native conv2d
-    term1_in = x_legs.reshape(n, 6, 12, 10)
     term1_w = w_view.reshape(4, 3, 3, 3)
-    term1 = torch.nn.functional.conv2d(term1_in, term1_w, None, (2, 2), (1, 1), (1, 1), 2)
-    term1 = term1.reshape(n, 2, 2, 6, 5)
+    term1 = torch.nn.functional.conv2d(x, term1_w, stride=2, padding=1, groups=2)
     # term 2 of 2: b[g, d']
     b_legs = b.reshape(2, 4)
     b_view = b_legs[:, 1:3]  # [g, d']
     term2 = b_view
+    term1 = term1.reshape(n, 2, 2, 6, 5)
     term2 = term2.reshape(1, 2, 2, 1, 1)  # broadcast over the missing legs
     result = term1 + term2
     result = result.reshape(n, 4, 6, 5)  # [n, (g d'), o1, o2']
@@ -266,28 +283,42 @@ def last(x, w, b):
         lower: p1(i1~, o1', k1) -> a strided window view of the tensor on i1~
         lower: p2(i2, o2, k2) -> a strided window view of the tensor on i2
     """
-    _check_arguments('last', (
-        ('x', x, ('n', '(g c)', 'i1', 'i2')),
-        ('w', w, ('(g d)', 'c', 'k1', 'k2')),
-        ('b', b, ('(g d)',)),
-    ))
+    if not (
+        isinstance(x, torch.Tensor)
+        and isinstance(w, torch.Tensor)
+        and isinstance(b, torch.Tensor)
+        and x.dim() == 4
+        and w.dim() == 4
+        and b.dim() == 1
+        and x.is_floating_point()
+        and w.dtype == x.dtype
+        and w.device == x.device
+        and b.dtype == x.dtype
+        and b.device == x.device
+    ):
+        _check_arguments(
+            'last',
+            (('x', x, ('n', '(g c)', 'i1', 'i2')), ('w', w, ('(g d)', 'c', 'k1', 'k2')), ('b', b, ('(g d)',))),
+        )
     n = x.shape[0]  # index n, bound at call time
-    _check_size('last', 'x', 1, '(g c)', x.shape[1], 6)
-    _check_size('last', 'x', 2, 'i1', x.shape[2], 12)
-    _check_size('last', 'x', 3, 'i2', x.shape[3], 10)
-    _check_size('last', 'w', 0, '(g d)', w.shape[0], 8)
-    _check_size('last', 'w', 1, 'c', w.shape[1], 3)
-    _check_size('last', 'w', 2, 'k1', w.shape[2], 3)
-    _check_size('last', 'w', 3, 'k2', w.shape[3], 3)
-    _check_size('last', 'b', 0, '(g d)', b.shape[0], 8)
-    device, dtype = x.device, x.dtype
+    if x.shape != (n, 6, 12, 10) or w.shape != (8, 3, 3, 3) or b.shape != (8,):
+        _check_shapes(
+            'last',
+            (
+                ('x', x, ('n', '(g c)', 'i1', 'i2'), (n, 6, 12, 10)),
+                ('w', w, ('(g d)', 'c', 'k1', 'k2'), (8, 3, 3, 3)),
+                ('b', b, ('(g d)',), (8,)),
+            ),
+        )
+    device = x.device
+    dtype = x.dtype
     # term 1 of 2: x[n, g, c, o1', k1, o2, k2] * w[g, d, c, k1, k2] * select(g, g')
     x_legs = x.reshape(n, 2, 3, 12, 10)
     x_view = torch.nn.functional.pad(x_legs[:, :, :, 7:12], (1, 1, 0, 0)).unfold(3, 3, 2).movedim(-1, 4).unfold(5, 3, 1).movedim(-1, 6)  # [n, g, c, o1', k1, o2, k2]
     w_legs = w.reshape(2, 4, 3, 3, 3)
     select = _select(2, 1, 1, 1, device, dtype)  # select(start=1, step=1)
-    t1 = torch.einsum("ab,acdef->abcdef", select, w_legs)  # [g, g', d, c, k1, k2]
-    term1 = torch.einsum("abcdefg,bhiceg->ahidf", x_view, t1)  # [n, g', d, o1', o2]
+    t1 = torch.einsum('ab,acdef->abcdef', select, w_legs)  # [g, g', d, c, k1, k2]
+    term1 = torch.einsum('abcdefg,bhiceg->ahidf', x_view, t1)  # [n, g', d, o1', o2]
     # term 2 of 2: b[d]
     b_legs = b.reshape(2, 4)
     b_view = b_legs[1:2].squeeze(0)  # [d]
@@ -317,28 +348,28 @@ def gw(x, grad_y):
         p1: conv(stride=2, padding=1, dilation=1), (I, O, K) = (12, 6, 3)
         p2: conv(stride=1, padding=1, dilation=1), (I, O, K) = (10, 10, 3)
     """
-    _check_arguments('gw', (
-        ('x', x, ('n', '(g c)', 'i1', 'i2')),
-        ('grad_y', grad_y, ('n', '(g d)', 'o1', 'o2')),
-    ))
+    if not (
+        isinstance(x, torch.Tensor)
+        and isinstance(grad_y, torch.Tensor)
+        and x.dim() == 4
+        and grad_y.dim() == 4
+        and x.is_floating_point()
+        and grad_y.dtype == x.dtype
+        and grad_y.device == x.device
+    ):
+        _check_arguments('gw', (('x', x, ('n', '(g c)', 'i1', 'i2')), ('grad_y', grad_y, ('n', '(g d)', 'o1', 'o2'))))
     n = x.shape[0]  # index n, bound at call time
-    _check_size('gw', 'x', 1, '(g c)', x.shape[1], 6)
-    _check_size('gw', 'x', 2, 'i1', x.shape[2], 12)
-    _check_size('gw', 'x', 3, 'i2', x.shape[3], 10)
-    _check_size('gw', 'grad_y', 0, 'n', grad_y.shape[0], n)
-    _check_size('gw', 'grad_y', 1, '(g d)', grad_y.shape[1], 8)
-    _check_size('gw', 'grad_y', 2, 'o1', grad_y.shape[2], 6)
-    _check_size('gw', 'grad_y', 3, 'o2', grad_y.shape[3], 10)
-    device, dtype = x.device, x.dtype
+    if x.shape != (n, 6, 12, 10) or grad_y.shape != (n, 8, 6, 10):
+        _check_shapes(
+            'gw',
+            (
+                ('x', x, ('n', '(g c)', 'i1', 'i2'), (n, 6, 12, 10)),
+                ('grad_y', grad_y, ('n', '(g d)', 'o1', 'o2'), (n, 8, 6, 10)),
+            ),
+        )
     # x[n, g, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * grad_y[n, g, d, o1, o2]
-    x_legs = x.reshape(n, 2, 3, 12, 10)
-    grad_y_legs = grad_y.reshape(n, 2, 4, 6, 10)
     # native conv_weight2d
-    result_in = x_legs.reshape(n, 6, 12, 10)
-    result_grad = grad_y_legs.reshape(n, 8, 6, 10)
-    result = torch.nn.grad.conv2d_weight(result_in, (8, 3, 3, 3), result_grad, (2, 1), (1, 1), (1, 1), 2)
-    result = result.reshape(2, 4, 3, 3, 3)
-    result = result.reshape(8, 3, 3, 3)  # [(g d), c, k1, k2]
+    result = torch.nn.grad.conv2d_weight(x, (8, 3, 3, 3), grad_y, stride=(2, 1), padding=1, groups=2)
     return result
 
 
@@ -363,28 +394,35 @@ def gw_rows(x, grad_y):
     Index patterns:
         p2: conv(stride=1, padding=1, dilation=1), (I, O, K) = (10, 10, 3)
     """
-    _check_arguments('gw_rows', (
-        ('x', x, ('n', '(g c)', 'i1', 'i2')),
-        ('grad_y', grad_y, ('n', '(g d)', 'o1', 'o2')),
-    ))
+    if not (
+        isinstance(x, torch.Tensor)
+        and isinstance(grad_y, torch.Tensor)
+        and x.dim() == 4
+        and grad_y.dim() == 4
+        and x.is_floating_point()
+        and grad_y.dtype == x.dtype
+        and grad_y.device == x.device
+    ):
+        _check_arguments(
+            'gw_rows',
+            (('x', x, ('n', '(g c)', 'i1', 'i2')), ('grad_y', grad_y, ('n', '(g d)', 'o1', 'o2'))),
+        )
     n = x.shape[0]  # index n, bound at call time
-    _check_size('gw_rows', 'x', 1, '(g c)', x.shape[1], 6)
-    _check_size('gw_rows', 'x', 2, 'i1', x.shape[2], 12)
-    _check_size('gw_rows', 'x', 3, 'i2', x.shape[3], 10)
-    _check_size('gw_rows', 'grad_y', 0, 'n', grad_y.shape[0], n)
-    _check_size('gw_rows', 'grad_y', 1, '(g d)', grad_y.shape[1], 8)
-    _check_size('gw_rows', 'grad_y', 2, 'o1', grad_y.shape[2], 6)
-    _check_size('gw_rows', 'grad_y', 3, 'o2', grad_y.shape[3], 10)
-    device, dtype = x.device, x.dtype
+    if x.shape != (n, 6, 12, 10) or grad_y.shape != (n, 8, 6, 10):
+        _check_shapes(
+            'gw_rows',
+            (
+                ('x', x, ('n', '(g c)', 'i1', 'i2'), (n, 6, 12, 10)),
+                ('grad_y', grad_y, ('n', '(g d)', 'o1', 'o2'), (n, 8, 6, 10)),
+            ),
+        )
     # x[n, g, c, o1, k1', i2] * p2(i2, o2, k2) * grad_y[n, g, d, o1, o2]
-    x_legs = x.reshape(n, 2, 3, 12, 10)
-    x_view = x_legs.reshape(n, 2, 3, 6, 2, 10)  # [n, g, c, o1, k1', i2]
-    grad_y_legs = grad_y.reshape(n, 2, 4, 6, 10)
     # native conv_weight1d
+    x_view = x.reshape(n, 2, 3, 6, 2, 10)  # [n, g, c, o1, k1', i2]
     result_in = x_view.permute(0, 3, 1, 2, 4, 5).reshape(6 * n, 12, 10)
+    grad_y_legs = grad_y.reshape(n, 2, 4, 6, 10)
     result_grad = grad_y_legs.permute(0, 3, 1, 2, 4).reshape(6 * n, 8, 10)
-    result = torch.nn.grad.conv1d_weight(result_in, (8, 6, 3), result_grad, (1,), (1,), (1,), 2)
-    result = result.reshape(2, 4, 3, 2, 3)
+    result = torch.nn.grad.conv1d_weight(result_in, (8, 6, 3), result_grad, padding=1, groups=2)
     result = result.reshape(8, 3, 2, 3)  # [(g d), c, k1', k2]
     return result
 
@@ -408,28 +446,28 @@ def gx(w, grad_y):
         p1: conv(stride=2, padding=1, dilation=1), (I, O, K) = (12, 6, 3)
         p2: conv(stride=1, padding=1, dilation=1), (I, O, K) = (10, 10, 3)
     """
-    _check_arguments('gx', (
-        ('w', w, ('(g d)', 'c', 'k1', 'k2')),
-        ('grad_y', grad_y, ('n', '(g d)', 'o1', 'o2')),
-    ))
+    if not (
+        isinstance(w, torch.Tensor)
+        and isinstance(grad_y, torch.Tensor)
+        and w.dim() == 4
+        and grad_y.dim() == 4
+        and w.is_floating_point()
+        and grad_y.dtype == w.dtype
+        and grad_y.device == w.device
+    ):
+        _check_arguments('gx', (('w', w, ('(g d)', 'c', 'k1', 'k2')), ('grad_y', grad_y, ('n', '(g d)', 'o1', 'o2'))))
     n = grad_y.shape[0]  # index n, bound at call time
-    _check_size('gx', 'w', 0, '(g d)', w.shape[0], 8)
-    _check_size('gx', 'w', 1, 'c', w.shape[1], 3)
-    _check_size('gx', 'w', 2, 'k1', w.shape[2], 3)
-    _check_size('gx', 'w', 3, 'k2', w.shape[3], 3)
-    _check_size('gx', 'grad_y', 1, '(g d)', grad_y.shape[1], 8)
-    _check_size('gx', 'grad_y', 2, 'o1', grad_y.shape[2], 6)
-    _check_size('gx', 'grad_y', 3, 'o2', grad_y.shape[3], 10)
-    device, dtype = w.device, w.dtype
+    if w.shape != (8, 3, 3, 3) or grad_y.shape != (n, 8, 6, 10):
+        _check_shapes(
+            'gx',
+            (
+                ('w', w, ('(g d)', 'c', 'k1', 'k2'), (8, 3, 3, 3)),
+                ('grad_y', grad_y, ('n', '(g d)', 'o1', 'o2'), (n, 8, 6, 10)),
+            ),
+        )
     # p1(i1, o1, k1) * p2(i2, o2, k2) * w[g, d, c, k1, k2] * grad_y[n, g, d, o1, o2]
-    grad_y_legs = grad_y.reshape(n, 2, 4, 6, 10)
-    w_legs = w.reshape(2, 4, 3, 3, 3)
     # native conv_transpose2d
-    result_in = grad_y_legs.reshape(n, 8, 6, 10)
-    result_w = w_legs.reshape(8, 3, 3, 3)
-    result = torch.nn.functional.conv_transpose2d(result_in, result_w, None, (2, 1), (1, 1), (1, 0), 2, (1, 1))
-    result = result.reshape(n, 2, 3, 12, 10)
-    result = result.reshape(n, 6, 12, 10)  # [n, (g c), i1, i2]
+    result = torch.nn.functional.conv_transpose2d(grad_y, w, stride=(2, 1), padding=1, output_padding=(1, 0), groups=2)
     return result
 
 
@@ -460,30 +498,35 @@ def gx_crop(w, grad_y):
         p1: conv(stride=2, padding=(1, 2), dilation=1), (I, O, K) = (8, 5, 3)
         p2: conv(stride=1, padding=2, dilation=1), (I, O, K) = (6, 8, 3)
     """
-    _check_arguments('gx_crop', (
-        ('w', w, ('(g d)', 'c', 'k1', 'k2')),
-        ('grad_y', grad_y, ('n', '(g d)', 'o1', 'o2')),
-    ))
+    if not (
+        isinstance(w, torch.Tensor)
+        and isinstance(grad_y, torch.Tensor)
+        and w.dim() == 4
+        and grad_y.dim() == 4
+        and w.is_floating_point()
+        and grad_y.dtype == w.dtype
+        and grad_y.device == w.device
+    ):
+        _check_arguments(
+            'gx_crop',
+            (('w', w, ('(g d)', 'c', 'k1', 'k2')), ('grad_y', grad_y, ('n', '(g d)', 'o1', 'o2'))),
+        )
     n = grad_y.shape[0]  # index n, bound at call time
-    _check_size('gx_crop', 'w', 0, '(g d)', w.shape[0], 8)
-    _check_size('gx_crop', 'w', 1, 'c', w.shape[1], 3)
-    _check_size('gx_crop', 'w', 2, 'k1', w.shape[2], 3)
-    _check_size('gx_crop', 'w', 3, 'k2', w.shape[3], 3)
-    _check_size('gx_crop', 'grad_y', 1, '(g d)', grad_y.shape[1], 8)
-    _check_size('gx_crop', 'grad_y', 2, 'o1', grad_y.shape[2], 6)
-    _check_size('gx_crop', 'grad_y', 3, 'o2', grad_y.shape[3], 10)
-    device, dtype = w.device, w.dtype
+    if w.shape != (8, 3, 3, 3) or grad_y.shape != (n, 8, 6, 10):
+        _check_shapes(
+            'gx_crop',
+            (
+                ('w', w, ('(g d)', 'c', 'k1', 'k2'), (8, 3, 3, 3)),
+                ('grad_y', grad_y, ('n', '(g d)', 'o1', 'o2'), (n, 8, 6, 10)),
+            ),
+        )
     # p1(i1', o1~, k1) * p2(i2', o2~, k2) * w[g, d, c, k1, k2] * grad_y[n, g, d, o1~, o2~]
+    # native conv_transpose2d
     grad_y_legs = grad_y.reshape(n, 2, 4, 6, 10)
     grad_y_view = grad_y_legs[:, :, :, 1:6][:, :, :, :, 1:9]  # [n, g, d, o1~, o2~]
-    w_legs = w.reshape(2, 4, 3, 3, 3)
-    # native conv_transpose2d
     result_in = grad_y_view.reshape(n, 8, 5, 8)
-    result_w = w_legs.reshape(8, 3, 3, 3)
-    result = torch.nn.functional.conv_transpose2d(result_in, result_w, None, (2, 1), 0, 0, 2, (1, 1))
-    result = _pad(result, (-2, -2, -1, -2))
-    result = result.reshape(n, 2, 3, 8, 6)
-    result = result.reshape(n, 6, 8, 6)  # [n, (g c), i1', i2']
+    result = torch.nn.functional.conv_transpose2d(result_in, w, stride=(2, 1), groups=2)
+    result = _pad(result, (-2, -2, -1, -2))  # cropped to I
     return result
 
 
@@ -509,28 +552,27 @@ def masked(x, w):
         p1: conv(stride=2, padding=(1, 4), dilation=1), (I, O, K) = (8, 6, 3)
         p2: conv(stride=1, padding=1, dilation=1), (I, O, K) = (10, 10, 3)
     """
-    _check_arguments('masked', (
-        ('x', x, ('n', '(g c)', 'i1', 'i2')),
-        ('w', w, ('(g d)', 'c', 'k1', 'k2')),
-    ))
+    if not (
+        isinstance(x, torch.Tensor)
+        and isinstance(w, torch.Tensor)
+        and x.dim() == 4
+        and w.dim() == 4
+        and x.is_floating_point()
+        and w.dtype == x.dtype
+        and w.device == x.device
+    ):
+        _check_arguments('masked', (('x', x, ('n', '(g c)', 'i1', 'i2')), ('w', w, ('(g d)', 'c', 'k1', 'k2'))))
     n = x.shape[0]  # index n, bound at call time
-    _check_size('masked', 'x', 1, '(g c)', x.shape[1], 6)
-    _check_size('masked', 'x', 2, 'i1', x.shape[2], 12)
-    _check_size('masked', 'x', 3, 'i2', x.shape[3], 10)
-    _check_size('masked', 'w', 0, '(g d)', w.shape[0], 8)
-    _check_size('masked', 'w', 1, 'c', w.shape[1], 3)
-    _check_size('masked', 'w', 2, 'k1', w.shape[2], 3)
-    _check_size('masked', 'w', 3, 'k2', w.shape[3], 3)
-    device, dtype = x.device, x.dtype
+    if x.shape != (n, 6, 12, 10) or w.shape != (8, 3, 3, 3):
+        _check_shapes(
+            'masked',
+            (('x', x, ('n', '(g c)', 'i1', 'i2'), (n, 6, 12, 10)), ('w', w, ('(g d)', 'c', 'k1', 'k2'), (8, 3, 3, 3))),
+        )
     # x[n, g, c, i1~1, i2] * p1(i1~1, o1, k1) * p2(i2, o2, k2) * w[g, d, c, k1, k2]
+    # native conv2d
     x_legs = x.reshape(n, 2, 3, 12, 10)
     x_view = x_legs[:, :, :, 0:8]  # [n, g, c, i1~1, i2]
-    w_legs = w.reshape(2, 4, 3, 3, 3)
-    # native conv2d
     result_in = x_view.reshape(n, 6, 8, 10)
-    result_in = torch.nn.functional.pad(result_in, (1, 1, 1, 4))
-    result_w = w_legs.reshape(8, 3, 3, 3)
-    result = torch.nn.functional.conv2d(result_in, result_w, None, (2, 1), 0, (1, 1), 2)
-    result = result.reshape(n, 2, 4, 6, 10)
-    result = result.reshape(n, 8, 6, 10)  # [n, (g d), o1, o2]
+    result_in_2 = torch.nn.functional.pad(result_in, (1, 1, 1, 4))  # padded
+    result = torch.nn.functional.conv2d(result_in_2, w, stride=(2, 1), groups=2)
     return result

@@ -31,11 +31,14 @@ def _check_arguments(function, arguments):
                              f"but {first[0]!r} is on {first[1].device}")
 
 
-def _check_size(function, argument, axis, index, actual, expected):
-    """An axis has the size the file gives its index (or that an earlier argument bound)."""
-    if actual != expected:
-        raise ValueError(f"{function}(): argument {argument!r} axis {axis} ({index}) has size {actual}, "
-                         f"expected {expected}")
+def _check_shapes(function, arguments):
+    """Each axis has the size the file gives its index (or that an earlier argument bound): the first that does not
+    is named."""
+    for name, value, layout, expected in arguments:
+        for axis, (index, actual, size) in enumerate(zip(layout, value.shape, expected)):
+            if actual != size:
+                raise ValueError(f"{function}(): argument {name!r} axis {axis} ({index}) has size {actual}, "
+                                 f"expected {size}")
 
 
 def y(x, w, b):
@@ -58,30 +61,33 @@ def y(x, w, b):
         p1: conv(stride=2, padding=1, dilation=1), (I, O, K) = (8, 4, 3)
         p2: conv(stride=2, padding=1, dilation=1), (I, O, K) = (6, 3, 3)
     """
-    _check_arguments('y', (
-        ('x', x, ('n', 'c', 'i1', 'i2')),
-        ('w', w, ('d', 'c', 'k1', 'k2')),
-        ('b', b, ('d',)),
-    ))
+    if not (
+        isinstance(x, torch.Tensor)
+        and isinstance(w, torch.Tensor)
+        and isinstance(b, torch.Tensor)
+        and x.dim() == 4
+        and w.dim() == 4
+        and b.dim() == 1
+        and x.is_floating_point()
+        and w.dtype == x.dtype
+        and w.device == x.device
+        and b.dtype == x.dtype
+        and b.device == x.device
+    ):
+        _check_arguments('y', (('x', x, ('n', 'c', 'i1', 'i2')), ('w', w, ('d', 'c', 'k1', 'k2')), ('b', b, ('d',))))
     n = x.shape[0]  # index n, bound at call time
-    _check_size('y', 'x', 1, 'c', x.shape[1], 3)
-    _check_size('y', 'x', 2, 'i1', x.shape[2], 8)
-    _check_size('y', 'x', 3, 'i2', x.shape[3], 6)
-    _check_size('y', 'w', 0, 'd', w.shape[0], 4)
-    _check_size('y', 'w', 1, 'c', w.shape[1], 3)
-    _check_size('y', 'w', 2, 'k1', w.shape[2], 3)
-    _check_size('y', 'w', 3, 'k2', w.shape[3], 3)
-    _check_size('y', 'b', 0, 'd', b.shape[0], 4)
-    device, dtype = x.device, x.dtype
-    # term 1 of 2: x[n, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[d, c, k1, k2]
+    if x.shape != (n, 3, 8, 6) or w.shape != (4, 3, 3, 3) or b.shape != (4,):
+        _check_shapes(
+            'y',
+            (
+                ('x', x, ('n', 'c', 'i1', 'i2'), (n, 3, 8, 6)),
+                ('w', w, ('d', 'c', 'k1', 'k2'), (4, 3, 3, 3)),
+                ('b', b, ('d',), (4,)),
+            ),
+        )
+    # term 1 of 2: x[n, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[d, c, k1, k2] + bias
     # native conv2d
-    term1_in = x
-    term1_w = w
-    term1 = torch.nn.functional.conv2d(term1_in, term1_w, None, (2, 2), (1, 1), (1, 1), 1)
-    # term 2 of 2: b[d]
-    term2 = b
-    term2 = term2.reshape(1, 4, 1, 1)  # broadcast over the missing legs
-    result = term1 + term2
+    result = torch.nn.functional.conv2d(x, w, b, stride=2, padding=1)
     return result
 
 
@@ -104,24 +110,25 @@ def gx(w, grad_y):
         p1: conv(stride=2, padding=1, dilation=1), (I, O, K) = (8, 4, 3)
         p2: conv(stride=2, padding=1, dilation=1), (I, O, K) = (6, 3, 3)
     """
-    _check_arguments('gx', (
-        ('w', w, ('d', 'c', 'k1', 'k2')),
-        ('grad_y', grad_y, ('n', 'd', 'o1', 'o2')),
-    ))
+    if not (
+        isinstance(w, torch.Tensor)
+        and isinstance(grad_y, torch.Tensor)
+        and w.dim() == 4
+        and grad_y.dim() == 4
+        and w.is_floating_point()
+        and grad_y.dtype == w.dtype
+        and grad_y.device == w.device
+    ):
+        _check_arguments('gx', (('w', w, ('d', 'c', 'k1', 'k2')), ('grad_y', grad_y, ('n', 'd', 'o1', 'o2'))))
     n = grad_y.shape[0]  # index n, bound at call time
-    _check_size('gx', 'w', 0, 'd', w.shape[0], 4)
-    _check_size('gx', 'w', 1, 'c', w.shape[1], 3)
-    _check_size('gx', 'w', 2, 'k1', w.shape[2], 3)
-    _check_size('gx', 'w', 3, 'k2', w.shape[3], 3)
-    _check_size('gx', 'grad_y', 1, 'd', grad_y.shape[1], 4)
-    _check_size('gx', 'grad_y', 2, 'o1', grad_y.shape[2], 4)
-    _check_size('gx', 'grad_y', 3, 'o2', grad_y.shape[3], 3)
-    device, dtype = w.device, w.dtype
+    if w.shape != (4, 3, 3, 3) or grad_y.shape != (n, 4, 4, 3):
+        _check_shapes(
+            'gx',
+            (('w', w, ('d', 'c', 'k1', 'k2'), (4, 3, 3, 3)), ('grad_y', grad_y, ('n', 'd', 'o1', 'o2'), (n, 4, 4, 3))),
+        )
     # p1(i1, o1, k1) * p2(i2, o2, k2) * w[d, c, k1, k2] * grad_y[n, d, o1, o2]
     # native conv_transpose2d
-    result_in = grad_y
-    result_w = w
-    result = torch.nn.functional.conv_transpose2d(result_in, result_w, None, (2, 2), (1, 1), (1, 1), 1, (1, 1))
+    result = torch.nn.functional.conv_transpose2d(grad_y, w, stride=2, padding=1, output_padding=1)
     return result
 
 
@@ -144,24 +151,25 @@ def gw(x, grad_y):
         p1: conv(stride=2, padding=1, dilation=1), (I, O, K) = (8, 4, 3)
         p2: conv(stride=2, padding=1, dilation=1), (I, O, K) = (6, 3, 3)
     """
-    _check_arguments('gw', (
-        ('x', x, ('n', 'c', 'i1', 'i2')),
-        ('grad_y', grad_y, ('n', 'd', 'o1', 'o2')),
-    ))
+    if not (
+        isinstance(x, torch.Tensor)
+        and isinstance(grad_y, torch.Tensor)
+        and x.dim() == 4
+        and grad_y.dim() == 4
+        and x.is_floating_point()
+        and grad_y.dtype == x.dtype
+        and grad_y.device == x.device
+    ):
+        _check_arguments('gw', (('x', x, ('n', 'c', 'i1', 'i2')), ('grad_y', grad_y, ('n', 'd', 'o1', 'o2'))))
     n = x.shape[0]  # index n, bound at call time
-    _check_size('gw', 'x', 1, 'c', x.shape[1], 3)
-    _check_size('gw', 'x', 2, 'i1', x.shape[2], 8)
-    _check_size('gw', 'x', 3, 'i2', x.shape[3], 6)
-    _check_size('gw', 'grad_y', 0, 'n', grad_y.shape[0], n)
-    _check_size('gw', 'grad_y', 1, 'd', grad_y.shape[1], 4)
-    _check_size('gw', 'grad_y', 2, 'o1', grad_y.shape[2], 4)
-    _check_size('gw', 'grad_y', 3, 'o2', grad_y.shape[3], 3)
-    device, dtype = x.device, x.dtype
+    if x.shape != (n, 3, 8, 6) or grad_y.shape != (n, 4, 4, 3):
+        _check_shapes(
+            'gw',
+            (('x', x, ('n', 'c', 'i1', 'i2'), (n, 3, 8, 6)), ('grad_y', grad_y, ('n', 'd', 'o1', 'o2'), (n, 4, 4, 3))),
+        )
     # x[n, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * grad_y[n, d, o1, o2]
     # native conv_weight2d
-    result_in = x
-    result_grad = grad_y
-    result = torch.nn.grad.conv2d_weight(result_in, (4, 3, 3, 3), result_grad, (2, 2), (1, 1), (1, 1), 1)
+    result = torch.nn.grad.conv2d_weight(x, (4, 3, 3, 3), grad_y, stride=2, padding=1)
     return result
 
 
@@ -179,15 +187,12 @@ def gb(grad_y):
     Rewrites applied:
         merge: o1 and o2 always travel together -> one leg o1.o2
     """
-    _check_arguments('gb', (
-        ('grad_y', grad_y, ('n', 'd', 'o1', 'o2')),
-    ))
+    if not (isinstance(grad_y, torch.Tensor) and grad_y.dim() == 4 and grad_y.is_floating_point()):
+        _check_arguments('gb', (('grad_y', grad_y, ('n', 'd', 'o1', 'o2')),))
     n = grad_y.shape[0]  # index n, bound at call time
-    _check_size('gb', 'grad_y', 1, 'd', grad_y.shape[1], 4)
-    _check_size('gb', 'grad_y', 2, 'o1', grad_y.shape[2], 4)
-    _check_size('gb', 'grad_y', 3, 'o2', grad_y.shape[3], 3)
-    device, dtype = grad_y.device, grad_y.dtype
+    if grad_y.shape != (n, 4, 4, 3):
+        _check_shapes('gb', (('grad_y', grad_y, ('n', 'd', 'o1', 'o2'), (n, 4, 4, 3)),))
     # grad_y[n, d, o1.o2]
     grad_y_view = grad_y.reshape(n, 4, 12)  # [n, d, o1.o2]
-    result = torch.einsum("abc->b", grad_y_view)  # [d]
+    result = grad_y_view.sum(0).sum(1)  # [d]
     return result

@@ -31,11 +31,14 @@ def _check_arguments(function, arguments):
                              f"but {first[0]!r} is on {first[1].device}")
 
 
-def _check_size(function, argument, axis, index, actual, expected):
-    """An axis has the size the file gives its index (or that an earlier argument bound)."""
-    if actual != expected:
-        raise ValueError(f"{function}(): argument {argument!r} axis {axis} ({index}) has size {actual}, "
-                         f"expected {expected}")
+def _check_shapes(function, arguments):
+    """Each axis has the size the file gives its index (or that an earlier argument bound): the first that does not
+    is named."""
+    for name, value, layout, expected in arguments:
+        for axis, (index, actual, size) in enumerate(zip(layout, value.shape, expected)):
+            if actual != size:
+                raise ValueError(f"{function}(): argument {name!r} axis {axis} ({index}) has size {actual}, "
+                                 f"expected {size}")
 
 
 def _nonzero(function, index, size):
@@ -58,19 +61,25 @@ def y(x, w, b):
     Returns:
         [n, d], sizes [n, 3]
     """
-    _check_arguments('y', (
-        ('x', x, ('n', 'c')),
-        ('w', w, ('d', 'c')),
-        ('b', b, ('d',)),
-    ))
+    if not (
+        isinstance(x, torch.Tensor)
+        and isinstance(w, torch.Tensor)
+        and isinstance(b, torch.Tensor)
+        and x.dim() == 2
+        and w.dim() == 2
+        and b.dim() == 1
+        and x.is_floating_point()
+        and w.dtype == x.dtype
+        and w.device == x.device
+        and b.dtype == x.dtype
+        and b.device == x.device
+    ):
+        _check_arguments('y', (('x', x, ('n', 'c')), ('w', w, ('d', 'c')), ('b', b, ('d',))))
     n = x.shape[0]  # index n, bound at call time
-    _check_size('y', 'x', 1, 'c', x.shape[1], 5)
-    _check_size('y', 'w', 0, 'd', w.shape[0], 3)
-    _check_size('y', 'w', 1, 'c', w.shape[1], 5)
-    _check_size('y', 'b', 0, 'd', b.shape[0], 3)
-    device, dtype = x.device, x.dtype
+    if x.shape != (n, 5) or w.shape != (3, 5) or b.shape != (3,):
+        _check_shapes('y', (('x', x, ('n', 'c'), (n, 5)), ('w', w, ('d', 'c'), (3, 5)), ('b', b, ('d',), (3,))))
     # term 1 of 2: x[n, c] * w[d, c]
-    term1 = torch.tensordot(x, w, dims=([1], [1]))  # [n, d]
+    term1 = torch.tensordot(x, w, dims=((1,), (1,)))  # [n, d]
     # term 2 of 2: b[d]
     term2 = b
     term2 = term2.reshape(1, 3)  # broadcast over the missing legs
@@ -90,17 +99,21 @@ def gx(w, grad_y):
     Returns:
         [n, c], sizes [n, 5]
     """
-    _check_arguments('gx', (
-        ('w', w, ('d', 'c')),
-        ('grad_y', grad_y, ('n', 'd')),
-    ))
+    if not (
+        isinstance(w, torch.Tensor)
+        and isinstance(grad_y, torch.Tensor)
+        and w.dim() == 2
+        and grad_y.dim() == 2
+        and w.is_floating_point()
+        and grad_y.dtype == w.dtype
+        and grad_y.device == w.device
+    ):
+        _check_arguments('gx', (('w', w, ('d', 'c')), ('grad_y', grad_y, ('n', 'd'))))
     n = grad_y.shape[0]  # index n, bound at call time
-    _check_size('gx', 'w', 0, 'd', w.shape[0], 3)
-    _check_size('gx', 'w', 1, 'c', w.shape[1], 5)
-    _check_size('gx', 'grad_y', 1, 'd', grad_y.shape[1], 3)
-    device, dtype = w.device, w.dtype
+    if w.shape != (3, 5) or grad_y.shape != (n, 3):
+        _check_shapes('gx', (('w', w, ('d', 'c'), (3, 5)), ('grad_y', grad_y, ('n', 'd'), (n, 3))))
     # w[d, c] * grad_y[n, d]
-    result = torch.einsum("ab,ca->cb", w, grad_y)  # [n, c]
+    result = torch.einsum('ab,ca->cb', w, grad_y)  # [n, c]
     return result
 
 
@@ -116,17 +129,21 @@ def gw(x, grad_y):
     Returns:
         [d, c], sizes [3, 5]
     """
-    _check_arguments('gw', (
-        ('x', x, ('n', 'c')),
-        ('grad_y', grad_y, ('n', 'd')),
-    ))
+    if not (
+        isinstance(x, torch.Tensor)
+        and isinstance(grad_y, torch.Tensor)
+        and x.dim() == 2
+        and grad_y.dim() == 2
+        and x.is_floating_point()
+        and grad_y.dtype == x.dtype
+        and grad_y.device == x.device
+    ):
+        _check_arguments('gw', (('x', x, ('n', 'c')), ('grad_y', grad_y, ('n', 'd'))))
     n = x.shape[0]  # index n, bound at call time
-    _check_size('gw', 'x', 1, 'c', x.shape[1], 5)
-    _check_size('gw', 'grad_y', 0, 'n', grad_y.shape[0], n)
-    _check_size('gw', 'grad_y', 1, 'd', grad_y.shape[1], 3)
-    device, dtype = x.device, x.dtype
+    if x.shape != (n, 5) or grad_y.shape != (n, 3):
+        _check_shapes('gw', (('x', x, ('n', 'c'), (n, 5)), ('grad_y', grad_y, ('n', 'd'), (n, 3))))
     # x[n, c] * grad_y[n, d]
-    result = torch.einsum("ab,ac->cb", x, grad_y)  # [d, c]
+    result = torch.einsum('ab,ac->cb', x, grad_y)  # [d, c]
     return result
 
 
@@ -141,14 +158,13 @@ def gb(grad_y):
     Returns:
         [d], sizes [3]
     """
-    _check_arguments('gb', (
-        ('grad_y', grad_y, ('n', 'd')),
-    ))
+    if not (isinstance(grad_y, torch.Tensor) and grad_y.dim() == 2 and grad_y.is_floating_point()):
+        _check_arguments('gb', (('grad_y', grad_y, ('n', 'd')),))
     n = grad_y.shape[0]  # index n, bound at call time
-    _check_size('gb', 'grad_y', 1, 'd', grad_y.shape[1], 3)
-    device, dtype = grad_y.device, grad_y.dtype
+    if grad_y.shape != (n, 3):
+        _check_shapes('gb', (('grad_y', grad_y, ('n', 'd'), (n, 3)),))
     # grad_y[n, d]
-    result = torch.einsum("ab->b", grad_y)  # [d]
+    result = grad_y.sum(0)  # [d]
     return result
 
 
@@ -163,13 +179,12 @@ def A(x):
     Returns:
         [c, c'], sizes [5, 5]
     """
-    _check_arguments('A', (
-        ('x', x, ('n', 'c')),
-    ))
+    if not (isinstance(x, torch.Tensor) and x.dim() == 2 and x.is_floating_point()):
+        _check_arguments('A', (('x', x, ('n', 'c')),))
     n = x.shape[0]  # index n, bound at call time
-    _check_size('A', 'x', 1, 'c', x.shape[1], 5)
+    if x.shape != (n, 5):
+        _check_shapes('A', (('x', x, ('n', 'c'), (n, 5)),))
     _nonzero('A', 'n', n)
-    device, dtype = x.device, x.dtype
     # 1/n * x[n, c] * x[n, c']
     result_rows = x.permute(1, 0).reshape(1, 5, n)  # laid out once
     result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(5, 5)  # [c, c']
@@ -188,13 +203,12 @@ def Ar(x):
     Returns:
         [c, c'], sizes [5, 5]
     """
-    _check_arguments('Ar', (
-        ('x', x, ('n', 'c')),
-    ))
+    if not (isinstance(x, torch.Tensor) and x.dim() == 2 and x.is_floating_point()):
+        _check_arguments('Ar', (('x', x, ('n', 'c')),))
     n = x.shape[0]  # index n, bound at call time
-    _check_size('Ar', 'x', 1, 'c', x.shape[1], 5)
+    if x.shape != (n, 5):
+        _check_shapes('Ar', (('x', x, ('n', 'c'), (n, 5)),))
     _nonzero('Ar', 'n', n)
-    device, dtype = x.device, x.dtype
     # 1/n * x[n, c] * x[n, c']
     result_rows = x.permute(1, 0).reshape(1, 5, n)  # laid out once
     result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(5, 5)  # [c, c']
@@ -213,13 +227,12 @@ def B(grad_y):
     Returns:
         [d, d'], sizes [3, 3]
     """
-    _check_arguments('B', (
-        ('grad_y', grad_y, ('n', 'd')),
-    ))
+    if not (isinstance(grad_y, torch.Tensor) and grad_y.dim() == 2 and grad_y.is_floating_point()):
+        _check_arguments('B', (('grad_y', grad_y, ('n', 'd')),))
     n = grad_y.shape[0]  # index n, bound at call time
-    _check_size('B', 'grad_y', 1, 'd', grad_y.shape[1], 3)
+    if grad_y.shape != (n, 3):
+        _check_shapes('B', (('grad_y', grad_y, ('n', 'd'), (n, 3)),))
     _nonzero('B', 'n', n)
-    device, dtype = grad_y.device, grad_y.dtype
     # 1/n * grad_y[n, d] * grad_y[n, d']
     result_rows = grad_y.permute(1, 0).reshape(1, 3, n)  # laid out once
     result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(3, 3)  # [d, d']
@@ -238,13 +251,12 @@ def Br(grad_y):
     Returns:
         [d, d'], sizes [3, 3]
     """
-    _check_arguments('Br', (
-        ('grad_y', grad_y, ('n', 'd')),
-    ))
+    if not (isinstance(grad_y, torch.Tensor) and grad_y.dim() == 2 and grad_y.is_floating_point()):
+        _check_arguments('Br', (('grad_y', grad_y, ('n', 'd')),))
     n = grad_y.shape[0]  # index n, bound at call time
-    _check_size('Br', 'grad_y', 1, 'd', grad_y.shape[1], 3)
+    if grad_y.shape != (n, 3):
+        _check_shapes('Br', (('grad_y', grad_y, ('n', 'd'), (n, 3)),))
     _nonzero('Br', 'n', n)
-    device, dtype = grad_y.device, grad_y.dtype
     # 1/n * grad_y[n, d] * grad_y[n, d']
     result_rows = grad_y.permute(1, 0).reshape(1, 3, n)  # laid out once
     result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(3, 3)  # [d, d']

@@ -31,11 +31,14 @@ def _check_arguments(function, arguments):
                              f"but {first[0]!r} is on {first[1].device}")
 
 
-def _check_size(function, argument, axis, index, actual, expected):
-    """An axis has the size the file gives its index (or that an earlier argument bound)."""
-    if actual != expected:
-        raise ValueError(f"{function}(): argument {argument!r} axis {axis} ({index}) has size {actual}, "
-                         f"expected {expected}")
+def _check_shapes(function, arguments):
+    """Each axis has the size the file gives its index (or that an earlier argument bound): the first that does not
+    is named."""
+    for name, value, layout, expected in arguments:
+        for axis, (index, actual, size) in enumerate(zip(layout, value.shape, expected)):
+            if actual != size:
+                raise ValueError(f"{function}(): argument {name!r} axis {axis} ({index}) has size {actual}, "
+                                 f"expected {size}")
 
 
 def u(x):
@@ -54,17 +57,13 @@ def u(x):
         lower: p2(i2, o2, k2) -> a strided window view of the tensor on i2
         lower: p3(i3, o3, k3) -> a strided window view of the tensor on i3
     """
-    _check_arguments('u', (
-        ('x', x, ('n', 'c', 'i1', 'i2', 'i3')),
-    ))
+    if not (isinstance(x, torch.Tensor) and x.dim() == 5 and x.is_floating_point()):
+        _check_arguments('u', (('x', x, ('n', 'c', 'i1', 'i2', 'i3')),))
     n = x.shape[0]  # index n, bound at call time
-    _check_size('u', 'x', 1, 'c', x.shape[1], 2)
-    _check_size('u', 'x', 2, 'i1', x.shape[2], 4)
-    _check_size('u', 'x', 3, 'i2', x.shape[3], 6)
-    _check_size('u', 'x', 4, 'i3', x.shape[4], 7)
-    device, dtype = x.device, x.dtype
+    if x.shape != (n, 2, 4, 6, 7):
+        _check_shapes('u', (('x', x, ('n', 'c', 'i1', 'i2', 'i3'), (n, 2, 4, 6, 7)),))
     # x[n, c, o1, k1, o2, k2, o3, k3]
     x_view = torch.nn.functional.pad(x, (0, 0, 1, 0, 0, 0)).unfold(2, 2, 1).movedim(-1, 3).unfold(4, 3, 2).movedim(-1, 5).unfold(6, 5, 2)[..., ::2].movedim(-1, 7)  # [n, c, o1, k1, o2, k2, o3, k3]
-    result = torch.einsum("abcdefgh->abdfhceg", x_view)  # [n, c, k1, k2, k3, o1, o2, o3]
+    result = torch.einsum('abcdefgh->abdfhceg', x_view)  # [n, c, k1, k2, k3, o1, o2, o3]
     result = result.reshape(n, 36, 18)  # [n, (c k1 k2 k3), (o1 o2 o3)]
     return result

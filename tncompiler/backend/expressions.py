@@ -16,10 +16,11 @@ import sympy
 
 from tncompiler.errors import TncError
 
-__all__ = ["python_expr", "product_expr"]
+__all__ = ["python_expr", "printed_expr", "product_expr", "ADD", "MUL", "UNARY", "POW", "ATOM"]
 
 # Binding strength of what a printed piece has at its top: a parent wraps a child whose strength is too low.
-_ADD, _MUL, _UNARY, _POW, _ATOM = 10, 20, 30, 40, 50
+ADD, MUL, UNARY, POW, ATOM = 10, 20, 30, 40, 50
+_ADD, _MUL, _UNARY, _POW, _ATOM = ADD, MUL, UNARY, POW, ATOM
 
 _Printed = tuple[str, int]
 
@@ -31,6 +32,13 @@ def python_expr(expr: sympy.Expr | int | float, names: Mapping[sympy.Symbol, str
     if isinstance(expr, int):
         return str(expr)
     return _Printer(names).text(sympy.sympify(expr))[0]
+
+
+def printed_expr(expr: sympy.Expr | int | float, names: Mapping[sympy.Symbol, str]) -> tuple[str, int]:
+    """The source of `expr` and the binding strength of its top operator (ATOM for a name or a number)."""
+    if isinstance(expr, int):
+        return str(expr), (UNARY if expr < 0 else ATOM)
+    return _Printer(names).text(sympy.sympify(expr))
 
 
 def product_expr(sizes: object, names: Mapping[sympy.Symbol, str]) -> str:

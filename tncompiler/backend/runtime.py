@@ -160,6 +160,17 @@ def _nonzero(function, index, size):
     return size
 '''
 
+_CHECK_SHAPES = '''
+def _check_shapes(function, arguments):
+    """Each axis has the size the file gives its index (or that an earlier argument bound): the first that does not
+    is named."""
+    for name, value, layout, expected in arguments:
+        for axis, (index, actual, size) in enumerate(zip(layout, value.shape, expected)):
+            if actual != size:
+                raise ValueError(f"{function}(): argument {name!r} axis {axis} ({index}) has size {actual}, "
+                                 f"expected {size}")
+'''
+
 _CHECK_SIZE = '''
 def _check_size(function, argument, axis, index, actual, expected):
     """An axis has the size the file gives its index (or that an earlier argument bound)."""
@@ -232,6 +243,7 @@ HELPERS = {
     "_cached": _CACHED,
     "_check_arguments": _CHECK_ARGUMENTS,
     "_check_size": _CHECK_SIZE,
+    "_check_shapes": _CHECK_SHAPES,
     "_nonzero": _NONZERO,
     "_bind_size": _BIND_SIZE,
     "_size_keyword": _SIZE_KEYWORD,

@@ -94,6 +94,20 @@ class ConvPattern:
         pad = self.pad_left if self.pad_left == self.pad_right else (self.pad_left, self.pad_right)
         return f"conv(stride={self.stride}, padding={pad}, dilation={self.dilation})"
 
+    @property
+    def extent(self) -> int:
+        """D·(K − 1) + 1: the rows one window spans."""
+        return self.dilation * (self.kernel_size - 1) + 1
+
+    def last_read(self) -> Size:
+        """The input row that the last tap of the last window reads: (O − 1)·S + D·(K − 1) − P_left."""
+        return simplify_size(sympy.sympify(self.out_size - 1) * self.stride + self.extent - 1 - self.pad_left)
+
+    def right_pad(self) -> Size:
+        """The right padding that makes the windows end exactly at the last one (negative: a crop)."""
+        end = sympy.sympify(self.out_size - 1) * self.stride + self.extent
+        return simplify_size(end - self.in_size - self.pad_left)
+
 
 @dataclass(frozen=True)
 class SizeRule:
@@ -109,11 +123,6 @@ class SizeRule:
     def formula(self) -> Size:
         p = self.conv
         return out_size(p.in_size, p.kernel_size, p.stride, p.pad_left, p.pad_right, p.dilation)
-
-    @property
-    def extent(self) -> int:
-        """D·(K − 1) + 1: the rows one window spans."""
-        return self.conv.dilation * (self.conv.kernel_size - 1) + 1
 
 
 @dataclass(frozen=True)

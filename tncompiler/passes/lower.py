@@ -39,7 +39,7 @@ def match_native(net: Network) -> NativeConv | None:
     if len(roles) != 1:
         return None
     role: Role = roles.pop()  # type: ignore[assignment]
-    # Sampled output positions (a pattern gathered on o) become a tiling of the kept windows (backend/native.py):
+    # Sampled output positions (a pattern gathered on o) become a tiling of the kept windows (schedule/kernels.py):
     # the input's rows are gathered and read with stride K, or a transpose convolution writes the kept windows
     # with stride K and they are added back into place (one sampled axis).
     gathered = {net.factors[k].legs[1] for k in patterns if net.factors[k].view is not None}

@@ -1,5 +1,5 @@
-"""Safe, deterministic Python names for generated code: the module's names, decided in one place, and each
-function's locals."""
+"""Safe, deterministic Python names for generated code: the module's names, decided in one place before any code
+is written, and each function's parameters and locals."""
 
 from __future__ import annotations
 
@@ -19,9 +19,6 @@ __all__ = [
     "module_names",
     "sampling_keywords",
     "safe_identifier",
-    "docstring",
-    "docstring_text",
-    "comment_text",
 ]
 
 _RESERVED = (
@@ -57,9 +54,10 @@ class ModuleNames:
         return set(self.functions.values()) | set(self.classes.values())
 
 
-def module_names(program: Program, helpers: Mapping[str, str]) -> ModuleNames:
-    """The module's names. The compiler's own names are reserved first (helpers, Python's names, the autograd
-    classes); then each definition is placed under its own name, or the compile fails where it is defined."""
+def module_names(program: Program) -> ModuleNames:
+    """The module's names. The compiler's own names are reserved first (Python's names, the autograd classes; the
+    helpers and private functions start with `_`, which no name in a file can); then each definition is placed
+    under its own name, or the compile fails where it is defined."""
     classes = {spec.definition: f"{spec.definition}_sampled_autograd" for spec in program.autograd}
     owners = {name: f"the autograd class tnc generates for {definition!r}" for definition, name in classes.items()}
     functions: dict[str, str] = {}
@@ -68,7 +66,7 @@ def module_names(program: Program, helpers: Mapping[str, str]) -> ModuleNames:
         if name.startswith("_"):  # the compiler's own private derivatives: made unique in resolve
             functions[name] = name
             continue
-        why = _unusable(name) or owners.get(name) or ("a helper of the module" if name in helpers else None)
+        why = _unusable(name) or owners.get(name)
         if why is not None:
             where = diagram.span and Span(diagram.span.line, diagram.span.column, diagram.span.line,
                                           diagram.span.column + len(name))  # fmt: skip
@@ -128,27 +126,3 @@ class Namespace:
             name = f"{base}_{counter}"
         self._taken.add(name)
         return name
-
-
-def comment_text(text: str) -> str:
-    """Text safe to put after `#`: one line, printable characters only."""
-    return "".join(ch if ch.isprintable() else " " for ch in " ".join(text.split()))
-
-
-def docstring_text(text: str) -> str:
-    """Text safe inside a triple-quoted string: backslashes and quotes escaped, other characters as escapes.
-
-    Every `"` is escaped, so no run of quotes (also one next to the closing quotes) can end the string early;
-    line breaks other than "\\n" (carriage returns, U+2028, form feeds) become escapes too.
-    """
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    return "".join(ch if ch.isprintable() or ch == "\n" else repr(ch)[1:-1] for ch in escaped)
-
-
-def docstring(text: str, indent: str) -> str:
-    """A triple-quoted docstring that no text can break out of."""
-    lines = docstring_text(text).split("\n")
-    body = "\n".join((indent + line).rstrip() for line in lines[1:])
-    if len(lines) == 1:
-        return f'{indent}"""{lines[0]}"""'
-    return f'{indent}"""{lines[0]}\n{body}\n{indent}"""'

@@ -1,0 +1,270 @@
+"""The schedule pass: one function's ops from its optimised diagram. Every decision about the generated code is
+made here (checks, bindings, draws, kernels and their bias, contraction forms and orders, scaling, the sum of the
+terms); the peephole rules then tidy the ops and the printer writes them."""
+
+from __future__ import annotations
+
+from pathlib import PurePath
+
+import sympy
+
+from tncompiler.binding import Binding
+from tncompiler.ir.network import Diagram, Network, Program
+from tncompiler.ir.values import ConvPattern, Layout, NativeConv, kept_symbol
+from tncompiler.schedule.checks import checks, device_and_dtype
+from tncompiler.schedule.context import Context
+from tncompiler.schedule.contract import contract_term, scale
+from tncompiler.schedule.kernels import kernel_term
+from tncompiler.schedule.names import ModuleNames
+from tncompiler.schedule.operands import Operands
+from tncompiler.schedule.ops import (
+    Assign,
+    BinOp,
+    Chooser,
+    Comment,
+    Expr,
+    Function,
+    Lit,
+    Name,
+    Return,
+    SizeOf,
+    Tuple,
+    call,
+    method,
+)
+
+__all__ = ["schedule_function"]
+
+# Terms summed per line: Python nests `a + b + ...` one level per term, and a sum of thousands would not compile.
+TERMS_PER_LINE = 20
+
+
+def schedule_function(
+    program: Program, built: Diagram, diagram: Diagram, binding: Binding, module: ModuleNames, rewrites: tuple[str, ...]
+) -> Function:
+    """The function of `diagram` (the optimised form of `built`), before the peephole rules."""
+    return _Scheduler(program, built, diagram, binding, module, rewrites).function()
+
+
+class _Scheduler:
+    def __init__(
+        self, program: Program, built: Diagram, diagram: Diagram, binding: Binding, module: ModuleNames,
+        rewrites: tuple[str, ...],
+    ) -> None:  # fmt: skip
+        self.program, self.built, self.diagram, self.rewrites = program, built, diagram, rewrites
+        self.name = module.functions[diagram.name]
+        self.ctx = Context(diagram, binding, self.name, module.taken())
+        self.operands = Operands(self.ctx)
+        self.choosers: list[Chooser] = []
+
+    def function(self) -> Function:
+        ctx = self.ctx
+        checks(ctx)
+        device_and_dtype(ctx)
+        self._draws()
+        bias = _bias(self.diagram)
+        results = []
+        for position, term in enumerate(self.diagram.terms):
+            if bias is not None and position == bias[1]:
+                continue  # passed to the kernel
+            folded = None
+            if bias is not None and position == bias[0]:
+                folded = Name(self.ctx.args[self.diagram.terms[bias[1]].factors[0].name])  # a 1-d argument
+            results.append((term, *self._term(position, term, folded)))
+        self._assemble(results)
+        keywords: list[tuple[str, Expr | None]] = [(ctx.symbols[s], None) for s in ctx.binding.keywords]
+        keywords += [("generator", Lit(None))] if self.diagram.samplers else []
+        params = tuple(ctx.args[a.name] for a in self.diagram.arguments)
+        return Function(
+            self.name, params, tuple(keywords), self._doc(), tuple(ctx.ops), dict(ctx.symbols), tuple(self.choosers),
+            frozenset(ctx.helpers),
+        )  # fmt: skip
+
+    def _draws(self) -> None:
+        """Tensor dropout: draw the kept entries of each sampled index once per call."""
+        ctx = self.ctx
+        for sampler in self.diagram.samplers:
+            note = f"entries of {sampler.index} kept with probability {sampler.p}"
+            drawn = call(ctx.helper("_keep"), SizeOf(sampler.size), Lit(sampler.p), Name("generator"), Name("device"))
+            keep = ctx.assign(f"keep_{sampler.index}", drawn, "draw", note)
+            count = ctx.assign(f"{sampler.index}_kept", method(keep, "numel"), "draw")
+            ctx.samplers[sampler.index] = keep.id
+            ctx.symbols[kept_symbol(sampler.index)] = count.id
+
+    def _term(self, position: int, term: Network, bias: Expr | None) -> tuple[str, Layout]:
+        """The term's ops; its variable and how its axes hold its legs."""
+        ctx, total = self.ctx, len(self.diagram.terms)
+        label = f"term {position + 1} of {total}: " if total > 1 else ""
+        ctx.emit(Comment(f"{label}{_term_text(term)}" + (" + bias" if bias is not None else "")))
+        target = tuple(leg for leg in self.diagram.layout.legs if leg in term.outputs)
+        var = ctx.var("result" if total == 1 or (bias is not None and total == 2) else f"term{position + 1}")
+        native = term.lowering.native
+        if native is not None:
+            ctx.emit(Comment(native.describe()))
+            axes = kernel_term(ctx, self.operands, term, native, _grouped(self.diagram.layout, term), var, bias)
+            scale(ctx, term, var, True, False)
+            return var, axes
+        chooser, fresh = contract_term(ctx, self.operands, position, term, target, var)
+        if chooser is not None:
+            self.choosers.append(chooser)
+        if not fresh and not any(f.kind == "input" for f in term.factors):
+            # a term of constants alone (a pattern, a selection) may be the cached constant or a view of it: the
+            # caller gets a copy, which it may change without changing every later result
+            ctx.emit(Assign(var, method(Name(var), "clone"), "view", "not the cached constant itself", True))
+        return var, Layout(tuple((leg,) for leg in target))
+
+    def _assemble(self, results: list[tuple[Network, str, Layout]]) -> None:
+        """The sum of the terms, broadcast over the legs a term lacks, laid out as the file's result."""
+        ctx, diagram = self.ctx, self.diagram
+        if not results:
+            ctx.emit(Comment("no term depends on the argument: the result is zero"))
+            zeros = call("torch.zeros", Tuple(self._grouped()), device=Name("device"), dtype=Name("dtype"))
+            ctx.emit(Return(zeros))
+            return
+        if len(results) == 1 and results[0][2] == diagram.layout:
+            ctx.emit(Return(Name(results[0][1])))  # laid out as the file wants it already (a kernel's output)
+            return
+        result = self._sum([self._flat(term, var, held, len(results) > 1) for term, var, held in results])
+        legs, full = diagram.layout.legs, [SizeOf(diagram.sizes[leg]) for leg in diagram.layout.legs]
+        covered = set().union(*(term.outputs for term, _, _ in results))
+        if covered != set(legs):
+            if len(results) == 1:
+                shape = [s if leg in covered else SizeOf(1) for leg, s in zip(legs, full)]
+                ctx.emit(Assign(result, method(Name(result), "reshape", *shape), "view"))
+            ctx.emit(Assign(result, method(Name(result), "expand", *full), "view"))
+        if any(len(axis) != 1 for axis in diagram.layout.axes):
+            ctx.emit(Assign(result, method(Name(result), "reshape", *self._grouped()), "view", diagram.layout.text()))
+        ctx.emit(Return(Name(result)))
+
+    def _grouped(self) -> tuple[SizeOf, ...]:
+        sizes = self.diagram.sizes
+        return tuple(
+            SizeOf(sympy.Mul(*[sympy.sympify(sizes[leg]) for leg in axis])) for axis in self.diagram.layout.axes
+        )
+
+    def _flat(self, term: Network, var: str, held: Layout, broadcast: bool) -> Name:
+        """A term's result with one axis per leg, and size-1 axes for the legs it lacks (where it is summed)."""
+        ctx, diagram = self.ctx, self.diagram
+        if held.axes != tuple((leg,) for leg in held.legs):  # a kernel's grouped axes: one axis per leg first
+            shape = [SizeOf(diagram.sizes[leg]) for leg in held.legs]
+            ctx.emit(Assign(var, method(Name(var), "reshape", *shape), "view"))
+        if broadcast and len(term.outputs) != len(diagram.layout.legs):
+            shape = [SizeOf(diagram.sizes[leg] if leg in term.outputs else 1) for leg in diagram.layout.legs]
+            ctx.emit(Assign(var, method(Name(var), "reshape", *shape), "view", "broadcast over the missing legs"))
+        return Name(var)
+
+    def _sum(self, names: list[Name]) -> str:
+        """The terms added a few per line (Python nests `a + b + ...` one level per term: thousands would not
+        compile)."""
+        if len(names) == 1:
+            return names[0].id
+        result = self.ctx.var("result")
+        for start in range(0, len(names), TERMS_PER_LINE):
+            chunk = _sum(names[start : start + TERMS_PER_LINE])
+            value = chunk if start == 0 else BinOp("+", Name(result), chunk)
+            self.ctx.emit(Assign(result, value, "sum", "", True))
+        return result
+
+    # -- the docstring ---------------------------------------------------------------------------------------
+    def _doc(self) -> str:
+        d, ctx = self.diagram, self.ctx
+        layout = self.built.layout  # as the file wrote it, before rewrites split any open leg
+        lines = [
+            f"{d.name}{layout.text()}: compiled from {_location(self.program, d)}.",
+            "",
+            "    " + "\n    ".join(d.source.split("\n")),  # only "\n" ends a line of a .tnd file
+            "",
+        ]
+        args = [
+            f"    {ctx.args[a.name]}: {_renamed(ctx, a.name)}{a.layout.text()}, sizes {_shape_text(d, a.layout)}"
+            for a in d.arguments
+        ]
+        args += [
+            f"    {ctx.symbols[s]}: keyword-only int, the size of index {s} (no argument carries it)"
+            for s in ctx.binding.keywords
+        ]
+        lines += ["Args:", *args] if args else []
+        lines += ["", "Returns:", f"    {layout.text()}, sizes {_shape_text(d, d.layout)}"]
+        if self.rewrites:
+            lines += ["", "Rewrites applied:"] + [f"    {note}" for note in self.rewrites]
+        patterns = {f.name: f.pattern for t in d.terms for f in t.factors if isinstance(f.pattern, ConvPattern)}
+        if patterns:
+            lines += ["", "Index patterns:"]
+            lines += [
+                f"    {name}: {p.describe()}, (I, O, K) = ({p.in_size}, {p.out_size}, {p.kernel_size})"
+                for name, p in sorted(patterns.items())
+            ]
+        return "\n".join(lines)
+
+
+def _grouped(layout: Layout, term: Network) -> Layout:
+    """The file's grouping of the result's axes, restricted to the legs a term has."""
+    axes = tuple(tuple(leg for leg in axis if leg in term.outputs) for axis in layout.axes)
+    return Layout(tuple(axis for axis in axes if axis))
+
+
+def _bias(diagram: Diagram) -> tuple[int, int] | None:
+    """(kernel term, bias term) where a convolution's bias can be passed to its kernel instead of being added after
+    it (an extra pass over the output): a term that is one argument laid out as the kernel's output channels."""
+    if len(diagram.terms) < 2:
+        return None
+    for k, term in enumerate(diagram.terms):
+        m = term.lowering.native
+        if not _takes_bias(term, m, diagram.layout):
+            continue
+        assert m is not None
+        for b, other in enumerate(diagram.terms):
+            if b != k and _is_bias(other, diagram, m.groups + m.other_channels):
+                return k, b
+    return None
+
+
+def _takes_bias(term: Network, m: NativeConv | None, layout: Layout) -> bool:
+    return (
+        m is not None
+        and m.role in ("forward", "transpose")
+        and not m.tiled
+        and not m.masked
+        and term.coefficient == 1
+        and set(term.outputs) == set(layout.legs)
+    )
+
+
+def _is_bias(term: Network, diagram: Diagram, channels: tuple[str, ...]) -> bool:
+    if len(term.factors) != 1 or term.coefficient != 1:
+        return False
+    factor = term.factors[0]
+    if factor.kind != "input" or factor.view is not None or factor.legs != channels or term.outputs != channels:
+        return False
+    argument = next(a for a in diagram.arguments if a.name == factor.name)
+    return len(argument.layout.axes) == 1
+
+
+def _sum(names: list[Name]) -> Expr:
+    total: Expr = names[0]
+    for name in names[1:]:
+        total = BinOp("+", total, name)
+    return total
+
+
+def _term_text(term: Network) -> str:
+    factors = []
+    for f in term.factors:
+        legs = ", ".join(f.legs)
+        factors.append(f"{f.name}[{legs}]" if f.kind == "input" else f"{f.name or f.kind}({legs})")
+    body = " * ".join(factors) or "1"
+    return body if term.coefficient == 1 else f"{term.coefficient} * {body}"
+
+
+def _location(program: Program, diagram: Diagram) -> str:
+    line = f":{diagram.span.line}" if diagram.span else ""
+    return f"{PurePath(program.filename).name}{line}"
+
+
+def _renamed(ctx: Context, name: str) -> str:
+    return f"the file's {name!r}, " if ctx.args[name] != name else ""
+
+
+def _shape_text(diagram: Diagram, layout: Layout) -> str:
+    sizes = [sympy.Mul(*[sympy.sympify(diagram.sizes[leg]) for leg in axis]) for axis in layout.axes]
+    return "[" + ", ".join(str(s) for s in sizes) + "]"

@@ -1,0 +1,67 @@
+"""What the schedule of one function knows while it is made: its names, its call-time sizes, the ops so far."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import sympy
+
+from tncompiler.binding import Binding
+from tncompiler.ir.network import Diagram
+from tncompiler.order import Regimes
+from tncompiler.schedule.names import Namespace, check_keywords, sampling_keywords
+from tncompiler.schedule.ops import Assign, Expr, Name, Op, OpKind, SizeOf
+
+__all__ = ["Context"]
+
+
+class Context:
+    """The function being scheduled: its parameters (keyword ones keep their names; positional ones give way where
+    they meet one, e.g. an input named `generator`), the variables of its call-time sizes, and its ops."""
+
+    def __init__(self, diagram: Diagram, binding: Binding, name: str, module: set[str]) -> None:
+        self.diagram, self.binding, self.name = diagram, binding, name
+        self.regimes = Regimes(diagram.size_rules)
+        self.namespace = Namespace(
+            {"functools", "device", "dtype"}, frozenset(module)
+        )  # locals every function may have
+        keywords = tuple(str(s) for s in binding.keywords) + sampling_keywords(diagram)
+        check_keywords(diagram, keywords)
+        for keyword in keywords:
+            self.namespace.reserve(keyword)
+        self.symbols: dict[sympy.Symbol, str] = {s: str(s) for s in binding.keywords}
+        self.args = {a.name: self.namespace.create(a.name) for a in diagram.arguments}
+        self.where: dict[sympy.Symbol, str] = {}  # how each call-time size was given, for messages
+        self.helpers: set[str] = set()
+        self.samplers: dict[str, str] = {}  # sampled index -> the variable of its kept entries
+        self.ops: list[Op] = []
+
+    def var(self, candidate: str) -> str:
+        return self.namespace.create(candidate)
+
+    def helper(self, name: str) -> str:
+        """A runtime helper the module must carry."""
+        self.helpers.add(name)
+        return name
+
+    def emit(self, op: Op) -> None:
+        self.ops.append(op)
+
+    def assign(self, candidate: str, value: Expr, kind: OpKind, note: str = "", fresh: bool = False) -> Name:
+        """A new variable holding `value`."""
+        target = self.var(candidate)
+        self.emit(Assign(target, value, kind, note, fresh))
+        return Name(target)
+
+    def size(self, size: sympy.Expr | int) -> SizeOf:
+        return SizeOf(size)
+
+    @contextmanager
+    def block(self) -> Iterator[list[Op]]:
+        """Collect the ops emitted inside into a list of their own (a branch's body)."""
+        outer, self.ops = self.ops, []
+        try:
+            yield self.ops
+        finally:
+            self.ops = outer

@@ -1,0 +1,275 @@
+"""A term that is not a kernel: its contraction order (or several, chosen at call time by their cost), each
+pairwise step as a tensordot, an einsum, a plain sum, a Gram product or window sums, and the term's coefficient."""
+
+from __future__ import annotations
+
+import math
+
+import sympy
+
+from tncompiler.ir.network import Network
+from tncompiler.ir.values import kept_symbol
+from tncompiler.order import Plan, Step, evaluate, plan_network, symbols_of
+from tncompiler.schedule.context import Context
+from tncompiler.schedule.operands import Operands, einsum
+from tncompiler.schedule.ops import (
+    Assign,
+    BinOp,
+    Branch,
+    Call,
+    Chooser,
+    Effect,
+    Expr,
+    IfExp,
+    Lit,
+    Method,
+    Name,
+    Op,
+    SizeOf,
+    Tuple,
+    Unary,
+    call,
+    method,
+)
+from tncompiler.schedule.window_sums import known_long, summed_pattern, threshold, window_sum_factors, window_sum_step
+
+__all__ = ["contract_term", "pairwise", "scale", "step_kind", "tensordot_dims"]
+
+
+def contract_term(
+    ctx: Context, operands: Operands, position: int, term: Network, target: tuple[str, ...], var: str
+) -> tuple[Chooser | None, bool]:
+    """Ops computing `term` into `var`, laid out as `target`; the plan chooser (if the order depends on the
+    call-time sizes) and whether `var` is new storage."""
+    expected = {
+        kept_symbol(s.index): max(1, round(s.p * int(s.size))) for s in ctx.diagram.samplers if isinstance(s.size, int)
+    }
+    plans = plan_network(term, expected, ctx.regimes)
+    summed = window_sum_factors(term, plans)  # applied as window sums: no constant to build
+    starts = [Name("") if k in summed else operands.of(f, term) for k, f in enumerate(term.factors)]
+    if len(plans) == 1:
+        return None, scale(ctx, term, var, *_contract(ctx, term, plans[0], starts, target, var))
+    chooser = _chooser(ctx, position, plans, expected)
+    picked = call(chooser.name, *(Name(ctx.symbols[s]) for s in chooser.params))
+    arms: list[tuple[Expr | None, tuple[Op, ...]]] = []
+    notes, all_fresh = [], True
+    for k, plan in enumerate(plans):
+        with ctx.block() as body:
+            fresh = scale(ctx, term, var, *_contract(ctx, term, plan, starts, target, var))
+        all_fresh = all_fresh and fresh
+        test = None if k == len(plans) - 1 else BinOp("==", picked, Lit(k))
+        arms.append((test, tuple(body)))
+        notes.append(f"plan {k + 1}: {plan.flops} multiply-adds")
+    ctx.emit(Branch(tuple(arms), "contract", tuple(notes)))
+    return chooser, all_fresh
+
+
+def _chooser(ctx: Context, position: int, plans: tuple[Plan, ...], expected: dict[sympy.Symbol, int]) -> Chooser:
+    """A cached module-level function that picks the cheapest plan for the call-time sizes. Sampled sizes count at
+    their expected value, so that the choice never depends on the data (torch.compile can trace it)."""
+    costs = tuple(sympy.sympify(p.flops).subs(expected) for p in plans)
+    params = tuple(sorted(set().union(*(c.free_symbols for c in costs)), key=str))
+    name = f"_{ctx.name}_plan{position + 1}"
+    return Chooser(
+        name, params, costs, f"The cheapest order for {ctx.name} term {position + 1}, chosen once per shape."
+    )
+
+
+def _contract(
+    ctx: Context, term: Network, plan: Plan, starts: list[Expr], target: tuple[str, ...], var: str
+) -> tuple[bool, bool]:
+    """The plan's steps; whether the result is new storage, and whether it carries the coefficient already."""
+    names, legs = list(starts), [f.legs for f in term.factors]
+    fresh = scaled = False
+    done: dict[Expr, Name] = {}  # a step equal to an earlier one (the two copies of x in KFAC) reuses its result
+    for k, step in enumerate(plan.steps):
+        last = k == len(plan.steps) - 1
+        result_legs = target if last else step.legs
+        operands = [names[i] for i in step.operands]
+        value = _window_sum(ctx, term, step, names, legs, result_legs) or pairwise(
+            operands, [legs[i] for i in step.operands], result_legs
+        )
+        if value in done and not last:
+            names.append(done[value])
+            legs.append(result_legs)
+            continue
+        result = var if last else ctx.var(f"t{k + 1}")
+        gram = _gram(ctx, term, operands, [legs[i] for i in step.operands], result_legs, result, last)
+        scaled = gram == "scaled"
+        if not gram:
+            cost = sympy.Mul(*[term.size(leg) for leg in sorted(set().union(*(legs[i] for i in step.operands)))])
+            entries = sympy.Mul(*[term.size(leg) for leg in result_legs])
+            new = len(step.operands) == 2
+            ctx.emit(Assign(result, value, "contract", f"[{', '.join(result_legs)}]", new, cost, entries))
+        fresh = True if gram else len(step.operands) == 2
+        done.setdefault(value, Name(result))
+        names.append(Name(result))
+        legs.append(result_legs)
+    if not plan.steps:
+        return _single(ctx, term, starts, target, var), False
+    return fresh, scaled
+
+
+def _single(ctx: Context, term: Network, starts: list[Expr], target: tuple[str, ...], var: str) -> bool:
+    if not starts:
+        ctx.emit(Assign(var, call("torch.ones", Tuple(()), device=Name("device"), dtype=Name("dtype")), "constant"))
+        return True
+    if term.factors[0].legs == target:
+        ctx.emit(Assign(var, starts[0], "view"))
+        return False
+    value = pairwise([starts[0]], [term.factors[0].legs], target)  # a plain sum, or an einsum that permutes
+    ctx.emit(Assign(var, value, "contract", f"[{', '.join(target)}]"))
+    return _is_sum(term.factors[0].legs, target)  # a sum is new storage; a one-operand einsum may return a view
+
+
+def scale(ctx: Context, term: Network, var: str, fresh: bool, scaled: bool) -> bool:
+    """The coefficient: in place on the term's own new tensor (saves a buffer), else as a new tensor."""
+    coefficient = term.coefficient
+    if coefficient == 1 or scaled:
+        return fresh
+    if coefficient == -1:
+        ctx.emit(Assign(var, Unary("-", Name(var)), "scale"))
+    elif fresh:
+        ctx.emit(Effect(method(Name(var), "mul_", SizeOf(coefficient)), "scale"))
+    else:
+        ctx.emit(Assign(var, BinOp("*", Name(var), SizeOf(coefficient)), "scale"))
+    return True
+
+
+def _window_sum(
+    ctx: Context, term: Network, step: Step, names: list[Expr], legs: list[tuple[str, ...]], result: tuple[str, ...]
+) -> Expr | None:
+    """A step that contracts Σ_o Π(i, o, k) with a tensor on i: summed windows of that tensor (a few strided sums)
+    instead of a product with the 0/1 matrix, which PyTorch's GEMM runs at memory speed at best."""
+    found = window_sum_step(term, step, legs)
+    if found is None:
+        return None
+    position, other, axis = found
+    p = summed_pattern(term.factors[position])
+    assert p is not None
+    hyper = (Lit(p.kernel_size), Lit(p.stride), Lit(p.pad_left), Lit(p.dilation))
+    value: Expr = call(
+        ctx.helper("_window_sum"), names[other], Lit(axis), SizeOf(p.in_size), SizeOf(p.out_size), *hyper
+    )
+    i, k = term.factors[position].legs
+    out = tuple(leg for leg in legs[other] if leg != i) + (k,)
+    if out != result:
+        value = method(value, "permute", *(Lit(out.index(leg)) for leg in result))
+    if known_long(p):
+        return value
+    # the length is known at call time only: the product with Σ_o Π where it is short
+    product = pairwise([names[i] for i in step.operands], [legs[i] for i in step.operands], result)
+    return IfExp(BinOp(">=", SizeOf(p.in_size), Lit(threshold(p))), value, product)
+
+
+def _gram(
+    ctx: Context,
+    term: Network,
+    names: list[Expr],
+    legs: list[tuple[str, ...]],
+    result: tuple[str, ...],
+    var: str,
+    last: bool,
+) -> str:
+    """A tensor contracted with a renamed copy of itself (KFC: u uᵀ) is laid out once as [batch, free, summed]
+    and multiplied by its own transpose, instead of being copied once per operand. "" where the step is not one,
+    "scaled" where the product took the term's coefficient on its (smaller) operand, else "made"."""
+    if len(names) != 2 or names[0] != names[1] or len(legs[0]) != len(legs[1]):
+        return ""
+    a, b = legs
+    shared = [j for j in range(len(a)) if a[j] == b[j]]
+    free = [j for j in range(len(a)) if a[j] != b[j]]
+    batch = [j for j in shared if a[j] in result]
+    summed = [j for j in shared if a[j] not in result]
+    if not free or not summed or len(set(a)) != len(a):
+        return ""
+    if set(result) != {a[j] for j in batch + free} | {b[j] for j in free}:
+        return ""
+    # Lay the (small) operand out in the order the (large) result wants, so the product needs no permute.
+    batch.sort(key=lambda j: result.index(a[j]))
+    free.sort(key=lambda j: result.index(a[j]))
+
+    def product(positions: list[int]) -> SizeOf:
+        return SizeOf(sympy.Mul(*[sympy.sympify(term.size(a[j])) for j in positions]))
+
+    permuted = method(names[0], "permute", *(Lit(j) for j in batch + free + summed))
+    laid = method(permuted, "reshape", product(batch), product(free), product(summed))
+    if batch:  # bmm copies a batch of strided matrices one matrix at a time: lay a real batch out densely once
+        laid = method(laid, "contiguous")
+    rows = ctx.assign(f"{var}_rows", laid, "view", "laid out once")
+    middle = ctx.regimes.middle(symbols_of(*[term.size(leg) for leg in a]))
+    smaller = math.prod(evaluate(term.size(a[j]), middle) for j in summed) < math.prod(
+        evaluate(term.size(a[j]), middle) for j in free
+    )  # the operand is batch·free·summed, the result batch·free²
+    scale = last and term.coefficient != 1 and smaller
+    left: Expr = BinOp("*", rows, SizeOf(term.coefficient)) if scale else rows
+    order = tuple(a[j] for j in batch + free) + tuple(b[j] for j in free)
+    shape = [SizeOf(term.size(a[j])) for j in batch + free] + [SizeOf(term.size(a[j])) for j in free]
+    value: Expr = method(call("torch.bmm", left, method(rows, "transpose", Lit(1), Lit(2))), "reshape", *shape)
+    if order != result:
+        value = method(value, "permute", *(Lit(order.index(leg)) for leg in result))
+    cost = sympy.Mul(*[term.size(leg) for leg in sorted(set(a) | set(b))])
+    entries = sympy.Mul(*[term.size(leg) for leg in result])
+    ctx.emit(Assign(var, value, "contract", f"[{', '.join(result)}]", True, cost, entries))
+    return "scaled" if scale else "made"
+
+
+def tensordot_dims(legs: list[tuple[str, ...]], result: tuple[str, ...]) -> tuple[list[int], list[int]] | None:
+    """The dims of a tensordot that computes this step in this result order, or None where it takes an einsum."""
+    if len(legs) != 2 or any(len(set(x)) != len(x) for x in legs):
+        return None
+    a, b = legs
+    shared = [leg for leg in a if leg in b]
+    natural = tuple(leg for leg in a if leg not in shared) + tuple(leg for leg in b if leg not in shared)
+    if natural != result:
+        return None
+    return [a.index(leg) for leg in shared], [b.index(leg) for leg in shared]
+
+
+def pairwise(names: list[Expr], legs: list[tuple[str, ...]], result: tuple[str, ...]) -> Expr:
+    """tensordot where the step is a plain contraction in the natural order, a plain sum, einsum otherwise."""
+    if len(names) == 1 and _is_sum(legs[0], result):
+        return _sum(names[0], legs[0], result)
+    dims = tensordot_dims(legs, result)
+    if dims is not None:
+        spec = Tuple((Tuple(tuple(Lit(d) for d in dims[0])), Tuple(tuple(Lit(d) for d in dims[1]))))
+        return Call("torch.tensordot", (names[0], names[1]), (("dims", spec),))
+    return einsum(names, legs, result)
+
+
+def step_kind(value: Expr) -> str:
+    """How a contraction op computes its step, in a word or two (for `tnc explain`)."""
+    if isinstance(value, IfExp):
+        return f"{step_kind(value.then)} where long, else {step_kind(value.other)}"
+    node: Expr = value
+    while isinstance(node, Method):
+        node = node.obj
+    names = {"torch.tensordot": "tensordot", "torch.einsum": "einsum", "torch.bmm": "Gram product (bmm)"}
+    if isinstance(node, Call):
+        if node.func == "_window_sum":
+            return "window sums of the tensor (no GEMM with Σ_o Π)"
+        return names.get(node.func, node.func)
+    return "sum"
+
+
+def _is_sum(legs: tuple[str, ...], result: tuple[str, ...]) -> bool:
+    """The step only sums some axes away, keeping the others in order."""
+    return len(set(legs)) == len(legs) and tuple(leg for leg in legs if leg in result) == result != legs
+
+
+def _sum(name: Expr, legs: tuple[str, ...], result: tuple[str, ...]) -> Expr:
+    """One `.sum` per run of adjacent summed axes, the outermost run first: each pass then reads whole contiguous
+    rows (4x faster than one reduction over strided axes, measured on KFAC-reduce's Σ_o of a patchify)."""
+    runs: list[list[int]] = []
+    for axis, leg in enumerate(legs):
+        if leg not in result:
+            if runs and runs[-1][-1] == axis - 1:
+                runs[-1].append(axis)
+            else:
+                runs.append([axis])
+    value, removed = name, 0
+    for run in runs:
+        axes = [axis - removed for axis in run]
+        value = method(value, "sum", Lit(axes[0]) if len(axes) == 1 else Tuple(tuple(Lit(a) for a in axes)))
+        removed += len(run)
+    return value

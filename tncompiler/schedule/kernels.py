@@ -1,0 +1,387 @@
+"""Terms lowered to PyTorch's convolution kernels (F.conv*d, F.conv_transpose*d, torch.nn.grad.conv*d_weight),
+called as a person would: operands arranged only where their layout needs it, the bias passed to the kernel,
+keyword arguments, defaults left out. Sampled output positions run the kernel on the kept windows."""
+
+from __future__ import annotations
+
+import sympy
+
+from tncompiler.ir.network import Network
+from tncompiler.ir.values import ConvPattern, GatherOp, Layout, NativeConv, Size
+from tncompiler.passes.lower import native_flops
+from tncompiler.schedule.context import Context
+from tncompiler.schedule.operands import Operands, pad
+from tncompiler.schedule.ops import (
+    Assign,
+    BinOp,
+    Branch,
+    Effect,
+    Expr,
+    Index,
+    Lit,
+    Name,
+    Op,
+    SizeOf,
+    Slice,
+    Tuple,
+    call,
+    method,
+)
+
+__all__ = ["kernel_term"]
+
+_ALL = Slice()
+
+
+def kernel_term(
+    ctx: Context, operands: Operands, term: Network, m: NativeConv, target: Layout, var: str, bias: Expr | None = None
+) -> Layout:
+    """Ops that compute the term with one native call into `var` (with `bias` added by the kernel, for a convolution
+    or transpose convolution); the result's axes: the kernel's own where they are `target`'s grouping of its legs,
+    else one axis per leg in `target`'s order."""
+    kernel = _Kernel(ctx, operands, term, m, var)
+    axes = {"forward": kernel.forward, "transpose": kernel.transpose, "weight": kernel.weight}[m.role](bias)
+    if axes == target.axes:
+        return target
+    out_legs = tuple(leg for axis in axes for leg in axis)
+    if out_legs == target.legs:  # the same legs in the same order: one reshape regroups them
+        sizes = [SizeOf(sympy.Mul(*[sympy.sympify(term.size(leg)) for leg in axis])) for axis in target.axes]
+        ctx.emit(Assign(var, method(Name(var), "reshape", *sizes), "view", target.text(), True))
+        return target
+    if axes != tuple((leg,) for leg in out_legs):
+        ctx.emit(
+            Assign(var, method(Name(var), "reshape", *(SizeOf(term.size(leg)) for leg in out_legs)), "view", "", True)
+        )
+    legs = target.legs
+    if out_legs != legs:
+        value = method(Name(var), "permute", *(Lit(out_legs.index(leg)) for leg in legs))
+        ctx.emit(Assign(var, value, "view", f"[{', '.join(legs)}]", True))
+    return Layout(tuple((leg,) for leg in legs))
+
+
+class _Kernel:
+    """One native call: the operands arranged as the kernel wants them, the call, the result's legs."""
+
+    def __init__(self, ctx: Context, operands: Operands, net: Network, m: NativeConv, var: str) -> None:
+        self.ctx, self.operands, self.net, self.m, self.var = ctx, operands, net, m, var
+        self.patterns = [net.factors[k] for k in m.patterns]
+        self.written = [p.pattern for p in self.patterns if isinstance(p.pattern, ConvPattern)]
+        gathered = {
+            axis: op.index
+            for axis, f in enumerate(self.patterns)
+            for op in (f.view.ops if f.view else ())
+            if isinstance(op, GatherOp)
+        }
+        # sampled o (lowering decides): axis -> index whose kept windows the kernel reads one after the other
+        # (stride K, no padding), or whose kept rows of grad_y go back into place
+        self.tiled = {a: i for a, i in gathered.items() if self.patterns[a].legs[1] in m.tiled}
+        self.masked = {a: i for a, i in gathered.items() if self.patterns[a].legs[1] in m.masked}
+        self.conv = [
+            _tiled(p, net.size(f.legs[1])) if axis in self.tiled else p
+            for axis, (f, p) in enumerate(zip(self.patterns, self.written, strict=True))
+        ]
+        self.d = len(self.conv)
+
+    def leg(self, name: str) -> SizeOf:
+        return SizeOf(self.net.size(name))
+
+    def product(self, legs: tuple[str, ...]) -> SizeOf:
+        """The entries of these legs together."""
+        return SizeOf(sympy.Mul(*[sympy.sympify(self.net.size(leg)) for leg in legs]))
+
+    def spatial(self, position: int) -> tuple[str, ...]:
+        return tuple(p.legs[position] for p in self.patterns)
+
+    def keep(self, index: str) -> Name:
+        return Name(self.ctx.samplers[index])
+
+    def arrange(self, suffix: str, position: int, axes: tuple[tuple[str, ...], ...]) -> Expr:
+        """The factor's tensor with its legs grouped into the kernel's `axes`: the argument itself where it is laid
+        out so, else its legs permuted into order and reshaped (steps that change nothing left out)."""
+        factor = self.net.factors[position]
+        if factor.kind == "input" and factor.view is None and self._layout(factor.name) == axes:
+            return Name(self.ctx.args[factor.name])
+        expr, legs = self.operands.of(factor, self.net), factor.legs
+        order = tuple(leg for axis in axes for leg in axis)
+        shape = [self.product(axis) for axis in axes]
+        if legs == order and [self.leg(x) for x in legs] == shape:
+            return expr
+        value = expr if legs == order else method(expr, "permute", *(Lit(legs.index(leg)) for leg in order))
+        return self.ctx.assign(f"{self.var}_{suffix}", method(value, "reshape", *shape), "view")
+
+    def _layout(self, argument: str) -> tuple[tuple[str, ...], ...]:
+        return next(a.layout.axes for a in self.ctx.diagram.arguments if a.name == argument)
+
+    def options(self, padding: Expr | None, **more: Expr | None) -> dict[str, Expr]:
+        """stride, padding, dilation (and more) as keywords, each left out where it is PyTorch's default."""
+        found: dict[str, Expr | None] = {
+            "stride": _ints([p.stride for p in self.conv], 1),
+            "padding": padding,
+            **more,
+            "dilation": _ints([p.dilation for p in self.conv], 1),
+            "groups": self._groups(),
+        }
+        return {key: value for key, value in found.items() if value is not None}
+
+    def _groups(self) -> Expr | None:
+        groups = sympy.Mul(*[sympy.sympify(self.net.size(leg)) for leg in self.m.groups])
+        return None if groups == 1 else SizeOf(groups)
+
+    def data_input(self) -> tuple[Expr, Expr | None, bool]:
+        """The input on the i legs, padded (or cut) for the kernel; its padding argument (None: 0) and whether the
+        output has windows beyond O to cut off."""
+        m, ctx = self.m, self.ctx
+        data = self.arrange("in", m.data, _axes(m.batch, m.groups + m.data_channels, self.spatial(0)))
+        for axis, index in self.tiled.items():
+            data = self.gather_windows(data, axis, self.written[axis], self.keep(index))
+        usable, padding, crop, extra = _symmetric(self.conv)
+        if not usable or (extra and m.role == "weight"):
+            rights = [0 if _is_tiling(p) else p.right_pad() for p in self.conv]
+            cuts = [-right if isinstance(right, int) and right < 0 else 0 for right in rights]
+            if any(cuts):  # cut unread rows first: F.pad cannot crop more than a tensor holds
+                ends: list[Expr | Slice] = [
+                    Slice(None, Lit(max(0, p.in_size - c))) if c and isinstance(p.in_size, int) else _ALL
+                    for p, c in zip(self.conv, cuts, strict=True)
+                ]
+                data = ctx.assign(f"{self.var}_in", Index(data, (_ALL, _ALL, *ends)), "view", "rows no window reaches")
+                rights = [0 if cut else right for right, cut in zip(rights, cuts, strict=True)]
+            pads: list[tuple[Size, Size]] = [
+                (0, 0) if _is_tiling(p) else (p.pad_left, right) for p, right in zip(self.conv, rights, strict=True)
+            ]
+            if any(pair != (0, 0) for pair in pads):
+                data = ctx.assign(f"{self.var}_in", pad(ctx, data, pads), "view", "padded")
+            return data, None, False
+        if any(crop):
+            ends = [
+                Slice(None, SizeOf(sympy.sympify(self.net.size(x)) - c)) if c else _ALL
+                for x, c in zip(self.spatial(0), crop, strict=True)
+            ]
+            data = ctx.assign(f"{self.var}_in", Index(data, (_ALL, _ALL, *ends)), "view", "rows no window reaches")
+        return data, padding, extra
+
+    def window_rows(self, axis: int, p: ConvPattern, keep: Expr) -> tuple[Expr, Expr | None]:
+        """The rows of the input that each kept window reads (K per window, one window after the other), clamped
+        into the input, and the positions among them that lie in the padding (None: there are none)."""
+        taps = call("torch.arange", Lit(0), Lit(p.kernel_size * p.dilation), Lit(p.dilation), device=Name("device"))
+        starts: Expr = method(keep, "view", Lit(-1), Lit(1))
+        if p.stride != 1:
+            starts = BinOp("*", starts, Lit(p.stride))
+        rows_value: Expr = BinOp("+", starts, taps)
+        if p.pad_left:
+            rows_value = BinOp("-", rows_value, Lit(p.pad_left))
+        rows = self.ctx.assign(f"{self.var}_rows{axis + 1}", method(rows_value, "flatten"), "view", "rows read")
+        if not _reads_padding(p):
+            return rows, None
+        last = SizeOf(sympy.sympify(p.in_size) - 1)
+        outside = BinOp("|", BinOp("<", rows, Lit(0)), BinOp(">", rows, last))
+        return method(rows, "clamp", Lit(0), last), method(method(outside, "nonzero"), "flatten")
+
+    def gather_windows(self, data: Expr, axis: int, p: ConvPattern, keep: Expr) -> Expr:
+        """Sampled output positions: the kernel (stride K, no padding) reads exactly the kept windows of the
+        gathered rows. Rows in the padding are zeroed."""
+        rows, outside = self.window_rows(axis, p, keep)
+        dim = Lit(2 + axis)
+        if axis < self.d - 1:
+            value: Expr = method(data, "index_select", dim, rows)
+        else:  # the last axis: index_select copies single entries slowly
+            value = call(self.ctx.helper("_take"), data, dim, rows)
+        gathered = self.ctx.assign(f"{self.var}_in", value, "view", "", True)
+        if outside is not None:
+            self.ctx.emit(Effect(method(gathered, "index_fill_", dim, outside, Lit(0)), "view", "rows in the padding"))
+        return gathered
+
+    def call(self, value: Expr, empty: list[SizeOf], data: Expr) -> None:
+        """`var = value`; with sampled positions, zeros of shape `empty` when no entry was kept (the kernels reject
+        inputs without rows)."""
+        cost = native_flops(self.net, self.m)
+        if not self.tiled:
+            self.ctx.emit(Assign(self.var, value, "kernel", "", True, cost))
+            return
+        kept = [self.leg(self.patterns[axis].legs[1]) for axis in self.tiled]
+        test: Expr = kept[0]
+        for more in kept[1:]:
+            test = BinOp("and", test, more)
+        zeros = Assign(self.var, method(data, "new_zeros", Tuple(tuple(empty))), "kernel", "", True)
+        arms: tuple[tuple[Expr | None, tuple[Op, ...]], ...] = (
+            (test, (Assign(self.var, value, "kernel", "", True, cost),)),
+            (None, (zeros,)),
+        )
+        self.ctx.emit(Branch(arms, "kernel", ("", "no entry kept")))
+
+    def forward(self, bias: Expr | None) -> tuple[tuple[str, ...], ...]:
+        m = self.m
+        data, padding, extra = self.data_input()
+        weight = self.arrange("w", m.other, _axes(m.groups + m.other_channels, m.data_channels, self.spatial(2)))
+        empty = [self.product(m.batch), self.product(m.groups + m.other_channels)] + [
+            self.leg(x) for x in self.spatial(1)
+        ]
+        kernel = call(
+            f"torch.nn.functional.conv{self.d}d", data, weight, *([bias] if bias else []), **self.options(padding)
+        )
+        self.call(kernel, empty, data)
+        if extra:
+            ends = tuple(Slice(None, SizeOf(p.out_size)) for p in self.conv)
+            note = "the kernel's padding gives windows beyond O"
+            self.ctx.emit(Assign(self.var, Index(Name(self.var), (_ALL, _ALL, *ends)), "view", note, True))
+        return _axes(m.batch, m.groups + m.other_channels, self.spatial(1))
+
+    def transpose(self, bias: Expr | None) -> tuple[tuple[str, ...], ...]:
+        m, ctx = self.m, self.ctx
+        data = self.arrange("in", m.data, _axes(m.batch, m.groups + m.data_channels, self.spatial(1)))
+        weight = self.arrange("w", m.other, _axes(m.groups + m.data_channels, m.other_channels, self.spatial(2)))
+        out = ctx.var(f"{self.var}_taps") if self.tiled else self.var
+        ops = self.transpose_call(out, data, weight, bias)
+        if not self.tiled:
+            for op in ops:
+                ctx.emit(op)
+        else:
+            self.scatter_windows(ops, out, data)
+        return _axes(m.batch, m.groups + m.other_channels, self.spatial(0))
+
+    def transpose_call(self, out: str, data: Expr, weight: Expr, bias: Expr | None) -> list[Op]:
+        """`out` = the transpose convolution. conv_transpose writes positions o·S + k·D; ours are those minus
+        P_left, cut (or zero-padded) to I. Where PyTorch's padding and output_padding say exactly that, they are
+        used; otherwise the result is cropped and padded (and the bias added after)."""
+        extra = [_output_padding(p) for p in self.conv]
+        function = f"torch.nn.functional.conv_transpose{self.d}d"
+        if all(e is not None for e in extra):
+            options = self.options(
+                _ints([p.pad_left for p in self.conv], 0), output_padding=_sizes([e for e in extra if e is not None], 0)
+            )
+            value = call(function, data, weight, *([bias] if bias else []), **options)
+            return [Assign(out, value, "kernel", "", True, native_flops(self.net, self.m))]
+        crops: list[tuple[Size, Size]] = [(-p.pad_left, _crop_right(p)) for p in self.conv]
+        value = call(function, data, weight, **self.options(None))
+        ops: list[Op] = [Assign(out, value, "kernel", "", True, native_flops(self.net, self.m))]
+        ops.append(Assign(out, pad(self.ctx, Name(out), crops), "view", "cropped to I", True))
+        if bias is not None:
+            shape = (Lit(-1),) + (Lit(1),) * self.d
+            ops.append(Assign(out, BinOp("+", Name(out), method(bias, "view", *shape)), "kernel", "bias", True))
+        return ops
+
+    def scatter_windows(self, ops: list[Op], out: str, data: Expr) -> None:
+        """Sampled output positions of a transpose convolution (an input VJP): the kernel (stride K, no padding)
+        writes each kept window's K rows one after the other; they are added into the rows they belong to."""
+        ((axis, index),) = self.tiled.items()
+        ctx, var, p = self.ctx, self.var, self.written[axis]
+        kept = self.leg(self.patterns[axis].legs[1])
+        full = [self.product(self.m.batch), self.product(self.m.groups + self.m.other_channels)]
+        full += [self.leg(x) for x in self.spatial(0)]
+        ctx.emit(Assign(var, method(data, "new_zeros", Tuple(tuple(full))), "kernel", "", True))
+        with ctx.block() as body:
+            for op in ops:
+                ctx.emit(op)
+            rows, outside = self.window_rows(axis, p, self.keep(index))
+            if outside is not None:
+                note = "rows in the padding"
+                ctx.emit(Effect(method(Name(out), "index_fill_", Lit(2 + axis), outside, Lit(0)), "kernel", note))
+            ctx.emit(Effect(method(Name(var), "index_add_", Lit(2 + axis), rows, Name(out)), "kernel"))
+        ctx.emit(
+            Branch(((kept, tuple(body)),), "kernel", ("else no entry kept: the kernels reject inputs without rows",))
+        )
+
+    def weight(self, bias: Expr | None) -> tuple[tuple[str, ...], ...]:
+        m, ctx = self.m, self.ctx
+        data, padding, _ = self.data_input()
+        grad = self.arrange("grad", m.other, _axes(m.batch, m.groups + m.other_channels, self.spatial(1)))
+        full = [self.product(m.batch), self.product(m.groups + m.other_channels)] + [
+            self.leg(x) for x in self.spatial(1)
+        ]
+        for axis, index in self.masked.items():
+            full[2 + axis] = SizeOf(self.written[axis].out_size)
+            zeros = method(grad, "new_zeros", Tuple(tuple(full)))
+            note = "the kept rows in place, zeros elsewhere"
+            grad = ctx.assign(
+                f"{self.var}_grad", method(zeros, "index_copy_", Lit(2 + axis), self.keep(index), grad), "view", note
+            )
+        weight = [self.product(m.groups + m.other_channels), self.product(m.data_channels)]
+        weight += [SizeOf(p.kernel_size) for p in self.conv]
+        size = Tuple(tuple(weight))
+        kernel = call(f"torch.nn.grad.conv{self.d}d_weight", data, size, grad, **self.options(padding))
+        self.call(kernel, weight, data)
+        return _axes(m.groups + m.other_channels, m.data_channels, self.spatial(2))
+
+
+def _axes(first: tuple[str, ...], second: tuple[str, ...], spatial: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """A kernel operand's axes: two groups of legs, then one axis per spatial leg."""
+    return (first, second, *((leg,) for leg in spatial))
+
+
+def _ints(values: list[int], default: int) -> Expr | None:
+    """A kernel's per-dimension argument: one number where all agree, a tuple otherwise; None for the default."""
+    if all(v == default for v in values):
+        return None
+    return Lit(values[0]) if len(set(values)) == 1 else Tuple(tuple(Lit(v) for v in values))
+
+
+def _sizes(values: list[Size], default: int) -> Expr | None:
+    if all(isinstance(v, int) for v in values):
+        return _ints([int(v) for v in values], default)
+    return Tuple(tuple(SizeOf(v) for v in values))
+
+
+def _crop_right(p: ConvPattern) -> Size:
+    """I + P_left − (the kernel's full output size): what to add (or, negative, cut) on the right."""
+    crop = sympy.sympify(p.in_size + p.pad_left - (sympy.sympify(p.out_size - 1) * p.stride + p.extent))
+    return int(crop) if crop.is_Integer else crop
+
+
+def _tiled(p: ConvPattern, kept: Size) -> ConvPattern:
+    """The pattern a kernel sees on gathered windows: `kept` windows of K rows, one after the other."""
+    k = p.kernel_size
+    return ConvPattern(kept * k, kept, k, k, 0, 0, 1)
+
+
+def _is_tiling(p: ConvPattern) -> bool:
+    return p.stride == p.kernel_size and p.dilation == 1 and p.pad_left == 0 and p.in_size == p.out_size * p.stride
+
+
+def _reads_padding(p: ConvPattern) -> bool:
+    """Some window of the pattern may read a row outside the input."""
+    if p.pad_left > 0:
+        return True
+    if not isinstance(p.in_size, int) or not isinstance(p.out_size, int):
+        return p.pad_right > 0  # sizes bound at call time obey the size rule: the windows end within I + P_right
+    return int(p.last_read()) > p.in_size - 1
+
+
+def _symmetric(conv: list[ConvPattern]) -> tuple[bool, Expr | None, list[int], bool]:
+    """Whether the kernel's own (symmetric) padding will do; that padding (None: none), the right-hand input rows to
+    drop (only rows no window reads), and whether the output still has windows beyond O to cut off. It will not do
+    where a pattern needs more padding on the right than on the left: then the input is padded first."""
+    crops, extra_windows = [], False
+    for p in conv:
+        if _is_tiling(p):
+            crops.append(0)
+            continue
+        if not isinstance(p.in_size, int) or not isinstance(p.out_size, int):
+            if p.pad_left != p.pad_right or p.pad_left < 0:
+                return False, None, [], False
+            crops.append(0)  # sizes bound at call time obey the size rule: the kernel gives exactly O
+            continue
+        if p.pad_left < 0:
+            return False, None, [], False
+        last_read = int(p.last_read())
+        if last_read - (p.in_size - 1) > p.pad_left:
+            return False, None, [], False
+        needed = max(0, p.in_size + 2 * p.pad_left - p.extent - p.out_size * p.stride + 1)
+        allowed = max(0, p.in_size - 1 - last_read)
+        if p.in_size - min(needed, allowed) < 1:
+            return False, None, [], False  # every window lies in the padding: F.pad keeps one (zero) row to convolve
+        crops.append(min(needed, allowed))
+        extra_windows = extra_windows or needed > allowed
+    return True, _ints([p.pad_left for p in conv], 0), crops, extra_windows
+
+
+def _output_padding(p: ConvPattern) -> Size | None:
+    """PyTorch's output_padding that, with padding P_left, makes the transpose kernel write exactly I rows; None
+    where no valid one does. Sizes bound at call time obey the pattern's size rule: with P_left = P_right it is
+    (I + 2P − extent) mod S, always valid."""
+    if _is_tiling(p):
+        return 0
+    if p.pad_left < 0:
+        return None
+    extra = sympy.sympify(p.in_size) - ((p.out_size - 1) * p.stride + p.extent) + 2 * p.pad_left
+    if not extra.is_Integer:
+        return extra if p.pad_left == p.pad_right else None
+    return int(extra) if 0 <= extra < max(p.stride, p.dilation) else None

@@ -1,0 +1,266 @@
+"""The scheduled-op IR: what a generated function does, step by step, with every decision made.
+
+An op is a statement of one kind (a check, a binding, a constant, a view, a contraction, a kernel call, a scale, a
+sum, the return) whose value is an expression tree of Python calls, methods, indexing and sizes. The schedule pass
+builds these, the peephole rules rewrite them, `tnc explain` lists them and the printer turns them into text; none
+of those decides anything the ops do not say.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Literal, TypeAlias
+
+import sympy
+
+__all__ = [
+    "Expr",
+    "Name",
+    "Lit",
+    "SizeOf",
+    "Call",
+    "Method",
+    "Attr",
+    "Index",
+    "Slice",
+    "Tuple",
+    "BinOp",
+    "Unary",
+    "IfExp",
+    "Lambda",
+    "Op",
+    "OpKind",
+    "Assign",
+    "Effect",
+    "Branch",
+    "Return",
+    "Comment",
+    "Function",
+    "Chooser",
+    "names_in",
+    "walk",
+    "call",
+    "method",
+]
+
+OpKind = Literal[
+    "check", "bind", "device", "draw", "constant", "view", "contract", "kernel", "scale", "sum", "return", "note"
+]
+
+
+@dataclass(frozen=True)
+class Name:
+    """A variable, a parameter or a module-level name (`torch`, a helper)."""
+
+    id: str
+
+
+@dataclass(frozen=True)
+class Lit:
+    """A Python literal: printed with repr."""
+
+    value: int | float | str | bool | None
+
+
+@dataclass(frozen=True)
+class SizeOf:
+    """A size or scalar expression over the function's call-time sizes."""
+
+    expr: sympy.Expr | int
+
+    def __hash__(self) -> int:
+        return hash(str(self.expr))
+
+
+@dataclass(frozen=True)
+class Call:
+    """`func(args..., key=value...)`; `func` is a dotted name (`torch.nn.functional.conv2d`, `_pad`)."""
+
+    func: str
+    args: tuple[Expr, ...] = ()
+    kwargs: tuple[tuple[str, Expr], ...] = ()
+
+
+@dataclass(frozen=True)
+class Method:
+    """`obj.name(args..., key=value...)`."""
+
+    obj: Expr
+    name: str
+    args: tuple[Expr, ...] = ()
+    kwargs: tuple[tuple[str, Expr], ...] = ()
+
+
+@dataclass(frozen=True)
+class Attr:
+    obj: Expr
+    name: str
+
+
+@dataclass(frozen=True)
+class Slice:
+    """`start:stop:step` inside an index; None parts are left out."""
+
+    start: Expr | None = None
+    stop: Expr | None = None
+    step: Expr | None = None
+
+
+@dataclass(frozen=True)
+class Index:
+    """`obj[item, ...]`; an item `Lit(...)` is printed as `...` when its value is the string '...'."""
+
+    obj: Expr
+    items: tuple[Expr | Slice, ...]
+
+
+@dataclass(frozen=True)
+class Tuple:
+    items: tuple[Expr, ...]
+
+
+@dataclass(frozen=True)
+class BinOp:
+    """`left op right` for op in + - * / // % | == != < <= > >= and or."""
+
+    op: str
+    left: Expr
+    right: Expr
+
+
+@dataclass(frozen=True)
+class Unary:
+    """`not operand` or `-operand`."""
+
+    op: str
+    operand: Expr
+
+
+@dataclass(frozen=True)
+class IfExp:
+    """`then if test else other`."""
+
+    test: Expr
+    then: Expr
+    other: Expr
+
+
+@dataclass(frozen=True)
+class Lambda:
+    """`lambda: body` (a constant built on first use)."""
+
+    body: Expr
+
+
+Expr: TypeAlias = Name | Lit | SizeOf | Call | Method | Attr | Index | Tuple | BinOp | Unary | IfExp | Lambda
+
+
+@dataclass(frozen=True)
+class Assign:
+    """`target = value`, an op of `kind`. `fresh`: the value is new storage nobody else holds (a result that may be
+    changed in place); `cost` (multiply-adds) and `entries` (of the result): for `tnc explain`; `note`: a trailing
+    comment."""
+
+    target: str
+    value: Expr
+    kind: OpKind
+    note: str = ""
+    fresh: bool = False
+    cost: sympy.Expr | None = field(default=None, compare=False)
+    entries: sympy.Expr | None = field(default=None, compare=False)  # of a contraction's result, for explain
+
+
+@dataclass(frozen=True)
+class Effect:
+    """A call for its effect: a check that raises, an in-place scale or fill."""
+
+    value: Expr
+    kind: OpKind
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Branch:
+    """`if test: ... elif test: ... else: ...`; the last arm's test is None (else)."""
+
+    arms: tuple[tuple[Expr | None, tuple[Op, ...]], ...]
+    kind: OpKind
+    notes: tuple[str, ...] = ()  # one per arm
+
+
+@dataclass(frozen=True)
+class Return:
+    value: Expr
+    kind: OpKind = "return"
+
+
+@dataclass(frozen=True)
+class Comment:
+    """A line of comment: the term an op sequence computes, with its source text."""
+
+    text: str
+    kind: OpKind = "note"
+
+
+Op: TypeAlias = Assign | Effect | Branch | Return | Comment
+
+
+@dataclass(frozen=True)
+class Chooser:
+    """A module-level function that picks the cheapest of several plans once per shape (cached): costs are the
+    plans' multiply-adds as products of the call-time sizes, evaluated at the call's sizes."""
+
+    name: str
+    params: tuple[sympy.Symbol, ...]
+    costs: tuple[sympy.Expr, ...]
+    doc: str
+
+
+@dataclass(frozen=True)
+class Function:
+    """One generated function: its signature, docstring and ops; `symbols` names the call-time sizes' variables."""
+
+    name: str
+    params: tuple[str, ...]
+    keywords: tuple[tuple[str, Expr | None], ...]  # keyword-only: (name, default or None for required)
+    doc: str
+    body: tuple[Op, ...]
+    symbols: Mapping[sympy.Symbol, str]
+    choosers: tuple[Chooser, ...] = ()
+    helpers: frozenset[str] = frozenset()
+
+
+def call(func: str, *args: Expr, **kwargs: Expr) -> Call:
+    return Call(func, tuple(args), tuple(kwargs.items()))
+
+
+def method(obj: Expr, name: str, *args: Expr, **kwargs: Expr) -> Method:
+    return Method(obj, name, tuple(args), tuple(kwargs.items()))
+
+
+def walk(expr: Expr | Slice | None) -> Iterator[Expr | Slice]:
+    """Every node of an expression, the root first (sizes are leaves: their symbols are read by `names_in`)."""
+    if expr is None:
+        return
+    yield expr
+    if isinstance(expr, SizeOf):
+        return
+    for item in fields(expr):
+        value = getattr(expr, item.name)
+        for child in value if isinstance(value, tuple) else (value,):
+            if isinstance(child, tuple):  # a keyword argument: (name, value)
+                child = child[1]
+            if is_dataclass(child):
+                yield from walk(child)  # type: ignore[arg-type]
+
+
+def names_in(expr: Expr | None, symbols: Mapping[sympy.Symbol, str]) -> set[str]:
+    """The variables an expression reads (sizes read their symbols' variables)."""
+    found: set[str] = set()
+    for node in walk(expr):
+        if isinstance(node, Name):
+            found.add(node.id)
+        elif isinstance(node, SizeOf) and isinstance(node.expr, sympy.Expr):
+            found |= {symbols[s] for s in node.expr.free_symbols if s in symbols}
+    return found
