@@ -237,7 +237,7 @@ def on_every_pattern(net: Network, rule: str) -> Network:
     while "pattern" in kinds(net):
         rewrite = RULE[rule](net, position(net, "pattern"), True)
         assert rewrite is not None, f"{rule} does not fire on {net}"
-        net = rewrite.network
+        net = rewrite.value
     return net
 
 
@@ -330,17 +330,17 @@ def test_kernel_one_rule_fires(case: str) -> None:
     rewrite = RULE["kernel-one"](term, position(term, "pattern"), True)
     assert rewrite is not None
     assert rewrite.note.startswith("kernel-one:")
-    rewrite.network.lint()
-    new = rewrite.network.factors[position(rewrite.network, "select")]
+    rewrite.value.lint()
+    new = rewrite.value.factors[position(rewrite.value, "select")]
     assert new.legs == ("i1", "o1") and new.pattern == select
-    assert "pattern" not in kinds(rewrite.network)
+    assert "pattern" not in kinds(rewrite.value)
 
 
 def test_kernel_one_then_the_pipeline_makes_a_strided_slice_of_x() -> None:
     """A 1×1 conv with stride 2: select(i, o) goes into x as x[..., 0:7:2]; no constant remains."""
     text = conv_text([Dim(8, 1, 2)])
     term = only_term(program_of(text).diagram("y"))
-    program, diagram = with_term(text, "y", apply(term, "kernel-one").network)
+    program, diagram = with_term(text, "y", apply(term, "kernel-one").value)
     new, notes = simplified(diagram)
     assert fired(notes, "select-slice") and fired(notes, "squeeze"), notes
     assert kinds(only_term(new)) == ["input", "input"]
@@ -429,10 +429,10 @@ def test_output_one_rule_fires(case: str) -> None:
     term = only_term(program_of(text).diagram("y"))
     rewrite = RULE["output-one"](term, position(term, "pattern"), True)
     assert rewrite is not None and rewrite.note.startswith("output-one:")
-    rewrite.network.lint()
-    new = rewrite.network.factors[position(rewrite.network, "select")]
+    rewrite.value.lint()
+    new = rewrite.value.factors[position(rewrite.value, "select")]
     assert new.legs == ("i1", "k1") and new.pattern == select
-    program, diagram = with_term(text, "y", rewrite.network)
+    program, diagram = with_term(text, "y", rewrite.value)
     assert "pattern" not in kinds(only_term(simplified(diagram)[0]))
     assert_program_agrees(program, text, "y")
 
@@ -603,7 +603,7 @@ def selected(dim: Dim, name: str = "y", rule: str = "kernel-one", extra: tuple[s
     term = only_term(program_of(text).diagram(name))
     rewrite = RULE[rule](term, position(term, "pattern"), True)
     assert rewrite is not None
-    return text, rewrite.network
+    return text, rewrite.value
 
 
 def test_select_identity_fires_on_a_one_by_one_stride_one_conv() -> None:
@@ -611,7 +611,7 @@ def test_select_identity_fires_on_a_one_by_one_stride_one_conv() -> None:
     text, net = selected(Dim(6, 1, 1), "gw", extra=("gw",))
     rewrite = RULE["select-identity"](net, position(net, "select"), True)
     assert rewrite is not None and rewrite.note.startswith("select-identity:")
-    assert "select" not in kinds(rewrite.network) and kinds(rewrite.network).count("delta") == 2
+    assert "select" not in kinds(rewrite.value) and kinds(rewrite.value).count("delta") == 2
     program, diagram = with_term(text, "gw", net)
     new, notes = simplified(diagram)
     assert fired(notes, "select-identity") and fired(notes, "copy-tensor"), notes
@@ -633,7 +633,7 @@ def test_select_identity_does_not_fire_on_a_proper_selection(dim: Dim, rule: str
     assert RULE["select-identity"](net, at, True) is None
     slicing = RULE["select-slice"](net, at, True)
     assert slicing is not None and slicing.note.startswith("select-slice:")
-    (x,) = factor_named(slicing.network, "x")
+    (x,) = factor_named(slicing.value, "x")
     assert view_ops(x) == (SliceOp(2, 0, 7 if select.step == 2 else 2, select.step),)
     program, diagram = with_term(text, "y", net)
     new, notes = simplified(diagram)
@@ -666,7 +666,7 @@ y[n, d, o] = x[n, c, i] * x2[n, c, i] * p(i, o, k) * w[d, c, k]
 
 def test_select_slice_does_not_fire_when_two_tensors_carry_i() -> None:
     term = only_term(program_of(SHARED_I).diagram("y"))
-    net = apply(term, "kernel-one").network
+    net = apply(term, "kernel-one").value
     assert RULE["select-slice"](net, position(net, "select"), True) is None
     new, notes = simplified(program_of(SHARED_I).diagram("y"))
     assert fired(notes, "kernel-one") and not fired(notes, "select-slice"), notes

@@ -11,6 +11,7 @@ from tncompiler.ir.network import Network
 from tncompiler.ir.values import Factor, Fused, GatherOp, is_kept
 from tncompiler.order import WITHOUT_RULES, Regimes, evaluate, symbols_of
 from tncompiler.passes.lower import lowered_cost
+from tncompiler.rewrite import Rewrite, Rule, fixpoint
 
 __all__ = ["fuse_network", "MAX_FUSED_ENTRIES"]
 
@@ -86,7 +87,8 @@ def _shrinks(net: Network, parts: tuple[Factor, ...], entries: int, regimes: Reg
     return whole is not None and entries < whole
 
 
-def fuse_network(net: Network, regimes: Regimes = WITHOUT_RULES) -> tuple[Network, list[str]]:
+def fuse_group(net: Network, position: int, regimes: Regimes) -> Rewrite[Network] | None:
+    """The first group of constants whose fusion lowers the work per call (or shrinks a constant), fused."""
     base: float | None = None  # the unfused network's cost, computed once, when first needed
     for group in _groups(net):
         entries = _entries(net, group.legs, regimes)
@@ -105,6 +107,21 @@ def fuse_network(net: Network, regimes: Regimes = WITHOUT_RULES) -> tuple[Networ
             if _cost(candidate, regimes) >= base:
                 continue
         described = " * ".join(f"{f.name or f.kind}({', '.join(f.legs)})" for f in parts)
-        rest, more = fuse_network(candidate, regimes)
-        return rest, [f"fuse: {described} -> one constant over ({', '.join(group.legs)}), built once", *more]
-    return net, []
+        return Rewrite(candidate, f"fuse: {described} -> one constant over ({', '.join(group.legs)}), built once")
+    return None
+
+
+# The fusion rule: applied to the whole term until no group is worth fusing.
+RULES: tuple[Rule[Network, Regimes], ...] = (
+    Rule(
+        "fuse",
+        "constants joined by legs only they carry -> one constant, where that lowers the work per call",
+        frozenset({"term"}),
+        fuse_group,
+    ),
+)
+
+
+def fuse_network(net: Network, regimes: Regimes = WITHOUT_RULES) -> tuple[Network, list[str]]:
+    fused, done = fixpoint(net, RULES, lambda _: ["term"], regimes)
+    return fused, [step.note for step in done]

@@ -12,6 +12,8 @@ import sympy
 from tncompiler.ir.network import Lowering, Network
 from tncompiler.ir.values import ConvPattern, Factor, GatherOp, NativeConv, Role, View, WindowOp, is_kept
 from tncompiler.order import WITHOUT_RULES, Regimes, evaluate, plan_network, symbols_of
+from tncompiler.passes.simplify import factor_kinds
+from tncompiler.rewrite import Rewrite, Rule, fixpoint
 
 __all__ = ["NativeConv", "lower_network", "match_native", "native_flops", "lowered_cost"]
 
@@ -127,6 +129,16 @@ def _only_gathers_on_o(factor: Factor) -> bool:
 
 
 def lower_network(net: Network, regimes: Regimes = WITHOUT_RULES) -> tuple[Network, list[str]]:
+    """The term on a native kernel where it is one (the file's term or the rewritten one, by the cost model), else
+    with its patterns turned into window views by the rules."""
+    kernel = _kernel(net, regimes)
+    if kernel is not None:
+        return kernel
+    lowered, done = fixpoint(net, RULES, factor_kinds, regimes)
+    return lowered, [step.note for step in done]
+
+
+def _kernel(net: Network, regimes: Regimes) -> tuple[Network, list[str]] | None:
     native = match_native(net)
     written = net.lowering.as_written
     if isinstance(written, Network):
@@ -136,20 +148,28 @@ def lower_network(net: Network, regimes: Regimes = WITHOUT_RULES) -> tuple[Netwo
             return with_native(written, written_native), [note]
     if native is not None:
         return with_native(net, native), [f"lower: {_text(net)} -> {native.describe()}"]
-    notes = []
-    changed = True
-    while changed:
-        changed = False
-        for position, factor in enumerate(net.factors):
-            windowed = _window(net, position)
-            if windowed is not None:
-                notes.append(
-                    f"lower: {factor.name}({', '.join(factor.legs)}) -> a strided window view of the tensor "
-                    f"on {factor.legs[0]}"
-                )
-                net, changed = windowed, True
-                break
-    return net, notes
+    return None
+
+
+def window_view(net: Network, position: int, regimes: Regimes) -> Rewrite[Network] | None:
+    """Π(i, o, k) with i summed and on one tensor -> that tensor's axis i as windows (o, k); the pattern goes."""
+    windowed = _window(net, position)
+    if windowed is None:
+        return None
+    factor = net.factors[position]
+    legs = ", ".join(factor.legs)
+    return Rewrite(windowed, f"lower: {factor.name}({legs}) -> a strided window view of the tensor on {factor.legs[0]}")
+
+
+# The lowering rules on a term that is no kernel, in the order they are tried.
+RULES: tuple[Rule[Network, Regimes], ...] = (
+    Rule(
+        "window",
+        "Π(i, o, k) · x[.., i, ..] with i summed, on x alone -> x[.., (o, k), ..] as a strided window view",
+        frozenset({"pattern", "pattern+view"}),
+        window_view,
+    ),
+)
 
 
 def _kernel_wins(
@@ -157,17 +177,14 @@ def _kernel_wins(
 ) -> bool:
     """The cost model between the kernel on the term as written and the rewritten term (`native`: its own kernel,
     if it is one). Two kernels: the file's layout needs no permuted copies, so it wins unless the rewrite does less
-    work (a slice that drops windows). Otherwise both do the same multiply-adds, but PyTorch's convolution kernels
-    run them faster than the permute-and-matmul of a rewritten convolution or weight gradient; a rewritten
-    transpose convolution that needs no constant at all (patchify: reshapes only) beats the transpose kernel; one
-    that still multiplies by selections or patterns does not."""
+    work (a slice that drops windows). Otherwise the kernel wins: one call of PyTorch's, where the rewritten
+    convolution, weight gradient or transpose convolution (patchify: reshapes and a matrix product) copies its
+    operands for the product as well."""
     if rewritten.outputs != written.outputs:
         return False
     if native is not None:
         return not _fewer(native_flops(rewritten, native), native_flops(written, kernel), regimes)
-    if kernel.role != "transpose":
-        return True
-    return any(f.kind in ("pattern", "select", "delta", "fused") for f in rewritten.factors)
+    return True
 
 
 def _fewer(a: sympy.Expr, b: sympy.Expr, regimes: Regimes) -> bool:

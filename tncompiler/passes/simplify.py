@@ -8,10 +8,11 @@ reshapes and strided slices in the generated code, which cost nothing.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import sympy
 
+from tncompiler import rewrite
 from tncompiler.ir.names import fresh_name
 from tncompiler.ir.network import Network
 from tncompiler.ir.values import (
@@ -30,25 +31,19 @@ from tncompiler.ir.values import (
     slice_length,
 )
 
-__all__ = ["Rewrite", "Rule", "RULES", "simplify_network", "MAX_STEPS"]
+__all__ = ["RULES", "simplify_network", "factor_kinds"]
 
-MAX_STEPS = 500  # a safety net: every rule shrinks the network, so this is never reached in practice
+Rewrite = rewrite.Rewrite[Network]
+Rule = rewrite.Rule[Network, bool]  # the context: whether open legs may split (a one-term diagram)
 
-
-@dataclass(frozen=True)
-class Rewrite:
-    """A rule's result: the new network, a one-line note, and open legs split into several (i -> (o, k))."""
-
-    network: Network
-    note: str
-    splits: dict[str, tuple[str, ...]] = field(default_factory=dict)
+_KINDS = ("input", "pattern", "select", "delta", "fused")
+ANY = frozenset(_KINDS) | frozenset(f"{kind}+view" for kind in _KINDS)
+PATTERN, VIEWED_PATTERN = frozenset({"pattern"}), frozenset({"pattern+view"})
 
 
-@dataclass(frozen=True)
-class Rule:
-    name: str
-    doc: str
-    apply: Callable[[Network, int, bool], Rewrite | None]
+def factor_kinds(net: Network) -> list[str]:
+    """Each factor's kind, `+view` where it has a view: what the rules are indexed by."""
+    return [f.kind + ("+view" if f.view is not None else "") for f in net.factors]
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
@@ -244,8 +239,7 @@ def _tight(p: ConvPattern) -> ConvPattern:
     """The right padding that the pattern's windows actually reach (it only matters for its description)."""
     if not isinstance(p.in_size, int) or not isinstance(p.out_size, int):
         return p
-    reach = (p.out_size - 1) * p.stride + (p.kernel_size - 1) * p.dilation - p.pad_left - (p.in_size - 1)
-    return replace(p, pad_right=max(0, reach))
+    return replace(p, pad_right=max(0, int(p.last_read()) - (p.in_size - 1)))
 
 
 def narrow_input(net: Network, position: int, outputs_may_change: bool) -> Rewrite | None:
@@ -254,9 +248,9 @@ def narrow_input(net: Network, position: int, outputs_may_change: bool) -> Rewri
     p = _narrowable(net, position, 0)
     if p is None:
         return None
-    size, out = int(p.in_size), int(p.out_size)
+    size = int(p.in_size)
     lo = max(0, -p.pad_left)
-    hi = min(size - 1, (out - 1) * p.stride + (p.kernel_size - 1) * p.dilation - p.pad_left)
+    hi = min(size - 1, int(p.last_read()))
     narrowed = replace(p, in_size=hi - lo + 1, pad_left=p.pad_left + lo)
     return _narrowed(net, position, 0, (lo, hi, size), narrowed, "narrow-input: {pattern} reads only {leg}")
 
@@ -405,67 +399,73 @@ def _merge(factor: Factor, a: str, b: str, merged: str, net: Network) -> Factor:
     return _with_op(factor, MergeOp(axis), legs, net)
 
 
+# The simplification rules, in the order they are tried; each doc line is the rule's specification.
 RULES: tuple[Rule, ...] = (
-    Rule("squeeze", "x[.., a, ..] with |a| = 1 -> x[.., ..]", squeeze_unit),
+    Rule("squeeze", "x[.., a, ..] with |a| = 1 -> x[.., ..]", ANY, squeeze_unit),
     Rule(
         "kernel-one",
         "Π with K = 1 -> select(i, o), start −P, step S, when no window reaches the padding (a sampled o: gathered)",
+        PATTERN | VIEWED_PATTERN,
         kernel_one,
     ),
     Rule(
         "output-one",
         "Π with O = 1 -> select(i, k), start −P, step D, when the window stays inside the input",
+        PATTERN,
         output_one,
     ),
     Rule(
         "strided-reshape",
         "Π with K ≤ S, P = 0, D = 1 -> i split into (o, k) by reshape (and narrow if K < S)",
+        PATTERN,
         strided_reshape,
     ),
-    Rule("pattern-slice", "Π sliced on o, k or i -> Π with new stride/dilation/size and padding", pattern_slice),
+    Rule(
+        "pattern-slice",
+        "Π sliced on o, k or i -> Π with new stride/dilation/size and padding",
+        VIEWED_PATTERN,
+        pattern_slice,
+    ),
     Rule(
         "narrow-input",
         "Π touching only rows lo..hi of a summed i -> select(i, i')[lo:hi+1] · Π(i', o, k)",
+        PATTERN,
         narrow_input,
     ),
     Rule(
         "narrow-output",
         "Π whose windows outside lo..hi of a summed o read no input row -> select(o, o')[lo:hi+1] · Π(i, o', k)",
+        PATTERN,
         narrow_output,
     ),
-    Rule("select-identity", "select(i, j) with I = J, start 0, step 1 -> delta(i, j)", select_identity),
-    Rule("select-slice", "select(i, j) · x[.., i, ..] with i summed -> x[.., start:stop:step, ..]", select_into_tensor),
+    Rule(
+        "select-identity",
+        "select(i, j) with I = J, start 0, step 1 -> delta(i, j)",
+        frozenset({"select"}),
+        select_identity,
+    ),
+    Rule(
+        "select-slice",
+        "select(i, j) · x[.., i, ..] with i summed -> x[.., start:stop:step, ..]",
+        frozenset({"select", "select+view"}),
+        select_into_tensor,
+    ),
     Rule(
         "copy-tensor",
         "delta(a, b) with a summed -> a renamed b; delta(a) -> 1 (or |a| when a is summed alone)",
+        frozenset({"delta"}),
         prune_delta,
     ),
-    Rule("merge", "summed legs a, b adjacent on the same tensors -> one leg (a b)", merge_parallel),
+    Rule("merge", "summed legs a, b adjacent on the same tensors -> one leg (a b)", ANY, merge_parallel),
 )
 
 
 def simplify_network(
     net: Network, outputs_may_change: bool, check: Callable[[Network], None] | None = None
 ) -> tuple[Network, list[str], dict[str, tuple[str, ...]]]:
-    """Apply the first rule that fires, factor by factor, until none does; returns the notes and open-leg splits."""
-    notes: list[str] = []
+    """Apply the first rule that fires until none does; returns the notes and the open legs that split."""
+    net, done = rewrite.fixpoint(net, RULES, factor_kinds, outputs_may_change, check)
     splits: dict[str, tuple[str, ...]] = {}
-    for _ in range(MAX_STEPS):
-        rewrite = _first(net, outputs_may_change)
-        if rewrite is None:
-            return net, notes, splits
-        net = rewrite.network
-        if check is not None:
-            check(net)
-        notes.append(rewrite.note)
-        splits.update(rewrite.splits)
-    raise RuntimeError("simplification did not settle")  # pragma: no cover - every rule shrinks the network
-
-
-def _first(net: Network, outputs_may_change: bool) -> Rewrite | None:
-    for rule in RULES:
-        for position in range(len(net.factors)):
-            rewrite = rule.apply(net, position, outputs_may_change)
-            if rewrite is not None:
-                return rewrite
-    return None
+    for step in done:
+        splits.update(step.extra)
+    return net, [step.note for step in done], splits
