@@ -479,12 +479,30 @@ def test_dense_removes_every_pattern_of_a_patchify_conv(name: str) -> None:
     assert all(f.kind == "input" for term in diagram.terms for f in term.factors)
 
 
-def test_dense_splits_the_open_leg_of_the_input_vjp() -> None:
-    """gx = vjp(y, x) of a patchify conv: the open i = (o k), so the result axis is laid out (o k)."""
-    diagram, notes = simplified(program_of(PATCHIFY).diagram("gx"))
-    assert len(fired(notes, "strided-reshape")) == 2
-    assert diagram.layout.axes[2:] == (("o1", "k1"), ("o2", "k2"))
+FOLD = """index n, c = 2
+index i = 8, k = 2
+pattern p(i, o, k) = conv(stride=2)
+input z[n, c, o, k]
+u[n, c, i] = z[n, c, o, k] * p(i, o, k)
+"""
+
+
+def test_dense_splits_an_open_leg() -> None:
+    """col2im of patches (no kernel: one tensor and a pattern): the open i = (o k), so the result axis is laid out
+    (o k) and no pattern is left."""
+    diagram, notes = simplified(program_of(FOLD).diagram("u"))
+    assert len(fired(notes, "strided-reshape")) == 1
+    assert diagram.layout.axes[2] == ("o", "k")
     assert "pattern" not in kinds(only_term(diagram))
+    assert_agree(FOLD)
+
+
+def test_the_input_vjp_of_a_patchify_conv_keeps_its_open_legs_for_the_kernel() -> None:
+    """gx = vjp(y, x) of a patchify conv is a transpose convolution as written: its open i stays whole, and
+    lowering gives it PyTorch's kernel (one call, where a reshape and a product copy the operands as well)."""
+    diagram, notes = simplified(program_of(PATCHIFY).diagram("gx"))
+    assert not fired(notes, "strided-reshape") and diagram.layout == program_of(PATCHIFY).diagram("gx").layout
+    assert "conv_transpose2d(" in function_code(compile_source(PATCHIFY), "gx")
     assert_agree(PATCHIFY, ("gx",))
 
 
@@ -572,13 +590,12 @@ def test_pattern_rules_on_call_time_sizes_fire_where_the_size_rule_makes_them_ex
 
 
 TWO_TERMS = """index n
-index c = 2, d = 3, i = 8, k = 2
+index c = 2, i = 8, k = 2
 pattern p(i, o, k) = conv(stride=2)
 input x[n, c, i]
-input w[d, c, k]
-input gy[n, d, o]
-one[n, c, i] = p(i, o, k) * w[d, c, k] * gy[n, d, o]
-two[n, c, i] = p(i, o, k) * w[d, c, k] * gy[n, d, o] + x[n, c, i]
+input z[n, c, o, k]
+one[n, c, i] = p(i, o, k) * z[n, c, o, k]
+two[n, c, i] = p(i, o, k) * z[n, c, o, k] + x[n, c, i]
 """
 
 
@@ -823,12 +840,12 @@ def test_generated_code_loses_the_constants_the_rules_remove(case: str) -> None:
     assert constants_built(rewritten, name) < constants_built(plain, name)
 
 
-def test_generated_code_of_a_one_by_one_strided_conv_is_a_strided_slice() -> None:
-    """The weight gradient becomes a strided slice and a matrix product; the forward pass, which the rules also
-    turn into a strided slice, goes to PyTorch's convolution kernel instead (the lowering's cost model)."""
+def test_generated_code_of_a_one_by_one_strided_conv_is_the_kernel() -> None:
+    """The rules turn a 1x1 strided conv and its weight gradient into a strided slice and a product, but lowering
+    gives both PyTorch's kernel (one call each, where the slice and the product copy too); no constant is built."""
     code = compile_source(conv_text([Dim(8, 1, 2)], ("gw",)))
     assert "_conv_pattern" not in code and "_select(" not in code
-    assert "x[:, :, 0:7:2]" in function_code(code, "gw")
+    assert "torch.nn.grad.conv1d_weight(" in function_code(code, "gw")
     assert "torch.nn.functional.conv1d(" in function_code(code, "y")
 
 

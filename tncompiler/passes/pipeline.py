@@ -33,14 +33,16 @@ class Stage:
 
 
 def simplify(diagram: Diagram, lint: bool) -> tuple[Diagram, tuple[str, ...]]:
-    """Index-pattern simplification on every term; open legs may split only in a one-term diagram."""
+    """Index-pattern simplification on every term; open legs may split only in a one-term diagram that is no
+    kernel as written (a kernel's output needs no split: lowering may still prefer the kernel)."""
     notes: list[str] = []
     terms = []
     layout = diagram.layout
     for term in diagram.terms:
         check: Callable[[Network], None] | None = Network.lint if lint else None
-        new, changed, splits = simplify_network(term, len(diagram.terms) == 1, check)
-        if changed and match_native(term) is not None:  # lowering may prefer the kernel on the term as written
+        kernel = match_native(term) is not None
+        new, changed, splits = simplify_network(term, len(diagram.terms) == 1 and not kernel, check)
+        if changed and kernel:  # lowering may prefer the kernel on the term as written
             new = Network(new.factors, new.outputs, new.sizes, new.coefficient, Lowering(as_written=term))
         terms.append(new)
         notes += changed
