@@ -4,12 +4,15 @@ operation the language derives from it, and an independent PyTorch reference for
 One convention for transpose convolutions, PyTorch's: `spatial` is always the spatial shape of the argument x, and a
 transpose convolution's output size follows from `output_padding`. References use only torch: F.conv*d and
 F.conv_transpose*d, torch.autograd / torch.func for derivatives, im2col from F.pad and Tensor.unfold for unfold and
-the KFAC factors.
+the KFAC factors, and for what PyTorch lacks (4-d and 5-d convolutions) one dense einsum over index patterns written
+out entry by entry from their definition (`pattern_tensor`).
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
+import itertools
 import math
 import types
 import warnings
@@ -21,7 +24,39 @@ import torch.nn.functional as F
 
 import tncompiler
 
-__all__ = ["Conv", "OPEN_LEVELS", "Padding", "conv", "source", "load", "OPS", "Reference", "reference", "arguments"]
+__all__ = [
+    "Conv",
+    "NOTHING_OPEN",
+    "OPEN_LEVELS",
+    "OPS",
+    "Padding",
+    "Reference",
+    "TOLERANCE",
+    "all_arguments",
+    "argument_list",
+    "arguments",
+    "assert_close",
+    "call",
+    "conv",
+    "forward",
+    "im2col",
+    "keyword_sizes",
+    "kfac",
+    "linear_source",
+    "load",
+    "operations",
+    "pad_pair",
+    "pattern_reference",
+    "pattern_tensor",
+    "pattern_unfold",
+    "random_tensors",
+    "reference",
+    "relative_error",
+    "source",
+    "statements",
+    "unfold_source",
+    "unfold_statement",
+]
 
 Padding = int | tuple[int, int] | str
 Tensor = torch.Tensor
@@ -31,12 +66,18 @@ OPEN_LEVELS: dict[str, frozenset[str]] = {
     "spatial": frozenset({"batch", "spatial"}),
     "channels": frozenset({"batch", "spatial", "channels"}),
 }
+NOTHING_OPEN: frozenset[str] = frozenset()  # every size declared, the batch too
+# What a setting left out of a pattern line means (`conv()`).
+DEFAULTS: dict[str, int] = {"stride": 1, "padding": 0, "dilation": 1}
 
 
 @dataclass(frozen=True)
 class Conv:
     """x [batch, groups·c_in, *spatial] -> y [batch, groups·c_out, *output]; a transpose convolution's weight is
-    [groups·c_in, c_out, *kernel] as in PyTorch, else [groups·c_out, c_in, *kernel]."""
+    [groups·c_in, c_out, *kernel] as in PyTorch, else [groups·c_out, c_in, *kernel].
+
+    The file writes the group index g only for more than one group, unless `group_index` asks for it (`(g c)` with
+    g = 1); the settings named in `unwritten` are left out of its pattern lines, so that their defaults apply."""
 
     spatial: tuple[int, ...]
     kernel: tuple[int, ...]
@@ -50,14 +91,21 @@ class Conv:
     transpose: bool = False
     output_padding: tuple[int, ...] = ()
     batch: int = 2
+    group_index: bool = False
+    unwritten: frozenset[str] = frozenset()
 
     @property
     def dims(self) -> int:
         return len(self.spatial)
 
+    @property
+    def grouped(self) -> bool:
+        """Whether the file writes the group index g."""
+        return self.groups > 1 or self.group_index
+
     def pads(self) -> tuple[tuple[int, int], ...]:
         """(left, right) per dimension; `same` puts the odd one on the right, as PyTorch does."""
-        return tuple(_pad_pair(p, d, k) for p, d, k in zip(self.padding, self.dilation, self.kernel))
+        return tuple(pad_pair(p, d, k) for p, d, k in zip(self.padding, self.dilation, self.kernel))
 
     def pattern_in(self) -> tuple[int, ...]:
         """The sizes of the patterns' i legs (a transpose convolution's output)."""
@@ -102,30 +150,38 @@ def conv(
     spatial: Sequence[int],
     kernel: Sequence[int],
     *,
-    stride: int | list[int] = 1,
-    padding: Padding | list[Padding] = 0,
-    dilation: int | list[int] = 1,
+    stride: int | list[int] | None = 1,
+    padding: Padding | list[Padding] | None = 0,
+    dilation: int | list[int] | None = 1,
     output_padding: int | list[int] = 0,
     **options: int | bool,
 ) -> Conv:
-    """A `Conv` whose per-dimension settings are one value for every dimension or a list."""
+    """A `Conv` whose per-dimension settings are one value for every dimension or a list; a setting given as None is
+    left out of the file (the pattern's default applies)."""
     dims = len(spatial)
+    assert len(kernel) == dims, f"{kernel} needs {dims} entries"
+    given = {"stride": stride, "padding": padding, "dilation": dilation}
+    unwritten = frozenset(name for name, value in given.items() if value is None)
 
     def each(value: object) -> tuple:  # type: ignore[type-arg]
-        return tuple(value) if isinstance(value, list) else (value,) * dims
+        if isinstance(value, list):
+            assert len(value) == dims, f"{value} needs {dims} entries"
+            return tuple(value)
+        return (value,) * dims
 
+    settings = {name: each(DEFAULTS[name] if value is None else value) for name, value in given.items()}
     return Conv(
         tuple(spatial),
         tuple(kernel),
-        each(stride),
-        each(padding),
-        each(dilation),
+        **settings,
         output_padding=each(output_padding),
+        unwritten=unwritten,
         **options,  # type: ignore[arg-type]
     )
 
 
-def _pad_pair(padding: Padding, dilation: int, kernel: int) -> tuple[int, int]:
+def pad_pair(padding: Padding, dilation: int, kernel: int) -> tuple[int, int]:
+    """(left, right) for one dimension's padding."""
     if padding == "valid":
         return 0, 0
     if padding == "same":
@@ -148,22 +204,25 @@ def _sized(name: str, size: int, is_open: bool) -> str:
 def _declarations(case: Conv, open_: frozenset[str]) -> list[str]:
     spatial, channels = "spatial" in open_, "channels" in open_
     lines = [f"index {_sized('n', case.batch, 'batch' in open_)}"]
-    group = [f"g = {case.groups}"] if case.groups > 1 else []
+    group = [f"g = {case.groups}"] if case.grouped else []
     lines.append("index " + ", ".join(group + [_sized("c", case.c_in, channels), _sized("d", case.c_out, channels)]))
     sizes = [_sized(f"i{j + 1}", i, spatial) for j, i in enumerate(case.pattern_in())]
     if case.transpose:  # a transpose convolution declares its output (i) and input (o) sizes
         sizes += [_sized(f"o{j + 1}", o, spatial) for j, o in enumerate(case.pattern_out())]
     lines.append("index " + ", ".join(sizes + [f"k{j + 1} = {k}" for j, k in enumerate(case.kernel)]))
-    for j in range(case.dims):
-        pad = case.padding[j]
-        text = f"({pad[0]}, {pad[1]})" if isinstance(pad, tuple) else str(pad)
-        settings = f"stride={case.stride[j]}, padding={text}, dilation={case.dilation[j]}"
-        lines.append(f"pattern p{j + 1}(i{j + 1}, o{j + 1}, k{j + 1}) = conv({settings})")
-    return lines
+    return lines + [_pattern_line(case, j) for j in range(case.dims)]
+
+
+def _pattern_line(case: Conv, j: int) -> str:
+    pad = case.padding[j]
+    padding = f"({pad[0]}, {pad[1]})" if isinstance(pad, tuple) else str(pad)
+    values = {"stride": case.stride[j], "padding": padding, "dilation": case.dilation[j]}
+    settings = ", ".join(f"{name}={value}" for name, value in values.items() if name not in case.unwritten)
+    return f"pattern p{j + 1}(i{j + 1}, o{j + 1}, k{j + 1}) = conv({settings})"
 
 
 def _channels(case: Conv, name: str) -> str:
-    return f"(g {name})" if case.groups > 1 else name
+    return f"(g {name})" if case.grouped else name
 
 
 def source(case: Conv, open_: frozenset[str] = OPEN_LEVELS["batch"], transforms: Sequence[str] = ()) -> str:
@@ -184,12 +243,27 @@ def source(case: Conv, open_: frozenset[str] = OPEN_LEVELS["batch"], transforms:
 def unfold_statement(case: Conv) -> str:
     """`u[n, (g c k...), (o...)] = x * patterns`: im2col, laid out as F.unfold lays it out."""
     dims = case.dims
-    group = "g " if case.groups > 1 else ""
+    group = "g " if case.grouped else ""
     patterns = " * ".join(f"p{j + 1}(i{j + 1}, o{j + 1}, k{j + 1})" for j in range(dims))
     return (
         f"u[n, ({group}c {_legs('k', dims, ' ')}), ({_legs('o', dims, ' ')})] = "
         f"x[n, {_channels(case, 'c')}, {_legs('i', dims)}] * {patterns}"
     )
+
+
+def unfold_source(case: Conv, open_: frozenset[str] = OPEN_LEVELS["batch"]) -> str:
+    """The unfold of the case's input alone: its declarations, `input x`, then `unfold_statement`."""
+    assert not case.transpose
+    x = f"x[n, {_channels(case, 'c')}, {_legs('i', case.dims)}]"
+    return "\n".join([*_declarations(case, open_), f"input {x}", unfold_statement(case)]) + "\n"
+
+
+def linear_source(transforms: Sequence[str] = (), batch: int | None = None, c: int = 4, d: int = 3) -> str:
+    """A dense layer `y[n, d] = x[n, c] * w[d, c] + b[d]` (no index patterns), then the transforms; `batch` None
+    leaves n open."""
+    lines = ["index n" + (f" = {batch}" if batch else ""), f"index c = {c}, d = {d}",
+             "input x[n, c]", "input w[d, c]", "input b[d]", "y[n, d] = x[n, c] * w[d, c] + b[d]"]  # fmt: skip
+    return "\n".join(lines + list(transforms)) + "\n"
 
 
 @functools.cache
@@ -198,15 +272,41 @@ def load(text: str) -> types.ModuleType:
     return tncompiler.load_source(text, "case.tnd")
 
 
+def call(function: object, case: Conv, takes: tuple[str, ...], args: dict[str, Tensor]) -> Tensor:
+    """`function` on the arguments it takes, with the keyword-only sizes its signature asks for, from `case`."""
+    signature = inspect.signature(function)  # type: ignore[arg-type]
+    sizes = keyword_sizes(case)
+    keywords = {
+        name: sizes[name] for name, p in signature.parameters.items() if p.kind is p.KEYWORD_ONLY and name in sizes
+    }
+    positional = [args[name] for name in takes if name in args]
+    return function(*positional, **keywords)  # type: ignore[operator,no-any-return]
+
+
 # --- references ----------------------------------------------------------------------------------------------------
 
 
+def random_tensors(shapes: Sequence[tuple[int, ...]], seed: int = 0) -> list[Tensor]:
+    """Standard normal tensors of these shapes, in float64, the same for the same seed."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=generator, dtype=torch.float64) for shape in shapes]
+
+
 def arguments(case: Conv, seed: int = 0, dtype: torch.dtype = torch.float64) -> dict[str, Tensor]:
+    """Random x, w (and b) in PyTorch's layouts, drawn in float64 and then converted to `dtype`."""
     generator = torch.Generator().manual_seed(seed)
     return {
         name: torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
         for name, shape in case.shapes().items()
     }
+
+
+def argument_list(
+    case: Conv, batch: int | None = None, dtype: torch.dtype = torch.float64, seed: int = 0
+) -> list[Tensor]:
+    """x, w (and b), in the order the case's function takes them, for a call with this batch (else the case's)."""
+    call = case if batch is None else replace(case, batch=batch)
+    return list(arguments(call, seed, dtype).values())
 
 
 def forward(case: Conv, x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
@@ -219,9 +319,12 @@ def forward(case: Conv, x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor
 def _convolve(case: Conv, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     function: Callable[..., Tensor] = getattr(F, f"conv{case.dims}d")
     pairs = case.pads()
-    if all(left == right for left, right in pairs):
+    padding: str | tuple[int, ...]
+    if len(set(case.padding)) == 1 and case.padding[0] in ("same", "valid"):
+        padding = str(case.padding[0])  # PyTorch's own split of `same`
+    elif all(left == right for left, right in pairs):
         padding = tuple(left for left, _ in pairs)
-    else:
+    else:  # F.pad lists the last dimension first
         x, padding = F.pad(x, [p for pair in reversed(pairs) for p in pair]), (0,) * case.dims
     return function(x, w, b, stride=case.stride, padding=padding, dilation=case.dilation, groups=case.groups)
 
@@ -273,7 +376,51 @@ def kfac(case: Conv, rows: Tensor, reduce: bool, input_side: bool) -> Tensor:
         factor = factor / positions**2 if input_side else factor
     else:
         factor = torch.einsum("ngfp,nghp->gfh", grouped, grouped) / n
-    return factor if case.groups > 1 else factor[0]
+    return factor if case.grouped else factor[0]
+
+
+def pattern_tensor(
+    in_size: int, out_size: int, kernel: int, stride: int, pad_left: int, dilation: int,
+    dtype: torch.dtype = torch.float64,
+) -> Tensor:  # fmt: skip
+    """Π[i, o, k] = 1 iff i = o·S + k·D − P_left, written out entry by entry from the definition."""
+    pattern = torch.zeros(in_size, out_size, kernel, dtype=dtype)
+    for o, k in itertools.product(range(out_size), range(kernel)):
+        i = o * stride + k * dilation - pad_left
+        if 0 <= i < in_size:
+            pattern[i, o, k] = 1
+    return pattern
+
+
+def _patterns(case: Conv, dtype: torch.dtype) -> list[Tensor]:
+    """The case's index patterns, one per spatial dimension, from `pattern_tensor`."""
+    sizes = zip(case.pattern_in(), case.pattern_out(), case.kernel, case.stride, case.pads(), case.dilation)
+    return [pattern_tensor(i, o, k, s, left, d, dtype=dtype) for i, o, k, s, (left, _), d in sizes]
+
+
+def pattern_reference(case: Conv, x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
+    """The (transpose) convolution as one dense einsum over explicit index patterns, for any number of dims."""
+    assert case.dims <= 7
+    i, o, k = "ABCDEFG"[: case.dims], "HIJKLMN"[: case.dims], "OPQRSTU"[: case.dims]
+    xs = x.reshape(x.shape[0], case.groups, case.c_in, *x.shape[2:])
+    if case.transpose:  # x on the o legs, y on the i legs, w laid out [(g c), d, k...]
+        ws = w.reshape(case.groups, case.c_in, case.c_out, *w.shape[2:])
+        operands, result, sizes = f"ngc{o},gcd{k}", f"ngd{i}", case.pattern_in()
+    else:
+        ws = w.reshape(case.groups, case.c_out, case.c_in, *w.shape[2:])
+        operands, result, sizes = f"ngc{i},gdc{k}", f"ngd{o}", case.pattern_out()
+    equation = operands + "," + ",".join("".join(legs) for legs in zip(i, o, k)) + "->" + result
+    y = torch.einsum(equation, xs, ws, *_patterns(case, x.dtype))
+    y = y.reshape(x.shape[0], case.groups * case.c_out, *sizes)
+    return y if b is None else y + b.view(-1, *(1,) * case.dims)
+
+
+def pattern_unfold(case: Conv, x: Tensor) -> Tensor:
+    """im2col from explicit index patterns, any number of dimensions: [n, channels, (k...), (o...)]."""
+    letters_i, letters_o, letters_k = "ABCDE"[: case.dims], "FGHIJ"[: case.dims], "KLMNO"[: case.dims]
+    operands = ",".join(["nc" + letters_i] + ["".join(legs) for legs in zip(letters_i, letters_o, letters_k)])
+    unfolded = torch.einsum(f"{operands}->nc{letters_k}{letters_o}", x, *_patterns(case, x.dtype))
+    return unfolded.flatten(2 + case.dims).flatten(2, 1 + case.dims)
 
 
 @dataclass(frozen=True)
@@ -380,3 +527,23 @@ def keyword_sizes(case: Conv) -> dict[str, int]:
 
 def reference(op: Reference, case: Conv, args: dict[str, Tensor]) -> Tensor:
     return op.compute(case, args)
+
+
+# --- comparisons ---------------------------------------------------------------------------------------------------
+
+# Max abs error / max abs reference, per dtype.
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def relative_error(actual: Tensor, expected: Tensor) -> float:
+    """max |actual - expected| / max |expected|, after checking shape and dtype."""
+    assert actual.shape == expected.shape, f"shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert actual.dtype == expected.dtype, f"dtype {actual.dtype} != {expected.dtype}"
+    scale = expected.abs().max().item() or 1.0
+    return (actual - expected).abs().max().item() / scale
+
+
+def assert_close(actual: Tensor, expected: Tensor) -> None:
+    """Same shape and dtype, and a relative error within the dtype's tolerance."""
+    error = relative_error(actual, expected)
+    assert error <= TOLERANCE[expected.dtype], f"relative error {error:.3g} > {TOLERANCE[expected.dtype]:g}"

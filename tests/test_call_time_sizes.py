@@ -7,7 +7,6 @@ from __future__ import annotations
 import inspect
 
 import pytest
-import torch
 
 from tests import cases
 from tests.cases import Conv, conv
@@ -38,16 +37,6 @@ def _calls(case: Conv, level: str) -> list[Conv]:
     return [case.resized(batch, grow if spatial else 0, more if channels else 0) for batch, grow, more in CALLS]
 
 
-def _call(function: object, case: Conv, takes: tuple[str, ...], args: dict[str, torch.Tensor]) -> torch.Tensor:
-    signature = inspect.signature(function)  # type: ignore[arg-type]
-    sizes = cases.keyword_sizes(case)
-    keywords = {
-        name: sizes[name] for name, p in signature.parameters.items() if p.kind is p.KEYWORD_ONLY and name in sizes
-    }
-    positional = [args[name] for name in takes if name in args]
-    return function(*positional, **keywords)  # type: ignore[operator,no-any-return]
-
-
 @pytest.mark.parametrize("level", list(cases.OPEN_LEVELS))
 @pytest.mark.parametrize("name", list(CASES))
 def test_every_operation_at_two_call_sizes(name: str, level: str) -> None:
@@ -56,7 +45,7 @@ def test_every_operation_at_two_call_sizes(name: str, level: str) -> None:
     for call in _calls(case, level):
         args = cases.all_arguments(call)
         for op in cases.operations(case):
-            actual = _call(getattr(module, op.name), call, op.takes, args)
+            actual = cases.call(getattr(module, op.name), call, op.takes, args)
             expected = cases.reference(op, call, args)
             assert actual.shape == expected.shape, (op.name, call)
             scale = expected.abs().max().item() or 1.0

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import random
 
 import pytest
 import torch
 
-from tests.helpers import (
-    ConvSpec,
-    Padding,
-    assert_close,
-    conv_reference,
-    conv_source,
-    conv_spec,
-    load_cached,
-    make_arguments,
-)
+from tests import cases
+from tests.cases import Conv, Padding
 
-CASES: dict[str, ConvSpec] = {
+# Every file writes the group index, also for one group: x[n, (g c), i1] with g = 1.
+conv_spec = functools.partial(cases.conv, group_index=True)
+
+CASES: dict[str, Conv] = {
     # 1-d
     "1d-plain": conv_spec([8], [3]),
     "1d-defaults": conv_spec([7], [2], stride=None, padding=None, dilation=None, bias=True),
@@ -66,7 +62,7 @@ def _random_padding(rng: random.Random, stride: int | None) -> Padding:
     return rng.choice(choices)
 
 
-def _random_spec(rng: random.Random) -> ConvSpec:
+def _random_spec(rng: random.Random) -> Conv:
     """A small random 1-3 d convolution whose every dimension has at least one output."""
     dims = rng.choice((1, 1, 2, 2, 3))
     while True:
@@ -77,7 +73,7 @@ def _random_spec(rng: random.Random) -> ConvSpec:
         groups = rng.choice((1, 2, 3))
         spec = conv_spec(spatial, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups,
                          c_in=rng.randint(1, 2), c_out=rng.randint(1, 2), bias=rng.random() < 0.5)
-        if min(spec.out_sizes()) >= 1:
+        if min(spec.pattern_out()) >= 1:
             return spec
 
 
@@ -96,14 +92,14 @@ y[n, d, o1, o2] = x[n, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[d, c, k1
 """
 
 
-def _check(spec: ConvSpec, batch: int, dtype: torch.dtype) -> None:
-    module = load_cached(conv_source(spec))
-    arguments = make_arguments(spec, batch, dtype, seed=batch)
-    assert_close(module.y(*arguments), conv_reference(spec, *arguments))
+def _check(spec: Conv, batch: int, dtype: torch.dtype) -> None:
+    module = cases.load(cases.source(spec))
+    arguments = cases.argument_list(spec, batch, dtype, seed=batch)
+    cases.assert_close(module.y(*arguments), cases.forward(spec, *arguments))
 
 
 @pytest.mark.parametrize("spec", list(CASES.values()), ids=list(CASES))
-def test_conv_matches_torch(spec: ConvSpec) -> None:
+def test_conv_matches_torch(spec: Conv) -> None:
     """float64 and float32, and two batch sizes bound at call time on the same compiled module."""
     for batch, dtype in ((1, torch.float64), (3, torch.float64), (2, torch.float32)):
         _check(spec, batch, dtype)
@@ -111,7 +107,7 @@ def test_conv_matches_torch(spec: ConvSpec) -> None:
 
 @pytest.mark.parametrize("spec", [pytest.param(spec, id=f"seed{seed}")
                                   for seed, spec in enumerate(SWEEP)])
-def test_random_sweep_matches_torch(spec: ConvSpec) -> None:
+def test_random_sweep_matches_torch(spec: Conv) -> None:
     """Seeded random hyper-parameters (the same every run), float64 with two batch sizes."""
     for batch in (1, 2):
         _check(spec, batch, torch.float64)
@@ -120,29 +116,29 @@ def test_random_sweep_matches_torch(spec: ConvSpec) -> None:
 def test_plan_tie_reproducer() -> None:
     """Minimal reproducer of the FLOPs tie between contraction plans (seed0 of the sweep hits it too)."""
     spec = conv_spec([5, 3], [3, 1], c_in=1, c_out=2)
-    module = load_cached(PLAN_TIE_SOURCE)
-    x, w = make_arguments(spec, 2, torch.float64)
-    assert_close(module.y(x, w), conv_reference(spec, x, w))
+    module = cases.load(PLAN_TIE_SOURCE)
+    x, w = cases.argument_list(spec, 2, torch.float64)
+    cases.assert_close(module.y(x, w), cases.forward(spec, x, w))
 
 
 def test_same_module_serves_both_batch_sizes() -> None:
     spec = CASES["2d-groups2"]
-    module = load_cached(conv_source(spec))
+    module = cases.load(cases.source(spec))
     for batch in (2, 5):
-        x, w, b = make_arguments(spec, batch, torch.float64)
+        x, w, b = cases.argument_list(spec, batch, torch.float64)
         assert module.y(x, w, b).shape == (batch, 4, 3, 3)
-    assert load_cached(conv_source(spec)) is module
+    assert cases.load(cases.source(spec)) is module
 
 
 def test_output_sizes_match_the_spec() -> None:
-    """The helper's own size arithmetic agrees with PyTorch (so the other tests size their inputs right)."""
+    """The case builder's own size arithmetic agrees with PyTorch (so the other tests size their inputs right)."""
     for name, spec in CASES.items():
-        x, w, *b = make_arguments(spec, 1, torch.float64)
-        assert conv_reference(spec, x, w).shape[2:] == spec.out_sizes(), name
+        x, w, *b = cases.argument_list(spec, 1, torch.float64)
+        assert cases.forward(spec, x, w).shape[2:] == spec.pattern_out(), name
 
 
 def test_generated_source_is_valid_tnd() -> None:
-    source = conv_source(CASES["2d-mixed-pads"])
+    source = cases.source(CASES["2d-mixed-pads"])
     assert "pattern p1(i1, o1, k1) = conv(stride=1, padding=same, dilation=1)" in source
     assert "pattern p2(i2, o2, k2) = conv(stride=3, padding=(2, 1), dilation=1)" in source
     assert "y[n, (g d), o1, o2] = x[n, (g c), i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[(g d), c, k1, k2]" in source

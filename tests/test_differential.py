@@ -14,7 +14,6 @@ import torch
 
 from tests import cases
 from tests.cases import Conv, conv
-from tests.test_call_time_sizes import _call
 
 QUICK = range(300)
 SLOW = range(300, 3300)
@@ -27,7 +26,7 @@ def _dim(rng: random.Random) -> dict[str, object]:
     padding: object = rng.choice(
         [0, rng.randint(0, 3), (rng.randint(0, 4), rng.randint(0, 4)), "valid"] + (["same"] if stride == 1 else [])
     )
-    pads = cases._pad_pair(padding, dilation, kernel)  # type: ignore[arg-type]
+    pads = cases.pad_pair(padding, dilation, kernel)  # type: ignore[arg-type]
     smallest = max(1, extent - sum(pads))  # at least one window
     return {
         "kernel": kernel,
@@ -76,7 +75,7 @@ def _check(seed: int) -> None:
             continue
         args = cases.all_arguments(call, seed)
         for op in cases.operations(case):
-            actual = _call(getattr(module, op.name), call, op.takes, args)
+            actual = cases.call(getattr(module, op.name), call, op.takes, args)
             expected = cases.reference(op, call, args)
             where = f"seed {seed}, {op.name} at {call}"
             assert actual.shape == expected.shape, f"{where}: {actual.shape} vs {expected.shape}\n{source}"

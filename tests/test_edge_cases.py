@@ -9,7 +9,6 @@ import torch
 import tncompiler
 from tests import cases
 from tests.cases import conv
-from tests.test_call_time_sizes import _call
 
 TOLERANCE = {torch.float16: 1e-2, torch.bfloat16: 4e-2}
 
@@ -23,9 +22,9 @@ def test_windows_that_read_only_padding(kernel: int) -> None:
     args = cases.all_arguments(case)
     for op in cases.operations(case):
         expected = cases.reference(op, case, args)
-        torch.testing.assert_close(_call(getattr(module, op.name), case, op.takes, args), expected)
+        torch.testing.assert_close(cases.call(getattr(module, op.name), case, op.takes, args), expected)
     if kernel == 1:
-        assert not _call(module.gx, case, ("w", "grad_y"), args).any()
+        assert not cases.call(module.gx, case, ("w", "grad_y"), args).any()
 
 
 @pytest.mark.parametrize("level", ["batch", "spatial"])
@@ -39,10 +38,10 @@ def test_an_empty_batch(level: str) -> None:
     for op in cases.operations(case):
         if op.name in ("A", "Ar", "B", "Br"):
             with pytest.raises(ValueError, match=rf"{op.name}\(\): index n has size 0 \(an empty batch\?\)"):
-                _call(getattr(module, op.name), empty, op.takes, args)
+                cases.call(getattr(module, op.name), empty, op.takes, args)
             continue
         expected = cases.reference(op, empty, args)
-        torch.testing.assert_close(_call(getattr(module, op.name), empty, op.takes, args), expected)
+        torch.testing.assert_close(cases.call(getattr(module, op.name), empty, op.takes, args), expected)
 
 
 def test_dividing_by_an_empty_size_is_refused() -> None:
@@ -105,7 +104,7 @@ def test_half_precision_runs_every_op(dtype: torch.dtype, case: cases.Conv) -> N
     low = {name: value.to(dtype) for name, value in args.items()}
     for op in cases.operations(case):
         expected = cases.reference(op, case, args)
-        actual = _call(getattr(module, op.name), case, op.takes, low)
+        actual = cases.call(getattr(module, op.name), case, op.takes, low)
         assert actual.dtype == dtype, op.name
         error = (actual.double() - expected).abs().max().item() / (expected.abs().max().item() or 1.0)
         assert error <= TOLERANCE[dtype], f"{op.name}: {error:.3g}"

@@ -15,7 +15,7 @@ import sympy
 import torch
 
 import tncompiler
-from tests.helpers import pattern_tensor
+from tests.cases import pattern_tensor
 from tncompiler.ir.network import Diagram, Network
 from tncompiler.ir.values import ConvPattern, Factor, Fused, size_symbol
 from tncompiler.order import Regimes, plan_network

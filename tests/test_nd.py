@@ -7,23 +7,18 @@ F.conv1d/2d/3d and F.conv_transpose1d/2d/3d so that it can be trusted where PyTo
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
-from tests.helpers import (
-    ConvSpec,
-    assert_close,
-    conv_reference,
-    conv_source,
-    conv_spec,
-    load_cached,
-    make_arguments,
-    pattern_reference,
-    pattern_tensor,
-    transpose_reference,
-)
+from tests import cases
+from tests.cases import Conv, pattern_tensor
 
-REFERENCE_CASES: dict[str, ConvSpec] = {
+# Every file writes the group index, also for one group: x[n, (g c), i1, ...] with g = 1.
+conv_spec = functools.partial(cases.conv, group_index=True)
+
+REFERENCE_CASES: dict[str, Conv] = {
     "1d": conv_spec([9], [3], stride=2, padding=(2, 1), dilation=2, groups=2, c_in=1, c_out=2, bias=True),
     "1d-same-even": conv_spec([8], [4], padding="same"),
     "2d": conv_spec([7, 6], [3, 2], stride=[2, 1], padding=[1, (0, 1)], dilation=[1, 2], c_in=3, c_out=2),
@@ -37,7 +32,7 @@ REFERENCE_CASES: dict[str, ConvSpec] = {
                               transpose=True),
 }
 
-ND_CASES: dict[str, ConvSpec] = {
+ND_CASES: dict[str, Conv] = {
     "4d": conv_spec([4, 3, 5, 3], [2, 1, 3, 2], stride=[2, 1, 1, 2], padding=[(1, 0), 0, "same", 1],
                     dilation=[1, 1, 2, 1], groups=2, c_in=1, c_out=2, bias=True),
     "4d-valid": conv_spec([3, 4, 3, 4], [2, 2, 2, 3], padding="valid", stride=[1, 2, 1, 1], c_in=2, c_out=2),
@@ -59,16 +54,16 @@ def test_pattern_tensor_follows_the_definition() -> None:
 
 
 @pytest.mark.parametrize("spec", list(REFERENCE_CASES.values()), ids=list(REFERENCE_CASES))
-def test_pattern_reference_matches_torch(spec: ConvSpec) -> None:
+def test_pattern_reference_matches_torch(spec: Conv) -> None:
     """The einsum reference itself is right where PyTorch can check it (1-3 d)."""
-    arguments = make_arguments(spec, 2, torch.float64)
-    expected = (transpose_reference if spec.transpose else conv_reference)(spec, *arguments)
-    assert_close(pattern_reference(spec, *arguments), expected)
+    arguments = cases.argument_list(spec, 2, torch.float64)
+    expected = cases.forward(spec, *arguments)  # F.conv*d or F.conv_transpose*d
+    cases.assert_close(cases.pattern_reference(spec, *arguments), expected)
 
 
 @pytest.mark.parametrize("spec", list(ND_CASES.values()), ids=list(ND_CASES))
-def test_nd_conv_matches_pattern_reference(spec: ConvSpec) -> None:
-    module = load_cached(conv_source(spec))
+def test_nd_conv_matches_pattern_reference(spec: Conv) -> None:
+    module = cases.load(cases.source(spec))
     for batch, dtype in ((1, torch.float64), (2, torch.float64), (2, torch.float32)):
-        arguments = make_arguments(spec, batch, dtype, seed=batch)
-        assert_close(module.y(*arguments), pattern_reference(spec, *arguments))
+        arguments = cases.argument_list(spec, batch, dtype, seed=batch)
+        cases.assert_close(module.y(*arguments), cases.pattern_reference(spec, *arguments))

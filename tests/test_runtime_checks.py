@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from tests.helpers import load_cached
+from tests import cases
 
 CONV = """
 index n
@@ -56,9 +56,9 @@ def raises_naming(call: object, arguments: dict[str, object], *fragments: str) -
 
 
 def test_good_arguments_pass() -> None:
-    module = load_cached(CONV)
+    module = cases.load(CONV)
     assert module.z(**conv_arguments()).shape == (2, 6, 3, 4)
-    assert load_cached(SHARED).v(**shared_arguments()).shape == (2, 2, 4)
+    assert cases.load(SHARED).v(**shared_arguments()).shape == (2, 2, 4)
 
 
 RANK_CASES = {
@@ -71,7 +71,7 @@ RANK_CASES = {
 
 @pytest.mark.parametrize(("changes", "fragments"), [(c, f) for c, *f in RANK_CASES.values()], ids=list(RANK_CASES))
 def test_wrong_rank(changes: dict[str, object], fragments: list[str]) -> None:
-    raises_naming(load_cached(CONV).z, conv_arguments(**changes), "z()", *fragments)
+    raises_naming(cases.load(CONV).z, conv_arguments(**changes), "z()", *fragments)
 
 
 SIZE_CASES = {
@@ -87,38 +87,38 @@ SIZE_CASES = {
 
 @pytest.mark.parametrize(("changes", "fragments"), [(c, f) for c, *f in SIZE_CASES.values()], ids=list(SIZE_CASES))
 def test_wrong_size(changes: dict[str, object], fragments: list[str]) -> None:
-    raises_naming(load_cached(CONV).z, conv_arguments(**changes), "z()", *fragments)
+    raises_naming(cases.load(CONV).z, conv_arguments(**changes), "z()", *fragments)
 
 
 def test_call_time_index_disagrees_between_arguments() -> None:
-    message = raises_naming(load_cached(SHARED).v, shared_arguments(u=torch.randn(3, 3, 4)),
+    message = raises_naming(cases.load(SHARED).v, shared_arguments(u=torch.randn(3, 3, 4)),
                             "v()", "'u'", "axis 0", "(n)")
     assert re.search(r"\b3\b", message) and re.search(r"\b2\b", message), message
 
 
 def test_call_time_index_in_a_group_must_divide() -> None:
-    raises_naming(load_cached(SHARED).v, shared_arguments(a=torch.randn(2, 7)),
+    raises_naming(cases.load(SHARED).v, shared_arguments(a=torch.randn(2, 7)),
                   "v()", "'a'", "axis 1", "(m c)", "7", "multiple of 3")
 
 
 def test_call_time_index_in_a_group_must_agree_with_the_file() -> None:
-    raises_naming(load_cached(SHARED).v, shared_arguments(u=torch.randn(2, 2, 4)), "v()", "'u'", "axis 1", "(c)")
+    raises_naming(cases.load(SHARED).v, shared_arguments(u=torch.randn(2, 2, 4)), "v()", "'u'", "axis 1", "(c)")
 
 
 def test_mixed_dtypes() -> None:
     arguments = conv_arguments(w=torch.randn(6, 2, 3, 2, dtype=torch.float32))
-    raises_naming(load_cached(CONV).z, arguments, "z()", "'w'", "'x'", "torch.float32", "torch.float64")
+    raises_naming(cases.load(CONV).z, arguments, "z()", "'w'", "'x'", "torch.float32", "torch.float64")
 
 
 def test_integer_dtype() -> None:
     arguments = conv_arguments(x=torch.ones(2, 4, 6, 5, dtype=torch.int64))
-    raises_naming(load_cached(CONV).z, arguments, "z()", "'x'", "torch.int64")
+    raises_naming(cases.load(CONV).z, arguments, "z()", "'x'", "torch.int64")
 
 
 def test_mixed_devices() -> None:
     """A tensor on the meta device stands in for a second device on machines without a GPU."""
     arguments = conv_arguments(b=torch.empty(6, dtype=torch.float64, device="meta"))
-    raises_naming(load_cached(CONV).z, arguments, "z()", "'b'", "'x'", "meta")
+    raises_naming(cases.load(CONV).z, arguments, "z()", "'b'", "'x'", "meta")
 
 
 NON_TENSORS = {"list": [[0.0] * 5] * 6, "float": 1.0, "none": None, "string": "x"}
@@ -127,5 +127,5 @@ NON_TENSORS = {"list": [[0.0] * 5] * 6, "float": 1.0, "none": None, "string": "x
 @pytest.mark.parametrize("value", list(NON_TENSORS.values()), ids=list(NON_TENSORS))
 @pytest.mark.parametrize("argument", ["x", "w", "b"])
 def test_non_tensor(argument: str, value: object) -> None:
-    raises_naming(load_cached(CONV).z, conv_arguments(**{argument: value}), "z()", f"'{argument}'", "torch.Tensor",
+    raises_naming(cases.load(CONV).z, conv_arguments(**{argument: value}), "z()", f"'{argument}'", "torch.Tensor",
                   type(value).__name__)

@@ -6,6 +6,7 @@ hyper-parameters."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 
@@ -13,7 +14,11 @@ import pytest
 import torch
 
 import tncompiler
-from tests.helpers import ConvSpec, assert_close, conv_reference, conv_source, conv_spec, load_cached, make_arguments
+from tests import cases
+from tests.cases import Conv, assert_close
+
+# Every file writes the group index, also for one group: x[n, (g c), i1, ...] with g = 1.
+conv_spec = functools.partial(cases.conv, group_index=True)
 
 SPECS = {
     "1d-dilated-padded": conv_spec([17], [3], padding=4, dilation=4),
@@ -34,17 +39,17 @@ POINTWISE = {
 }
 
 
-def weight_reference(spec: ConvSpec, x: torch.Tensor, w: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
+def weight_reference(spec: Conv, x: torch.Tensor, w: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
     """The weight VJP by autograd through PyTorch's convolution."""
     w = w.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(conv_reference(spec, x, w), w, grad_y)
+    (grad,) = torch.autograd.grad(cases.forward(spec, x, w), w, grad_y)
     return grad
 
 
-def input_reference(spec: ConvSpec, x: torch.Tensor, w: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
+def input_reference(spec: Conv, x: torch.Tensor, w: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
     """The input VJP by autograd through PyTorch's convolution."""
     x = x.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(conv_reference(spec, x, w), x, grad_y)
+    (grad,) = torch.autograd.grad(cases.forward(spec, x, w), x, grad_y)
     return grad
 
 
@@ -56,11 +61,11 @@ def kept_mask(size: int, p: float, seed: int) -> torch.Tensor:
 REFERENCES = {"w": weight_reference, "x": input_reference}
 
 
-def sampled_functions(spec: ConvSpec, which: str, p: float) -> tuple[Callable[..., torch.Tensor], ...]:
+def sampled_functions(spec: Conv, which: str, p: float) -> tuple[Callable[..., torch.Tensor], ...]:
     """s1, s2, ...: the VJP of y with respect to `which` (w or x), sampled on o1, o2, ..."""
     axes = range(1, spec.dims + 1)
     lines = [f"v = vjp(y, {which})"] + [f"s{a} = sample(v, index=o{a}, p={p})" for a in axes]
-    module = load_cached(conv_source(spec) + "\n".join(lines) + "\n")
+    module = cases.load(cases.source(spec) + "\n".join(lines) + "\n")
     return tuple(getattr(module, f"s{a}") for a in axes)
 
 
@@ -69,12 +74,12 @@ def sampled_functions(spec: ConvSpec, which: str, p: float) -> tuple[Callable[..
 @pytest.mark.parametrize("p", [0.5, 0.2])
 def test_each_draw_is_the_masked_vjp(which: str, name: str, p: float) -> None:
     spec = {**SPECS, **POINTWISE}[name]
-    x, w = make_arguments(spec, batch=3, dtype=torch.float64)
-    grad_y = torch.randn(3, spec.groups * spec.c_out, *spec.out_sizes(), dtype=torch.float64)
+    x, w = cases.argument_list(spec, batch=3, dtype=torch.float64)
+    grad_y = torch.randn(3, spec.groups * spec.c_out, *spec.pattern_out(), dtype=torch.float64)
     empty = 0
     for axis, function in enumerate(sampled_functions(spec, which, p)):
         for seed in range(4):
-            mask = kept_mask(spec.out_sizes()[axis], p, seed)
+            mask = kept_mask(spec.pattern_out()[axis], p, seed)
             shape = [1] * grad_y.dim()
             shape[2 + axis] = -1
             expected = REFERENCES[which](spec, x, w, grad_y * mask.view(shape) / p)
@@ -88,9 +93,9 @@ def test_each_draw_is_the_masked_vjp(which: str, name: str, p: float) -> None:
 @pytest.mark.parametrize("name", ["2d-asymmetric", "3d"])
 def test_float32(name: str) -> None:
     spec = SPECS[name]
-    x, w = make_arguments(spec, batch=2, dtype=torch.float32)
-    grad_y = torch.randn(2, spec.groups * spec.c_out, *spec.out_sizes())
-    mask = kept_mask(spec.out_sizes()[0], 0.5, 7).float()
+    x, w = cases.argument_list(spec, batch=2, dtype=torch.float32)
+    grad_y = torch.randn(2, spec.groups * spec.c_out, *spec.pattern_out())
+    mask = kept_mask(spec.pattern_out()[0], 0.5, 7).float()
     expected = weight_reference(spec, x, w, grad_y * mask.view(1, 1, -1, *[1] * (spec.dims - 1)) / 0.5)
     assert_close(sampled_functions(spec, "w", 0.5)[0](x, grad_y, generator=torch.Generator().manual_seed(7)), expected)
 
@@ -110,14 +115,14 @@ def test_the_kernel_reads_only_the_kept_windows(name: str) -> None:
     """One weight-gradient call with stride K on the sampled axis (depthwise: on grad_y with the dropped rows zeroed);
     no dense pattern, no window einsum."""
     spec = SPECS[name]
-    code = tncompiler.compile_source(conv_source(spec) + "gw = vjp(y, w)\ns1 = sample(gw, index=o1, p=0.5)\n")
+    code = tncompiler.compile_source(cases.source(spec) + "gw = vjp(y, w)\ns1 = sample(gw, index=o1, p=0.5)\n")
     body = code.split("\ndef s1(", 1)[1].split("\ndef ", 1)[0]
     assert "_conv_pattern" not in body and "einsum" not in body
     # o1's pattern comes first among the kernel's axes (a dense rewrite may have taken others away)
     stride = _first_strides(body, "torch.nn.grad.conv")
     if spec.c_in == 1 and spec.groups > 1:  # depthwise: the kept rows of grad_y go back into place instead
         assert ".index_copy_(2, keep_o1, " in body
-        assert len(stride) == 1 and int(stride[0]) == spec.strides()[0]
+        assert len(stride) == 1 and int(stride[0]) == spec.stride[0]
     else:
         assert len(stride) == 1 and int(stride[0]) == spec.kernel[0]
 
@@ -126,7 +131,7 @@ def test_the_kernel_reads_only_the_kept_windows(name: str) -> None:
 def test_the_input_vjp_writes_only_the_kept_windows(name: str) -> None:
     """One transpose-convolution call with stride K on the sampled axis, its rows added back into place."""
     spec = SPECS[name]
-    code = tncompiler.compile_source(conv_source(spec) + "gx = vjp(y, x)\ns1 = sample(gx, index=o1, p=0.5)\n")
+    code = tncompiler.compile_source(cases.source(spec) + "gx = vjp(y, x)\ns1 = sample(gx, index=o1, p=0.5)\n")
     body = code.split("\ndef s1(", 1)[1].split("\ndef ", 1)[0]
     assert "_conv_pattern" not in body and "einsum" not in body and ".index_add_(2, " in body
     stride = _first_strides(body, "torch.nn.functional.conv_transpose")
@@ -136,7 +141,7 @@ def test_the_input_vjp_writes_only_the_kept_windows(name: str) -> None:
 @pytest.mark.parametrize("name", POINTWISE)
 def test_a_sampled_pointwise_vjp_gathers_rows_without_a_pattern(name: str) -> None:
     spec = POINTWISE[name]
-    code = tncompiler.compile_source(conv_source(spec) + "gw = vjp(y, w)\ns1 = sample(gw, index=o1, p=0.5)\n")
+    code = tncompiler.compile_source(cases.source(spec) + "gw = vjp(y, w)\ns1 = sample(gw, index=o1, p=0.5)\n")
     body = code.split("\ndef s1(", 1)[1].split("\ndef ", 1)[0]
     assert "_conv_pattern" not in body
     assert ".index_select(2, keep_o1)" in body or "_take(x" in body

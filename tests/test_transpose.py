@@ -6,21 +6,19 @@ i legs, and output_padding is a larger declared i. The weight is laid out [(g c)
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
 import tncompiler
-from tests.helpers import (
-    ConvSpec,
-    assert_close,
-    conv_source,
-    conv_spec,
-    load_cached,
-    make_arguments,
-    transpose_reference,
-)
+from tests import cases
+from tests.cases import Conv
 
-CASES: dict[str, ConvSpec] = {
+# Every file writes the group index, also for one group: x[n, (g c), o1] with g = 1.
+conv_spec = functools.partial(cases.conv, group_index=True)
+
+CASES: dict[str, Conv] = {
     # 1-d
     "1d-plain": conv_spec([5], [3], transpose=True),
     "1d-defaults": conv_spec([5], [2], stride=None, padding=None, dilation=None, transpose=True, bias=True),
@@ -52,24 +50,24 @@ CASES: dict[str, ConvSpec] = {
 
 
 @pytest.mark.parametrize("spec", list(CASES.values()), ids=list(CASES))
-def test_transpose_matches_torch(spec: ConvSpec) -> None:
+def test_transpose_matches_torch(spec: Conv) -> None:
     """float64 and float32, and two batch sizes bound at call time on the same compiled module."""
-    module = load_cached(conv_source(spec))
+    module = cases.load(cases.source(spec))
     for batch, dtype in ((1, torch.float64), (3, torch.float64), (2, torch.float32)):
-        arguments = make_arguments(spec, batch, dtype, seed=batch)
-        assert_close(module.y(*arguments), transpose_reference(spec, *arguments))
+        arguments = cases.argument_list(spec, batch, dtype, seed=batch)
+        cases.assert_close(module.y(*arguments), cases.forward(spec, *arguments))
 
 
 def test_output_sizes_match_torch() -> None:
     """The declared i sizes are PyTorch's output sizes (so the references above compare like with like)."""
     for name, spec in CASES.items():
-        x, w, *b = make_arguments(spec, 1, torch.float64)
-        assert transpose_reference(spec, x, w).shape[2:] == spec.in_sizes(), name
+        x, w, *b = cases.argument_list(spec, 1, torch.float64)
+        assert cases.forward(spec, x, w).shape[2:] == spec.pattern_in(), name
 
 
 def test_transpose_source_declares_both_sizes() -> None:
-    source = conv_source(CASES["1d-stride2-pad1-outpad1"])
-    assert "index i1 = 12, k1 = 3" in source and "index o1 = 6" in source
+    source = cases.source(CASES["1d-stride2-pad1-outpad1"])
+    assert "index i1 = 12, o1 = 6, k1 = 3" in source
     assert "y[n, (g d), i1] = x[n, (g c), o1] * p1(i1, o1, k1) * w[(g c), d, k1]" in source
 
 
@@ -77,4 +75,4 @@ def test_output_padding_of_a_full_stride_is_a_size_clash() -> None:
     """output_padding >= stride cannot be written: the declared o disagrees with the one inferred from i."""
     spec = conv_spec([4], [3], stride=2, output_padding=2, transpose=True)
     with pytest.raises(tncompiler.TncError, match="size clash"):
-        tncompiler.compile_source(conv_source(spec))
+        tncompiler.compile_source(cases.source(spec))

@@ -3,6 +3,7 @@ reduce), against unfold- and autograd-based references and against curvlinops' K
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -10,24 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.tnd_sources import (
-    Conv,
-    conv,
-    conv_source,
-    group_unfold,
-    linear_source,
-    load,
-    random_arguments,
-    relative_error,
-    torch_conv,
-    unfold_reference,
-    unfold_source,
-)
+from tests import cases
+from tests.cases import Conv, linear_source, load, pattern_unfold, random_tensors, relative_error, unfold_source
 from tncompiler import cli
 
 Tensor = torch.Tensor
 TOLERANCE = 1e-10  # float64, max abs error / max abs reference
 BATCH = 3
+conv = functools.partial(cases.conv, batch=BATCH)
 
 # --- unfold ------------------------------------------------------------------------------------------------------
 
@@ -48,16 +39,16 @@ def torch_unfold(spec: Conv, x: Tensor) -> Tensor:
     if spec.dims == 1:
         x = x.unsqueeze(-1)
     ones = (1,) * (2 - spec.dims)
-    return F.unfold(x, spec.k + ones, dilation=spec.dilation + ones, stride=spec.stride + ones)
+    return F.unfold(x, spec.kernel + ones, dilation=spec.dilation + ones, stride=spec.stride + ones)
 
 
 @pytest.mark.parametrize("case", list(UNFOLDS))
 def test_unfold(case: str) -> None:
     """u[n, (c k...), (o...)] = x[n, c, i...] * p1(i1, o1, k1) * ...: F.unfold, and explicit patterns in any dims."""
     spec = UNFOLDS[case]
-    (x,) = random_arguments(spec.shapes(BATCH)[:1])
+    (x,) = cases.argument_list(spec)[:1]
     actual = load(unfold_source(spec)).u(x)
-    assert relative_error(actual, unfold_reference(spec, x).flatten(1, 2)) <= TOLERANCE
+    assert relative_error(actual, pattern_unfold(spec, x).flatten(1, 2)) <= TOLERANCE
     if spec.dims <= 2:
         assert relative_error(actual, torch_unfold(spec, x)) <= TOLERANCE
 
@@ -92,8 +83,9 @@ def _per_group(factor: Tensor, spec: Conv) -> Tensor:
 
 def input_factor(spec: Conv, x: Tensor, approx: str) -> Tensor:
     """KFC (expand): 1/N Σ_{n, positions} u uᵀ; reduce: 1/(N P²) Σ_n (Σ_positions u)(Σ_positions u)ᵀ."""
-    unfolded = group_unfold(spec, x)  # [n, g, (c k...), (o...)]
-    n, positions = unfolded.shape[0], unfolded.shape[-1]
+    unfolded = pattern_unfold(spec, x)  # [n, (g c), (k...), (o...)]
+    n, _, taps, positions = unfolded.shape
+    unfolded = unfolded.reshape(n, spec.groups, spec.c_in * taps, positions)  # [n, g, (c k...), (o...)]
     if approx == "expand":
         return _per_group(torch.einsum("ngip,ngjp->gij", unfolded, unfolded) / n, spec)
     summed = unfolded.sum(-1)
@@ -102,9 +94,9 @@ def input_factor(spec: Conv, x: Tensor, approx: str) -> Tensor:
 
 def output_gradients(spec: Conv, arguments: list[Tensor]) -> Tensor:
     """∂L/∂y of a nonlinear loss of the layer's output, by autograd."""
-    y = torch_conv(spec, *arguments)
+    y = cases.forward(spec, *arguments)
     leaf = y.detach().requires_grad_()
-    (target,) = random_arguments([tuple(y.shape)], seed=3)
+    (target,) = random_tensors([tuple(y.shape)], seed=3)
     loss = 0.5 * ((leaf.tanh() - target) ** 2).sum()
     (gradient,) = torch.autograd.grad(loss, leaf)
     return gradient
@@ -124,8 +116,8 @@ def gradient_factor(spec: Conv, gradient: Tensor, approx: str) -> Tensor:
 @pytest.mark.parametrize("case", list(KFACS))
 def test_input_factor(case: str, approx: str) -> None:
     spec = KFACS[case]
-    module = load(conv_source(spec, FACTORS))
-    x = random_arguments(spec.shapes(BATCH))[0]
+    module = load(cases.source(spec, transforms=FACTORS))
+    x = cases.argument_list(spec)[0]
     actual = (module.A if approx == "expand" else module.Ar)(x)
     assert relative_error(actual, input_factor(spec, x, approx)) <= TOLERANCE
 
@@ -134,8 +126,8 @@ def test_input_factor(case: str, approx: str) -> None:
 @pytest.mark.parametrize("case", list(KFACS))
 def test_output_gradient_factor(case: str, approx: str) -> None:
     spec = KFACS[case]
-    module = load(conv_source(spec, FACTORS))
-    gradient = output_gradients(spec, random_arguments(spec.shapes(BATCH)))
+    module = load(cases.source(spec, transforms=FACTORS))
+    gradient = output_gradients(spec, cases.argument_list(spec))
     actual = (module.B if approx == "expand" else module.Br)(gradient)
     assert relative_error(actual, gradient_factor(spec, gradient, approx)) <= TOLERANCE
 
@@ -143,9 +135,9 @@ def test_output_gradient_factor(case: str, approx: str) -> None:
 def test_factor_layouts() -> None:
     """[groups..., (in-features), (in-features')] and [groups..., (out-features), (out-features')]."""
     spec = KFACS["2d-g2"]
-    module = load(conv_source(spec, FACTORS))
-    x, _ = random_arguments(spec.shapes(BATCH))
-    gradient = torch.zeros(BATCH, spec.groups * spec.c_out, *spec.o(), dtype=torch.float64)
+    module = load(cases.source(spec, transforms=FACTORS))
+    x, _ = cases.argument_list(spec)
+    gradient = torch.zeros(BATCH, spec.groups * spec.c_out, *spec.pattern_out(), dtype=torch.float64)
     features_in, features_out = spec.c_in * 2 * 3, spec.c_out
     assert module.A(x).shape == module.Ar(x).shape == (spec.groups, features_in, features_in)
     assert module.B(gradient).shape == module.Br(gradient).shape == (spec.groups, features_out, features_out)
@@ -154,8 +146,8 @@ def test_factor_layouts() -> None:
 def test_expand_and_reduce_differ_by_weight_sharing() -> None:
     """Without positions to share the weight over (kernel as large as the input), expand equals reduce."""
     spec = conv([5, 4], [5, 4], c_out=3)
-    module = load(conv_source(spec, FACTORS))
-    x, w = random_arguments(spec.shapes(BATCH))
+    module = load(cases.source(spec, transforms=FACTORS))
+    x, w = cases.argument_list(spec)
     gradient = output_gradients(spec, [x, w])
     assert relative_error(module.A(x), module.Ar(x)) <= TOLERANCE
     assert relative_error(module.B(gradient), module.Br(gradient)) <= TOLERANCE
@@ -184,7 +176,7 @@ y[n, t, d] = x[n, t, c] * w[d, c] + b[d]
 def test_dense_layer_factors(approx: str) -> None:
     """Without positions both approximations are x xᵀ / N and g gᵀ / N."""
     module = load(linear_source(FACTORS))
-    x, g = random_arguments([(BATCH, 4), (BATCH, 3)])
+    x, g = random_tensors([(BATCH, 4), (BATCH, 3)])
     a_function, b_function = (module.A, module.B) if approx == "expand" else (module.Ar, module.Br)
     assert relative_error(a_function(x), x.T @ x / BATCH) <= TOLERANCE
     assert relative_error(b_function(g), g.T @ g / BATCH) <= TOLERANCE
@@ -194,7 +186,7 @@ def test_dense_layer_factors(approx: str) -> None:
 def test_dense_layer_over_a_sequence(approx: str) -> None:
     """A dense layer applied at every position t shares its weight over t, like a convolution."""
     module = load(SEQUENCE)
-    x, g = random_arguments([(BATCH, 5, 4), (BATCH, 5, 3)])
+    x, g = random_tensors([(BATCH, 5, 4), (BATCH, 5, 3)])
     if approx == "expand":
         expected_a, expected_b = torch.einsum("nti,ntj->ij", x, x) / BATCH, torch.einsum("nti,ntj->ij", g, g) / BATCH
         actual_a, actual_b = module.A(x), module.B(g)
@@ -222,7 +214,7 @@ def _layer_source(layer: nn.Module, spatial: tuple[int, ...]) -> str:
     assert isinstance(layer, nn.Conv2d) and isinstance(layer.padding, tuple)
     spec = conv(list(spatial), list(layer.kernel_size), stride=list(layer.stride), padding=list(layer.padding),
                 dilation=list(layer.dilation), c_in=layer.in_channels, c_out=layer.out_channels, bias=True)
-    return conv_source(spec, FACTORS)
+    return cases.source(spec, transforms=FACTORS)
 
 
 def _inputs_and_output_gradients(model: nn.Sequential, x: Tensor, labels: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
@@ -260,7 +252,7 @@ def test_cnn_factors_match_curvlinops(approx: str) -> None:
     P times larger; its reduce factor averages over positions, ours sums and divides by P²: equal. With the
     mean loss, its gradient factor is (1/N) Σ g gᵀ of the summed loss's gradients, as ours for both."""
     model = _cnn()
-    x, = random_arguments([(5, 1, 8, 8)])
+    x, = random_tensors([(5, 1, 8, 8)])
     labels = torch.tensor([0, 1, 2, 1, 0])
     expected = _curvlinops_factors(model, x, labels, approx)
     for name, (layer_input, gradient) in _inputs_and_output_gradients(model, x, labels).items():

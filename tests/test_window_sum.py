@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import pattern_tensor
+from tests.cases import pattern_tensor
 from tncompiler.backend.runtime import helper_source
 
 NAMESPACE: dict[str, object] = {"torch": torch}
