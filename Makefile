@@ -36,7 +36,7 @@ format: setup
 	$(PY) -m ruff check --fix tncompiler tests examples
 
 golden: setup  ## regenerate the golden files of examples/golden after an intended change
-	$(PY) -m pytest -q tests/test_golden.py --regen-golden
+	$(PY) -m pytest -q tests/backend/test_golden.py --regen-golden
 
 docs: setup  ## docs/gallery.md and its pictures docs/img/*.svg, from the examples (needs Graphviz's dot)
 	$(PY) docs/gallery.py

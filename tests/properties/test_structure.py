@@ -14,7 +14,7 @@ import pytest
 
 from tncompiler.derive.registry import TRANSFORMS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "tncompiler"
 
 # Each top-level module or sub-package of tncompiler, by stage, in pipeline order ("" is the package itself).
@@ -64,7 +64,7 @@ def _stage(module: str) -> str:
     for stage, members in STAGES:
         if top in members:
             return stage
-    raise AssertionError(f"{module} has no stage: add it to STAGES in tests/test_structure.py")
+    raise AssertionError(f"{module} has no stage: add it to STAGES in tests/properties/test_structure.py")
 
 
 def _imports(module: str) -> set[str]:

@@ -1,5 +1,6 @@
 """The one output writer (tncompiler/output.py): every file or none, only regular files replaced, modes kept or set
-by the umask; and the byte sizes of messages (tncompiler/units.py, parse_size)."""
+by the umask; and the byte sizes of its messages (tncompiler/units.py). The sizes the command line reads
+(parse_size) are the memory guard's: tests/backend/test_guard.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from tncompiler import TncError, output
-from tncompiler.guard import parse_size
 from tncompiler.output import write_files
 from tncompiler.units import format_bytes
 
@@ -303,22 +303,3 @@ def test_an_interrupt_while_writing_leaves_nothing(tmp_path: Path, monkeypatch: 
 )
 def test_format_bytes(count: int, text: str) -> None:
     assert format_bytes(count) == text
-
-
-@pytest.mark.parametrize(
-    ("text", "size"),
-    [("4GiB", 4 * 2**30), ("500 MB", 500 * 10**6), ("1e9", 10**9), (".5KiB", 512), (" 7 ", 7), ("2kb", 2000)],
-)
-def test_parse_size(text: str, size: int) -> None:
-    assert parse_size(text) == size
-
-
-def test_parse_size_takes_a_huge_size_as_no_limit() -> None:
-    assert parse_size("1e999") == parse_size("1e99999999999999999999") >= 2**80
-
-
-@pytest.mark.parametrize("text", ["nan", "inf", "-5", "abc", "0", "1e-3", "5 XB", "1.2.3", "", "1_000", "e5", "１２"])
-def test_parse_size_refuses_with_a_value_error(text: str) -> None:
-    with pytest.raises(ValueError, match="not a size|too small") as caught:
-        parse_size(text)
-    assert "examples: 4GiB" in str(caught.value)

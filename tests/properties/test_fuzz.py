@@ -23,7 +23,7 @@ from tncompiler import TncError
 from tncompiler.dot import diagram_dot
 from tncompiler.stages import diagram_stages
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.tnd"))
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.tnd"))
 # Each example as written, and without its comments (so that more edits land in the code).
 TEXTS = [path.read_text() for path in EXAMPLES]
 TEXTS += [re.sub(r"(?m)^#.*\n|\s*#.*$", "", text) for text in TEXTS]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.tnd"))
 # Runs `tnc compile FILE -o OUT --dot DIR` for each file, in one process (the command line's own code path).
 SCRIPT = """

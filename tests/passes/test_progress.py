@@ -12,7 +12,7 @@ import pytest
 
 import tncompiler
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # A chain of nine matrices: a search the compiler reports on a terminal.
 CHAIN = (
     "index "

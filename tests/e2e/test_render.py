@@ -21,7 +21,7 @@ from tncompiler.ir.network import Program
 from tncompiler.render import render
 from tncompiler.stages import diagram_stages
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 FILES = sorted(EXAMPLES.glob("*.tnd"))
 DOT = shutil.which("dot")

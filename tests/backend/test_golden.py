@@ -10,7 +10,7 @@ import tncompiler
 from tncompiler.dot import diagram_dot
 from tncompiler.stages import diagram_stages
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 GOLDEN = EXAMPLES / "golden"
 FILES = sorted(EXAMPLES.glob("*.tnd"))
 

@@ -16,7 +16,7 @@ import torch
 
 from tncompiler.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONV = """# a 1-d convolution
 index n
 index c = 2, d = 3, i = 10, k = 3

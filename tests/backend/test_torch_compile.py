@@ -10,7 +10,7 @@ import torch
 import tncompiler
 from tncompiler.ir.network import Diagram
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # Forward, transpose and weight-gradient kernels, window views, fused constants, a batched matmul.
 CASES = [
     ("conv2d_vjp.tnd", ("y", "gx", "gw", "gb")),
