@@ -47,6 +47,8 @@ bench: setup  ## benchmarks: tnc vs PyTorch, einconv and unfold-based KFAC (benc
 	$(PY) -m bench.open_sizes $(BENCH_ARGS)
 	$(PY) -m bench.compile_time
 	$(PY) -m bench.models $(BENCH_ARGS)
+	$(PY) -m bench.calls $(BENCH_ARGS)
+	$(PY) -m bench.curvature $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

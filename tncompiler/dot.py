@@ -87,7 +87,17 @@ def _diagram_body(prefix: str, diagram: Diagram) -> list[str]:
     for position, term in reversed(list(enumerate(diagram.terms))):  # dot stacks clusters bottom-up: term 1 on top
         title = _term_title(position, count, term)
         lines += _term_cluster(f"{prefix}t{position}", title, count > 1, term, new, diagram.layout)
+    for position, shared in reversed(list(enumerate(diagram.shared))):  # read by double boxes in the terms
+        net = shared.network
+        title = f"{shared.name}[{', '.join(net.outputs)}], computed once" + _native_note(net)
+        layout = Layout(tuple((leg,) for leg in net.outputs))
+        lines += _term_cluster(f"{prefix}s{position}", title, True, net, new, layout)
     return lines
+
+
+def _native_note(net: Network) -> str:
+    native = net.lowering.native
+    return f": {native.describe()}" if native is not None else ""
 
 
 def _term_title(position: int, count: int, term: Network) -> str:
@@ -146,6 +156,8 @@ def _factor_nodes(node: str, factor: Factor, new: bool) -> list[str]:
     if new:  # the argument a derivation added (cotangent, tangent): bold and dashed
         fill = 'style="filled,dashed,bold", fillcolor="#ffffff", penwidth=2'
     shape = "hexagon" if isinstance(pattern, Fused) else "box"  # fused constants: hexagons
+    if factor.kind == "shared":  # a sub-network computed once (its own cluster): a double box
+        shape += ", peripheries=2"
     return [f'    {node} [label="{label}", shape={shape}, {fill}, {tip}];']
 
 

@@ -13,7 +13,7 @@ from tncompiler.order import Regimes, evaluate
 from tncompiler.schedule.contract import step_kind
 from tncompiler.schedule.ops import Assign, Branch, Call, Comment, Effect, Function, Op
 
-__all__ = ["explain", "explain_diagram"]
+__all__ = ["costed_ops", "explain", "explain_diagram"]
 
 
 def explain(compilation: Compilation) -> str:
@@ -72,18 +72,18 @@ def _called(branch: Branch) -> str:
     return value.func if isinstance(value, Call) else ""
 
 
-def _costed(ops: tuple[Op, ...]) -> list[Assign]:
+def costed_ops(ops: tuple[Op, ...]) -> list[Assign]:
     found: list[Assign] = []
     for op in ops:
         if isinstance(op, Assign) and op.cost is not None:
             found.append(op)
         elif isinstance(op, Branch):
-            found += _costed(op.arms[0][1])  # the first plan stands for the term in the totals
+            found += costed_ops(op.arms[0][1])  # the first plan stands for the term in the totals
     return found
 
 
 def _totals(function: Function, regimes: Regimes) -> list[str]:
-    costed = _costed(function.body)
+    costed = costed_ops(function.body)
     if not costed:
         return ["  total: no multiply-adds (views, sums and copies only)"]
     total = sympy.Add(*[op.cost for op in costed if op.cost is not None])

@@ -153,7 +153,7 @@ def diag(x):
         _check_shapes('diag', (('x', x, ('n', 'c', 'i1', 'i2'), (n, 2, 8, 6)),))
     # x[n, c, o1, k1, o2, k2] * x[n, c, o1, k1, o2, k2]
     x_view = torch.nn.functional.pad(x, (1, 1, 1, 0)).unfold(2, 3, 2).movedim(-1, 3).unfold(4, 3, 1).movedim(-1, 5)  # [n, c, o1, k1, o2, k2]
-    result = torch.einsum('abcdef,abcdef->bdf', x_view, x_view)  # [c, k1, k2]
+    result = x_view.square().sum(0).sum(1).sum(2)  # [c, k1, k2]
     result = result.reshape(1, 2, 3, 3)
     result = result.expand(3, 2, 3, 3)
     return result
@@ -219,10 +219,12 @@ def G(x, grad_y):
     Rewrites applied:
         copy-tensor: delta(d~6, e) pruned
         copy-tensor: delta(d~11, d~6) pruned
-        lower: p1(i1~9, o1~7, k1) -> a strided window view of the tensor on i1~9
-        lower: p2(i2~10, o2~8, k2) -> a strided window view of the tensor on i2~10
-        lower: p1(i1~14, o1~12, k1) -> a strided window view of the tensor on i1~14
-        lower: p2(i2~15, o2~13, k2) -> a strided window view of the tensor on i2~15
+        share: grad_y * x * p1 * p2 computed once as shared1[n, d~11, c, k1, k2], read twice
+        lower: grad_y * x * p1 * p2 -> native conv_weight2d
+
+    Index patterns:
+        p1: conv(stride=2, padding=1, dilation=1), (I, O, K) = (8, 4, 3)
+        p2: conv(stride=1, padding=1, dilation=1), (I, O, K) = (6, 6, 3)
     """
     if not (
         isinstance(x, torch.Tensor)
@@ -240,9 +242,20 @@ def G(x, grad_y):
             'G',
             (('x', x, ('n', 'c', 'i1', 'i2'), (n, 2, 8, 6)), ('grad_y', grad_y, ('n', 'd', 'o1', 'o2'), (n, 3, 4, 6))),
         )
-    # grad_y[n, d~11, o1~7, o2~8] * x[n, c, o1~7, k1, o2~8, k2] * grad_y[m, d~11, o1~12, o2~13] * x[m, c, o1~12, k1, o2~13, k2]
-    x_view = torch.nn.functional.pad(x, (1, 1, 1, 0)).unfold(2, 3, 2).movedim(-1, 3).unfold(4, 3, 1).movedim(-1, 5)  # [n, c, o1~7, k1, o2~8, k2]
-    t1 = torch.einsum('abcd,aecfdg->abefg', grad_y, x_view)  # [n, d~11, c, k1, k2]
-    result_rows = t1.permute(0, 1, 2, 3, 4).reshape(1, n, 54)  # laid out once
+    # shared1[n, d~11, c, k1, k2] = grad_y[n, d~11, o1~7, o2~8] * x[n, c, i1~9, i2~10] * p1(i1~9, o1~7, k1) * p2(i2~10, o2~8, k2), computed once
+    # native conv_weight2d
+    shared1_in = x.reshape(1, 2 * n, 8, 6)
+    shared1_grad = grad_y.reshape(1, 3 * n, 4, 6)
+    shared1 = torch.nn.grad.conv2d_weight(
+        shared1_in,
+        (3 * n, 2, 3, 3),
+        shared1_grad,
+        stride=(2, 1),
+        padding=1,
+        groups=n,
+    )
+    shared1 = shared1.reshape(n, 3, 2, 3, 3)  # [n, d~11, c, k1, k2]
+    # shared1[n, d~11, c, k1, k2] * shared1[m, d~11, c, k1, k2]
+    result_rows = shared1.reshape(1, n, 54)  # laid out once
     result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(n, n)  # [n, m]
     return result

@@ -2,16 +2,69 @@
 
 Generated code: edit the .tnd file and recompile."""
 
+import threading
+
 import torch
 
 __all__ = ['y', 'gw', 'gw_batch', 'y_sampled_autograd']
 
 
-def _keep(size, p, generator, device):
-    """Tensor dropout: the indices of the entries kept, each independently with probability p."""
-    where = generator.device if generator is not None else device
-    draw = torch.rand(size, generator=generator, device=where)
-    return torch.nonzero(draw < p).flatten().to(device)
+def _keep(size, p, generator):
+    """Tensor dropout: the indices of the entries kept, each independently with probability p. Drawn on the host (or
+    on the generator's device): the same seed keeps the same entries whatever the arguments' device, and the call
+    never waits for that device."""
+    where = "cpu" if generator is None else generator.device
+    return torch.nonzero(torch.rand(size, generator=generator, device=where) < p).flatten()
+
+
+def _keep_probability(function, name, p):
+    """A keep-probability given per call: a number in (0, 1]."""
+    if isinstance(p, (bool, torch.Tensor)) or not isinstance(p, (int, float)):
+        raise ValueError(f"{function}(): keyword {name}= is the probability to keep each entry and must be a number, "
+                         f"got {type(p).__name__}")
+    if not 0 < p <= 1:
+        raise ValueError(f"{function}(): keyword {name}= is the probability to keep each entry and must be in (0, 1], "
+                         f"got {p}")
+    return p
+
+
+def _take(t, axis, index):
+    """t.index_select(axis, index); on the last axis torch.gather, which copies single entries 4x faster."""
+    if axis < t.dim() - 1:
+        return t.index_select(axis, index)
+    return torch.gather(t, axis, index.expand(*t.shape[:-1], -1))
+
+
+# Per-thread buffers for the kernel operands that sampled functions gather anew at each call (see _scratch).
+_SCRATCH = threading.local()
+
+
+def _scratch(key, shape, like):
+    """A buffer of `shape` and like's dtype for a kernel operand that nothing keeps after the call, kept per key and
+    thread for the next call (grown as needed): glibc hands freed multi-MiB blocks back to the system, and fresh
+    memory page-faults, in the copy and in the kernel that reads it (bench/README.md). None off the CPU (other
+    allocators keep their memory), where autograd records the call (out= is not differentiable), and under
+    torch.compile (which plans memory itself; `bool` stands in where torch has no torch.compiler.is_compiling)."""
+    if like.device.type != "cpu" or (like.requires_grad and torch.is_grad_enabled()):
+        return None
+    if getattr(torch.compiler, "is_compiling", bool)():
+        return None
+    size = torch.Size(shape).numel() * like.element_size()
+    buffers = _SCRATCH.__dict__
+    buffer = buffers.get(key)
+    if buffer is None or buffer.numel() < size:
+        buffer = buffers[key] = torch.empty(size, dtype=torch.uint8)
+    return buffer[:size].view(like.dtype).view(shape)
+
+
+def _gathered(key, t, axis, index):
+    """_take(t, axis, index) for a kernel to read, written into _scratch(key, ...) where that gives a buffer."""
+    out = _scratch(key, (*t.shape[:axis], index.numel(), *t.shape[axis + 1:]), t)
+    if out is None:
+        return _take(t, axis, index)
+    if axis < t.dim() - 1:
+        return torch.index_select(t, axis, index, out=out)
+    return torch.gather(t, axis, index.expand(*t.shape[:-1], -1), out=out)
 
 
 def _check_arguments(function, arguments):
@@ -98,7 +151,7 @@ def y(x, w, b):
     return result
 
 
-def gw(x, grad_y, *, generator=None):
+def gw(x, grad_y, *, p=0.5, generator=None):
     """gw[d, c, k1, k2]: compiled from conv2d_sampled.tnd:44.
 
         gw = sample(vjp(y, w), index=o1, p=0.5)         # gw(x, grad_y, *, generator=None): [4, 3, 3, 3]
@@ -106,6 +159,8 @@ def gw(x, grad_y, *, generator=None):
     Args:
         x: [n, c, i1, i2], sizes [n, 3, 10, 8]
         grad_y: [n, d, o1, o2], sizes [n, 4, 10, 8]
+        p: keyword-only float in (0, 1], the probability to keep each entry of o1
+        generator: keyword-only torch.Generator or None (torch's default CPU one), for the draws
 
     Returns:
         [d, c, k1, k2], sizes [4, 3, 3, 3]
@@ -137,23 +192,27 @@ def gw(x, grad_y, *, generator=None):
             ),
         )
     device = x.device
-    keep_o1 = _keep(10, 0.5, generator, device)  # entries of o1 kept with probability 0.5
-    o1_kept = keep_o1.numel()
-    # 2 * x[n, c, i1, i2] * p1(i1, o1', k1) * p2(i2, o2, k2) * grad_y[n, d, o1', o2]
+    p = _keep_probability('gw', 'p', p)
+    drawn_o1 = _keep(10, p, generator)  # each entry of o1 kept with probability p, drawn on the host
+    o1_kept = drawn_o1.numel()
+    keep_o1 = drawn_o1.to(device, non_blocking=True)
+    # 1/p(o1) * x[n, c, i1, i2] * p1(i1, o1', k1) * p2(i2, o2, k2) * grad_y[n, d, o1', o2]
     # native conv_weight2d on the kept windows of o1' (stride K)
-    result_rows1 = (keep_o1.view(-1, 1) + torch.arange(0, 3, 1, device=device) - 1).flatten()  # rows read
-    result_in = x.index_select(2, result_rows1.clamp(0, 9))
-    result_in.index_fill_(2, ((result_rows1 < 0) | (result_rows1 > 9)).nonzero().flatten(), 0)  # rows in the padding
-    grad_y_view = grad_y.index_select(2, keep_o1)  # [n, d, o1', o2]
+    result_rows1 = (drawn_o1.view(-1, 1) + torch.arange(0, 3, 1, device=drawn_o1.device) - 1).flatten()  # rows read
+    result_outside1 = (result_rows1 < 0) | (result_rows1 > 9)  # rows in the padding
+    result_in = _gathered('gw.result_in', x, 2, result_rows1.clamp(0, 9).to(device, non_blocking=True))
+    result_in[:, :, :3].masked_fill_(result_outside1[:3].to(device, non_blocking=True).view(-1, 1), 0)
+    result_in[:, :, -3:].masked_fill_(result_outside1[-3:].to(device, non_blocking=True).view(-1, 1), 0)
+    grad_y_view = _gathered('gw.grad_y_view.2', grad_y, 2, keep_o1)  # [n, d, o1', o2]
     if o1_kept:
         result = torch.nn.grad.conv2d_weight(result_in, (4, 3, 3, 3), grad_y_view, stride=(3, 1), padding=(0, 1))
     else:  # no entry kept
         result = result_in.new_zeros((4, 3, 3, 3))
-    result.mul_(2)
+    result.mul_(1 / p)
     return result
 
 
-def gw_batch(x, grad_y, *, generator=None):
+def gw_batch(x, grad_y, *, p=0.25, generator=None):
     """gw_batch[d, c, k1, k2]: compiled from conv2d_sampled.tnd:45.
 
         gw_batch = sample(vjp(y, w), index=n, p=0.25)   # a quarter of the examples, on average
@@ -161,6 +220,8 @@ def gw_batch(x, grad_y, *, generator=None):
     Args:
         x: [n, c, i1, i2], sizes [n, 3, 10, 8]
         grad_y: [n, d, o1, o2], sizes [n, 4, 10, 8]
+        p: keyword-only float in (0, 1], the probability to keep each entry of n
+        generator: keyword-only torch.Generator or None (torch's default CPU one), for the draws
 
     Returns:
         [d, c, k1, k2], sizes [4, 3, 3, 3]
@@ -192,14 +253,16 @@ def gw_batch(x, grad_y, *, generator=None):
             ),
         )
     device = x.device
-    keep_n = _keep(n, 0.25, generator, device)  # entries of n kept with probability 0.25
-    n_kept = keep_n.numel()
-    # 4 * x[n', c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * grad_y[n', d, o1, o2]
+    p = _keep_probability('gw_batch', 'p', p)
+    drawn_n = _keep(n, p, generator)  # each entry of n kept with probability p, drawn on the host
+    n_kept = drawn_n.numel()
+    keep_n = drawn_n.to(device, non_blocking=True)
+    # 1/p(n) * x[n', c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * grad_y[n', d, o1, o2]
     # native conv_weight2d
-    x_view = x.index_select(0, keep_n)  # [n', c, i1, i2]
-    grad_y_view = grad_y.index_select(0, keep_n)  # [n', d, o1, o2]
+    x_view = _gathered('gw_batch.x_view.0', x, 0, keep_n)  # [n', c, i1, i2]
+    grad_y_view = _gathered('gw_batch.grad_y_view.0', grad_y, 0, keep_n)  # [n', d, o1, o2]
     result = torch.nn.grad.conv2d_weight(x_view, (4, 3, 3, 3), grad_y_view, padding=1)
-    result.mul_(4)
+    result.mul_(1 / p)
     return result
 
 
@@ -273,19 +336,24 @@ class y_sampled_autograd(torch.autograd.Function):
     """y exactly in the forward pass; in the backward pass, the sampled VJPs
     gw and exact VJPs for the other arguments.
 
-    Use as y_sampled_autograd.apply(x, w, b, generator) (generator: a torch.Generator or None).
+    Use as y_sampled_autograd.apply(x, w, b, generator=None, p=0.5).
+    generator: a torch.Generator or None, for the draws.
+    p: passed on to gw.
     """
 
     @staticmethod
-    def forward(ctx, x, w, b, generator=None):
-        ctx.save_for_backward(x, w, b)
-        ctx.generator = generator
+    def forward(x, w, b, generator=None, p=0.5):
         return y(x, w, b)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, w, b, ctx.generator, ctx.p = inputs
+        ctx.save_for_backward(x, w, b)
 
     @staticmethod
     def backward(ctx, grad_y):
         x, w, b = ctx.saved_tensors
         grad_x = _y_vjp_x(w, grad_y) if ctx.needs_input_grad[0] else None
-        grad_w = gw(x, grad_y, generator=ctx.generator) if ctx.needs_input_grad[1] else None
+        grad_w = gw(x, grad_y, p=ctx.p, generator=ctx.generator) if ctx.needs_input_grad[1] else None
         grad_b = _y_vjp_b(grad_y) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b, None
+        return grad_x, grad_w, grad_b, None, None

@@ -10,6 +10,7 @@ import sympy
 
 from tncompiler.errors import Span
 from tncompiler.ir.values import (
+    FACTOR_KINDS,
     ConvPattern,
     Factor,
     Fused,
@@ -27,6 +28,7 @@ __all__ = [
     "Lowering",
     "Argument",
     "Diagram",
+    "Shared",
     "Program",
     "LintError",
     "tensor_node",
@@ -184,7 +186,7 @@ def _lint_factor(position: int, factor: Factor, network: Network) -> None:
     expected = {"pattern": ConvPattern, "select": Select, "fused": Fused}.get(factor.kind)
     if expected is not None and not isinstance(factor.pattern, expected):
         raise LintError(f"{where}: a {factor.kind} needs its parameters")
-    if factor.kind not in ("input", "pattern", "delta", "select", "fused"):
+    if factor.kind not in FACTOR_KINDS:
         raise LintError(f"{where}: unknown kind")
     natural = natural_shape(factor)
     if factor.view is not None:
@@ -207,6 +209,15 @@ class Argument:
 
 
 @dataclass(frozen=True, eq=False)
+class Shared:
+    """A sub-network that a term holds more than once (the two copies of J in the GGN diagonal J ⊙ J): computed
+    once per call, then read by `shared` factors named `name`, whose legs stand for `network.outputs` in order."""
+
+    name: str
+    network: Network
+
+
+@dataclass(frozen=True, eq=False)
 class Diagram:
     """A named result: `layout` of the result, the sum of `terms`, and the arguments it takes, in order."""
 
@@ -221,6 +232,11 @@ class Diagram:
     samplers: tuple[Sampler, ...] = ()  # tensor dropout: the indices sampled at each call
     new_arguments: tuple[str, ...] = ()  # the arguments a derivation added (cotangents, tangents)
     vjp_of: tuple[str, str, str] | None = None  # a VJP: (of definition, with respect to, its cotangent)
+    shared: tuple[Shared, ...] = ()  # sub-networks computed once, before the terms (passes/share.py)
+
+    def networks(self) -> tuple[Network, ...]:
+        """The shared sub-networks, then the terms: every network the diagram's code computes."""
+        return tuple(shared.network for shared in self.shared) + self.terms
 
     def lint(self) -> None:
         legs = self.layout.legs
@@ -234,6 +250,23 @@ class Diagram:
             unknown = {f.name for f in term.factors if f.kind == "input"} - names
             if unknown:
                 raise LintError(f"diagram {self.name!r} term {position}: factors {sorted(unknown)} are no arguments")
+            self._lint_shared(position, term)
+        for shared in self.shared:
+            shared.network.lint()
+
+    def _lint_shared(self, position: int, term: Network) -> None:
+        """Every shared factor reads a sub-network of the diagram, with the sizes of its outputs."""
+        computed = {shared.name: shared.network for shared in self.shared}
+        for factor in term.factors:
+            if factor.kind != "shared":
+                continue
+            network = computed.get(factor.name)
+            where = f"diagram {self.name!r} term {position}: shared factor {factor.name!r}"
+            if network is None:
+                raise LintError(f"{where} names no shared sub-network")
+            sizes = tuple(network.size(leg) for leg in network.outputs)
+            if not _same(sizes, tuple(term.size(leg) for leg in factor.legs)):
+                raise LintError(f"{where}: leg sizes differ from the sub-network's {sizes}")
 
     def _repr_svg_(self) -> str:
         """In a notebook: the diagram drawn with Graphviz, or a line saying how to install it."""

@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from tncompiler.ir.network import Diagram, Lowering, Network
+from tncompiler.ir.network import Diagram, Lowering, Network, Shared
 from tncompiler.ir.values import Layout
 from tncompiler.order import Regimes
 from tncompiler.passes.fuse import fuse_network
 from tncompiler.passes.lower import lower_network, match_native
+from tncompiler.passes.share import share_common
 from tncompiler.passes.simplify import simplify_network
 
 __all__ = ["Pass", "PIPELINE", "Stage", "run_pipeline"]
@@ -56,18 +57,21 @@ def simplify(diagram: Diagram, lint: bool) -> tuple[Diagram, tuple[str, ...]]:
 def per_term(
     run: Callable[[Network, Regimes], tuple[Network, list[str]]],
 ) -> Callable[[Diagram, bool], tuple[Diagram, tuple[str, ...]]]:
-    """A diagram pass from a network pass that leaves open legs alone: applied to every term, with the diagram's
-    representative call-time sizes for its cost model."""
+    """A diagram pass from a network pass that leaves open legs alone: applied to every shared sub-network and
+    every term, with the diagram's representative call-time sizes for its cost model."""
 
     def diagram_pass(diagram: Diagram, lint: bool) -> tuple[Diagram, tuple[str, ...]]:
-        terms, notes = [], []
-        for term in diagram.terms:
+        notes: list[str] = []
+
+        def each(term: Network) -> Network:
             new, changed = run(term, Regimes(diagram.size_rules))
             if lint:
                 new.lint()
-            terms.append(new)
-            notes += changed
-        return replace(diagram, terms=tuple(terms)), tuple(notes)
+            notes.extend(changed)
+            return new
+
+        shared = tuple(Shared(s.name, each(s.network)) for s in diagram.shared)
+        return replace(diagram, shared=shared, terms=tuple(each(term) for term in diagram.terms)), tuple(notes)
 
     return diagram_pass
 
@@ -79,6 +83,7 @@ def _split_layout(layout: Layout, splits: dict[str, tuple[str, ...]]) -> Layout:
 
 PIPELINE: tuple[Pass, ...] = (
     Pass("simplify", "index patterns become selections, reshapes and slices; copy tensors and unit legs go", simplify),
+    Pass("share", "a sub-network a term holds twice (J ⊙ J, a Gram matrix's halves) is computed once", share_common),
     Pass(
         "fuse", "groups of constants are contracted once, where that lowers the work per call", per_term(fuse_network)
     ),

@@ -37,10 +37,11 @@ __all__ = ["contract_term", "pairwise", "scale", "step_kind", "tensordot_dims"]
 
 
 def contract_term(
-    ctx: Context, operands: Operands, position: int, term: Network, target: tuple[str, ...], var: str
+    ctx: Context, operands: Operands, position: int | str, term: Network, target: tuple[str, ...], var: str
 ) -> tuple[Chooser | None, bool]:
-    """Ops computing `term` into `var`, laid out as `target`; the plan chooser (if the order depends on the
-    call-time sizes) and whether `var` is new storage."""
+    """Ops computing `term` (the diagram's term at `position`, or the shared sub-network of that name) into `var`,
+    laid out as `target`; the plan chooser (if the order depends on the call-time sizes) and whether `var` is new
+    storage."""
     expected = {
         kept_symbol(s.index): max(1, round(s.p * int(s.size))) for s in ctx.diagram.samplers if isinstance(s.size, int)
     }
@@ -64,15 +65,17 @@ def contract_term(
     return chooser, all_fresh
 
 
-def _chooser(ctx: Context, position: int, plans: tuple[Plan, ...], expected: dict[sympy.Symbol, int]) -> Chooser:
+def _chooser(ctx: Context, position: int | str, plans: tuple[Plan, ...], expected: dict[sympy.Symbol, int]) -> Chooser:
     """A cached module-level function that picks the cheapest plan for the call-time sizes. Sampled sizes count at
     their expected value, so that the choice never depends on the data (torch.compile can trace it)."""
     costs = tuple(sympy.sympify(p.flops).subs(expected) for p in plans)
     params = tuple(sorted(set().union(*(c.free_symbols for c in costs)), key=str))
-    name = f"_{ctx.name}_plan{position + 1}"
-    return Chooser(
-        name, params, costs, f"The cheapest order for {ctx.name} term {position + 1}, chosen once per shape."
+    name, what = (
+        (f"_{ctx.name}_plan{position + 1}", f"term {position + 1}")
+        if isinstance(position, int)
+        else (f"_{ctx.name}_{position}_plan", position)
     )
+    return Chooser(name, params, costs, f"The cheapest order for {ctx.name} {what}, chosen once per shape.")
 
 
 def _contract(
@@ -192,7 +195,8 @@ def _gram(
     def product(positions: list[int]) -> SizeOf:
         return SizeOf(sympy.Mul(*[sympy.sympify(term.size(a[j])) for j in positions]))
 
-    permuted = method(names[0], "permute", *(Lit(j) for j in batch + free + summed))
+    axes = batch + free + summed
+    permuted = names[0] if axes == sorted(axes) else method(names[0], "permute", *(Lit(j) for j in axes))
     laid = method(permuted, "reshape", product(batch), product(free), product(summed))
     if batch:  # bmm copies a batch of strided matrices one matrix at a time: lay a real batch out densely once
         laid = method(laid, "contiguous")
@@ -227,14 +231,28 @@ def tensordot_dims(legs: list[tuple[str, ...]], result: tuple[str, ...]) -> tupl
 
 
 def pairwise(names: list[Expr], legs: list[tuple[str, ...]], result: tuple[str, ...]) -> Expr:
-    """tensordot where the step is a plain contraction in the natural order, a plain sum, einsum otherwise."""
+    """tensordot where the step is a plain contraction in the natural order, a plain sum, a product of two tensors
+    with the same legs then a sum (J ⊙ J), einsum otherwise."""
     if len(names) == 1 and _is_sum(legs[0], result):
         return _sum(names[0], legs[0], result)
+    if len(names) == 2 and legs[0] == legs[1] and len(set(legs[0])) == len(legs[0]):
+        return _hadamard(names, legs[0], result)
     dims = tensordot_dims(legs, result)
     if dims is not None:
         spec = Tuple((Tuple(tuple(Lit(d) for d in dims[0])), Tuple(tuple(Lit(d) for d in dims[1]))))
         return Call("torch.tensordot", (names[0], names[1]), (("dims", spec),))
     return einsum(names, legs, result)
+
+
+def _hadamard(names: list[Expr], legs: tuple[str, ...], result: tuple[str, ...]) -> Expr:
+    """a ⊙ b summed over the legs the result lacks: one product and one reduction, where einsum would lay both
+    operands out for a batched matrix product (two copies and a bmm of 1x1 matrices)."""
+    product: Expr = method(names[0], "square") if names[0] == names[1] else BinOp("*", names[0], names[1])
+    kept = tuple(leg for leg in legs if leg in result)
+    value = _sum(product, legs, kept) if kept != legs else product
+    if kept != result:
+        value = method(value, "permute", *(Lit(kept.index(leg)) for leg in result))
+    return value
 
 
 def step_kind(value: Expr) -> str:
@@ -243,7 +261,11 @@ def step_kind(value: Expr) -> str:
         return f"{step_kind(value.then)} where long, else {step_kind(value.other)}"
     node: Expr = value
     while isinstance(node, Method):
+        if node.name == "square":
+            return "square and sum"
         node = node.obj
+    if isinstance(node, BinOp):
+        return "product and sum"
     names = {"torch.tensordot": "tensordot", "torch.einsum": "einsum", "torch.bmm": "Gram product (bmm)"}
     if isinstance(node, Call):
         if node.func == "_window_sum":
