@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import sympy
 
 from tncompiler.ir.network import Argument, Diagram, natural_shape
-from tncompiler.ir.values import Fused, Size, SizeRule, SplitOp, WindowOp, is_kept
+from tncompiler.ir.values import Fused, Size, SizeRule, SplitOp, WindowOp, is_sampling_symbol
 
 __all__ = [
     "AxisSize",
@@ -100,7 +100,7 @@ def _symbols(sizes: Iterable[Size | sympy.Expr]) -> set[sympy.Symbol]:
     found: set[sympy.Symbol] = set()
     for size in sizes:
         if isinstance(size, sympy.Expr):
-            found |= {s for s in size.free_symbols if not is_kept(s)}
+            found |= {s for s in size.free_symbols if not is_sampling_symbol(s)}
     return found
 
 
@@ -108,7 +108,7 @@ def diagram_symbols(diagram: Diagram) -> set[sympy.Symbol]:
     """Every call-time size the diagram's code may need: of its result, arguments, indices, scalars and constants."""
     sizes: list[Size | sympy.Expr] = [diagram.sizes[leg] for leg in diagram.layout.legs]
     sizes += [axis_size(diagram, a, k) for a in diagram.arguments for k in range(len(a.layout.axes))]
-    for term in diagram.terms:
+    for term in diagram.networks():
         sizes += list(term.sizes.values()) + [term.coefficient]
         for factor in term.factors:
             sizes += list(natural_shape(factor) or ())

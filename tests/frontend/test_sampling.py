@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import tncompiler
 from tncompiler.errors import TncError
 from tncompiler.ir.network import Diagram
-from tncompiler.ir.values import kept_symbol, size_symbol
+from tncompiler.ir.values import kept_symbol, p_symbol, size_symbol
 from tncompiler.order import plan_network
 from tncompiler.passes.lower import native_flops
 from tncompiler.passes.pipeline import run_pipeline
@@ -284,9 +284,10 @@ def test_a_quarter_of_the_entries_costs_about_a_quarter(name: str, base: str, in
 def test_the_generated_code_gathers_the_kept_entries() -> None:
     code = tncompiler.compile_source(BIG)
     body = code.split("\ndef w_o1(", 1)[1].split("\ndef ", 1)[0]
-    assert "_keep(16, 0.25, generator, device)" in body
-    assert body.count(".index_select(") >= 2  # the pattern and grad_y on o1
-    assert "mul_(4)" in body  # rescaled by 1/p
+    assert "def w_o1(x, grad_y, *, p=0.25, generator=None)" in code
+    assert "_keep(16, p, generator)" in body
+    assert body.count("_gathered(") >= 2  # x's kept windows and grad_y's kept rows on o1
+    assert "mul_(1 / p)" in body  # rescaled by 1/p
 
 
 # --- (d) generator= makes the draws reproducible -------------------------------------------------------------------
@@ -376,7 +377,7 @@ def test_an_index_summed_only_in_some_terms_is_sampled_there() -> None:
     program = tncompiler.build_program(SOURCE)
     y_c = program.diagram("y_c")
     assert len(y_c.terms) == 2
-    assert y_c.terms[1].coefficient == 1 and y_c.terms[0].coefficient == 2
+    assert y_c.terms[1].coefficient == 1 and y_c.terms[0].coefficient == 1 / p_symbol("c")
 
 
 def test_a_slice_of_a_sampled_diagram() -> None:

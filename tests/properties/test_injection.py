@@ -118,7 +118,7 @@ h = sample(vjp(a_vjp, generator), index=n, p=0.5)
 k = sample(a, index=c, p=1)
 """
     module = module_of(tncompiler.compile_source(source))
-    assert str(inspect.signature(module.k)) == "(vjp_x, generator_2, *, generator=None)"
+    assert str(inspect.signature(module.k)) == "(vjp_x, generator_2, *, p=1.0, generator=None)"
     assert "generator_2: the file's 'generator', [c]" in (module.k.__doc__ or "")
     x, v = (torch.randn(3, 2, dtype=torch.float64, requires_grad=True) for _ in range(2))
     w = torch.randn(2, dtype=torch.float64, requires_grad=True)

@@ -268,24 +268,31 @@ def _parameter(symbol: sympy.Symbol) -> str:
 
 
 def autograd_text(cls: AutogradClass) -> str:
-    """A torch.autograd.Function: the exact forward pass, and the VJPs in the backward pass."""
+    """A torch.autograd.Function: the exact forward pass, and the VJPs in the backward pass. Its non-tensor arguments
+    (the generator, sizes, p or count) are kept on ctx by setup_context, so `apply` takes them by keyword too."""
     params = ", ".join(cls.params)
-    sizes = "".join(f", {size}" for size in cls.sizes)
-    sizes_doc = f" and then the sizes{sizes} (keyword-only in {cls.forward})" if cls.sizes else ""
+    extra = ["generator", *cls.sizes, *(name for name, _ in cls.rates)]
+    defaults = ["generator=None", *(f"{s}=None" for s in cls.sizes), *(f"{n}={expr_text(v, {})}" for n, v in cls.rates)]
+    usage = ["generator: a torch.Generator or None, for the draws."]
+    usage += [f"{', '.join(cls.sizes)}: the sizes {cls.forward} takes as keywords."] if cls.sizes else []
+    usage += [f"{', '.join(n for n, _ in cls.rates)}: passed on to {', '.join(cls.sampled)}."] if cls.rates else []
     lines = [
         f"class {cls.name}(torch.autograd.Function):",
         f'    """{cls.forward} exactly in the forward pass; in the backward pass, the sampled VJPs',
         f"    {', '.join(cls.sampled)} and exact VJPs for the other arguments.",
         "",
-        f"    Use as {cls.name}.apply({params}, generator{sizes}) (generator: a torch.Generator or None){sizes_doc}.",
+        f"    Use as {cls.name}.apply({params}, {', '.join(defaults)}).",
+        *(f"    {line}" for line in usage),
         '    """',
         "",
         "    @staticmethod",
-        f"    def forward(ctx, {params}, generator=None{''.join(f', {s}=None' for s in cls.sizes)}):",
-        f"        ctx.save_for_backward({params})",
-        "        ctx.generator = generator",
-        *(f"        ctx.{size} = {size}" for size in cls.sizes),
+        f"    def forward({params}, {', '.join(defaults)}):",
         f"        return {cls.forward}({params}{''.join(f', {s}={s}' for s in cls.sizes)})",
+        "",
+        "    @staticmethod",
+        "    def setup_context(ctx, inputs, output):",
+        f"        {', '.join([*cls.params, *(f'ctx.{name}' for name in extra)])} = inputs",
+        f"        ctx.save_for_backward({params})",
         "",
         "    @staticmethod",
         f"    def backward(ctx, {cls.grad}):",
@@ -296,6 +303,6 @@ def autograd_text(cls: AutogradClass) -> str:
         lines.append(
             f"        {step.result} = {step.function}({', '.join(args)}) if ctx.needs_input_grad[{position}] else None"
         )
-    nones = ", None" * (1 + len(cls.sizes))  # no gradient for the generator and the sizes
+    nones = ", None" * len(extra)  # no gradient for the generator, the sizes, p or count
     lines.append(f"        return {', '.join(step.result for step in cls.backward)}{nones}")
     return "\n".join(lines)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["HELPERS", "helper_source"]
+__all__ = ["HELPERS", "helper_imports", "helper_source"]
 
 _CONSTANTS = """
 # Index patterns and copy tensors, built once per shape, device and dtype, then reused.
@@ -50,11 +50,86 @@ def _select(I, J, start, step, device, dtype):
 '''
 
 _KEEP = '''
-def _keep(size, p, generator, device):
-    """Tensor dropout: the indices of the entries kept, each independently with probability p."""
-    where = generator.device if generator is not None else device
-    draw = torch.rand(size, generator=generator, device=where)
-    return torch.nonzero(draw < p).flatten().to(device)
+def _keep(size, p, generator):
+    """Tensor dropout: the indices of the entries kept, each independently with probability p. Drawn on the host (or
+    on the generator's device): the same seed keeps the same entries whatever the arguments' device, and the call
+    never waits for that device."""
+    where = "cpu" if generator is None else generator.device
+    return torch.nonzero(torch.rand(size, generator=generator, device=where) < p).flatten()
+'''
+
+_CHOOSE = '''
+def _choose(size, count, generator):
+    """Tensor dropout with a fixed budget: `count` distinct indices out of `size`, drawn uniformly without
+    replacement, in increasing order; drawn where _keep draws."""
+    where = "cpu" if generator is None else generator.device
+    return torch.randperm(size, generator=generator, device=where)[:count].sort().values
+'''
+
+_KEEP_PROBABILITY = '''
+def _keep_probability(function, name, p):
+    """A keep-probability given per call: a number in (0, 1]."""
+    if isinstance(p, (bool, torch.Tensor)) or not isinstance(p, (int, float)):
+        raise ValueError(f"{function}(): keyword {name}= is the probability to keep each entry and must be a number, "
+                         f"got {type(p).__name__}")
+    if not 0 < p <= 1:
+        raise ValueError(f"{function}(): keyword {name}= is the probability to keep each entry and must be in (0, 1], "
+                         f"got {p}")
+    return p
+'''
+
+_KEEP_COUNT = '''
+def _keep_count(function, name, count, index, size):
+    """A number of entries to keep given per call: a whole number from 1 to the size of the sampled index."""
+    if isinstance(count, (bool, torch.Tensor)) or not hasattr(count, "__index__"):
+        raise ValueError(f"{function}(): keyword {name}= is the number of entries of index {index} to keep and must be "
+                         f"an int, got {type(count).__name__}")
+    if not 1 <= count <= size:
+        raise ValueError(f"{function}(): keyword {name}={count}, but index {index} has {size} entries: "
+                         f"keep from 1 to {size} of them")
+    return count
+'''
+
+_SCRATCH = """
+# Per-thread buffers for the kernel operands that sampled functions gather anew at each call (see _scratch).
+_SCRATCH = threading.local()
+"""
+
+_SCRATCH_TENSOR = '''
+def _scratch(key, shape, like):
+    """A buffer of `shape` and like's dtype for a kernel operand that nothing keeps after the call, kept per key and
+    thread for the next call (grown as needed): glibc hands freed multi-MiB blocks back to the system, and fresh
+    memory page-faults, in the copy and in the kernel that reads it (bench/README.md). None off the CPU (other
+    allocators keep their memory), where autograd records the call (out= is not differentiable), and under
+    torch.compile (which plans memory itself; `bool` stands in where torch has no torch.compiler.is_compiling)."""
+    if like.device.type != "cpu" or (like.requires_grad and torch.is_grad_enabled()):
+        return None
+    if getattr(torch.compiler, "is_compiling", bool)():
+        return None
+    size = torch.Size(shape).numel() * like.element_size()
+    buffers = _SCRATCH.__dict__
+    buffer = buffers.get(key)
+    if buffer is None or buffer.numel() < size:
+        buffer = buffers[key] = torch.empty(size, dtype=torch.uint8)
+    return buffer[:size].view(like.dtype).view(shape)
+'''
+
+_GATHERED = '''
+def _gathered(key, t, axis, index):
+    """_take(t, axis, index) for a kernel to read, written into _scratch(key, ...) where that gives a buffer."""
+    out = _scratch(key, (*t.shape[:axis], index.numel(), *t.shape[axis + 1:]), t)
+    if out is None:
+        return _take(t, axis, index)
+    if axis < t.dim() - 1:
+        return torch.index_select(t, axis, index, out=out)
+    return torch.gather(t, axis, index.expand(*t.shape[:-1], -1), out=out)
+'''
+
+_ZEROS = '''
+def _zeros(key, shape, like):
+    """like.new_zeros(shape) for a kernel to read, in _scratch(key, ...) where that gives a buffer."""
+    out = _scratch(key, shape, like)
+    return like.new_zeros(shape) if out is None else out.zero_()
 '''
 
 _WINDOW_SUM = '''
@@ -237,8 +312,15 @@ HELPERS = {
     "_delta": _DELTA,
     "_select": _SELECT,
     "_keep": _KEEP,
+    "_choose": _CHOOSE,
+    "_keep_probability": _KEEP_PROBABILITY,
+    "_keep_count": _KEEP_COUNT,
     "_window_sum": _WINDOW_SUM,
     "_take": _TAKE,
+    "_SCRATCH": _SCRATCH,
+    "_scratch": _SCRATCH_TENSOR,
+    "_gathered": _GATHERED,
+    "_zeros": _ZEROS,
     "_pad": _PAD,
     "_cached": _CACHED,
     "_check_arguments": _CHECK_ARGUMENTS,
@@ -256,15 +338,30 @@ _NEEDS = {
     "_delta": ("_CONSTANTS",),
     "_select": ("_CONSTANTS",),
     "_cached": ("_CONSTANTS",),
+    "_scratch": ("_SCRATCH",),
+    "_gathered": ("_scratch", "_take"),
+    "_zeros": ("_scratch",),
 }
+_IMPORTS = {"_SCRATCH": "threading"}  # standard-library modules a helper needs
 
 
-def helper_source(used: set[str]) -> list[str]:
-    """Source blocks of the used helpers and what they need, in a fixed order."""
+def _closure(used: set[str]) -> set[str]:
+    """The used helpers and every helper they need."""
     closure, todo = set(used), list(used)
     while todo:
         for needed in _NEEDS.get(todo.pop(), ()):
             if needed not in closure:
                 closure.add(needed)
                 todo.append(needed)
+    return closure
+
+
+def helper_source(used: set[str]) -> list[str]:
+    """Source blocks of the used helpers and what they need, in a fixed order."""
+    closure = _closure(used)
     return [HELPERS[name].strip("\n") for name in HELPERS if name in closure]
+
+
+def helper_imports(used: set[str]) -> list[str]:
+    """The standard-library modules the used helpers import, sorted."""
+    return sorted({_IMPORTS[name] for name in _closure(used) if name in _IMPORTS})

@@ -90,12 +90,24 @@ def _leg_slice(args: CallArgs, key: str, kwarg: ast.KwArg) -> tuple[int, int, in
 
 def _sample(args: CallArgs, name: str, span: Span, source: str) -> Diagram:
     index = args.word("index", None)
+    at = args.keywords["index"].span
+    if "p" in args.keywords and "count" in args.keywords:
+        raise TncError(
+            "sample() takes p= or count=, not both", args.keywords["count"].span,
+            "p= keeps each entry with probability p; count= keeps exactly count entries",
+        )  # fmt: skip
+    if "count" in args.keywords:
+        kwarg = args.keywords["count"]
+        count = kwarg.value
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise TncError("count= takes a whole number of entries, at least 1", kwarg.span)
+        return sampling.sample_diagram(args.diagram, index, name, at, source, count=count, count_span=kwarg.span)
     if "p" not in args.keywords:
-        raise TncError("sample() needs p=, the probability to keep each entry", span)
+        raise TncError("sample() needs p=, the probability to keep each entry, or count=, the number of entries", span)
     p = args.keywords["p"].value
     if not isinstance(p, int | float) or isinstance(p, bool):
         raise TncError("p= takes a number in (0, 1]", args.keywords["p"].span)
-    return sampling.sample_diagram(args.diagram, index, float(p), name, args.keywords["index"].span, source)
+    return sampling.sample_diagram(args.diagram, index, name, at, source, p=float(p))
 
 
 _ALL = (
@@ -114,9 +126,10 @@ _ALL = (
     Transform(
         "sample",
         (),
-        ("index", "p"),
+        ("index", "p", "count"),
         _sample,
-        "tensor dropout on the summed index c: an unbiased estimate of z",
+        "tensor dropout on the summed index c, an unbiased estimate of z: each entry kept with probability P (scaled "
+        "by 1/P), or K distinct entries drawn uniformly (scaled by \\|c\\|/K)",
         of_sampled=True,
     ),
 )  # docs/language.md's table of transforms shows each doc (tests/test_structure.py)

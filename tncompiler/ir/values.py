@@ -13,7 +13,9 @@ __all__ = [
     "Size",
     "size_symbol",
     "kept_symbol",
+    "p_symbol",
     "is_kept",
+    "is_sampling_symbol",
     "SizeRule",
     "ConvPattern",
     "Select",
@@ -25,6 +27,7 @@ __all__ = [
     "View",
     "view_shape",
     "Factor",
+    "FACTOR_KINDS",
     "FactorKind",
     "Layout",
     "NativeConv",
@@ -50,9 +53,21 @@ def kept_symbol(index: str) -> sympy.Symbol:
     return size_symbol(f"kept({index})")
 
 
+def p_symbol(index: str) -> sympy.Symbol:
+    """The keep-probability of an index sampled by tensor dropout: a keyword argument, so a real number known only
+    at call time (the result is scaled by its inverse)."""
+    return sympy.Symbol(f"p({index})", positive=True)
+
+
 def is_kept(size: object) -> bool:
     """A size that tensor dropout draws at call time."""
     return isinstance(size, sympy.Expr) and any(str(s).startswith("kept(") for s in size.free_symbols)
+
+
+def is_sampling_symbol(symbol: sympy.Symbol) -> bool:
+    """A symbol that tensor dropout gives its value at call time (kept entries, keep-probability), not a size bound
+    from the arguments."""
+    return str(symbol).startswith(("kept(", "p("))
 
 
 def simplify_size(size: Size) -> Size:
@@ -229,15 +244,17 @@ class Fused:
         return " * ".join(f"{f.name or f.kind}({', '.join(f.legs)})" for f in self.parts)
 
 
-FactorKind = Literal["input", "pattern", "delta", "select", "fused"]
+FactorKind = Literal["input", "pattern", "delta", "select", "fused", "shared"]
+FACTOR_KINDS: tuple[str, ...] = ("input", "pattern", "delta", "select", "fused", "shared")
 
 
 @dataclass(frozen=True)
 class Factor:
-    """One tensor of a network: an argument, an index pattern, a copy tensor or a selection, legs in order.
+    """One tensor of a network: an argument, an index pattern, a copy tensor, a selection, fused constants, or a
+    sub-network the diagram computes once (`shared`), legs in order.
 
-    `name` is the argument or pattern name (empty for copy tensors and selections); `pattern` holds the
-    constant's parameters (ConvPattern or Select); `view`, when set, narrows or reshapes the tensor first.
+    `name` is the argument, pattern or shared sub-network's name (empty for copy tensors and selections); `pattern`
+    holds the constant's parameters (ConvPattern or Select); `view`, when set, narrows or reshapes the tensor first.
     """
 
     kind: FactorKind
@@ -301,8 +318,18 @@ class NativeConv:
 
 @dataclass(frozen=True)
 class Sampler:
-    """Index `index` of `size` entries is sampled with keep-probability `p` at each call (tensor dropout)."""
+    """Index `index` of `size` entries is sampled at each call (tensor dropout): each entry kept with probability
+    `p`, or, where `count` is given, exactly `count` distinct entries drawn uniformly (then `p` is the chance of each
+    entry to be among them, count/size, where the size is known). p and count are the defaults of a keyword argument
+    of the function, so a call may change them."""
 
     index: str
     size: Size
-    p: float
+    p: float = 1.0
+    count: int | None = None
+
+    def scale(self) -> sympy.Expr:
+        """What the estimate is scaled by to be unbiased: 1/p, or |index|/count (count is the number kept)."""
+        if self.count is None:
+            return 1 / p_symbol(self.index)
+        return sympy.sympify(self.size) / kept_symbol(self.index)

@@ -9,8 +9,8 @@ from pathlib import PurePath
 import sympy
 
 from tncompiler.binding import Binding
-from tncompiler.ir.network import Diagram, Network, Program
-from tncompiler.ir.values import ConvPattern, Layout, NativeConv, kept_symbol
+from tncompiler.ir.network import Diagram, Network, Program, Shared
+from tncompiler.ir.values import ConvPattern, Layout, NativeConv, Sampler, kept_symbol, p_symbol
 from tncompiler.schedule.checks import checks, device_and_dtype
 from tncompiler.schedule.context import Context
 from tncompiler.schedule.contract import contract_term, scale
@@ -62,6 +62,8 @@ class _Scheduler:
         checks(ctx)
         device_and_dtype(ctx)
         self._draws()
+        for shared in self.diagram.shared:
+            self._shared(shared)
         bias = _bias(self.diagram)
         results = []
         for position, term in enumerate(self.diagram.terms):
@@ -73,6 +75,7 @@ class _Scheduler:
             results.append((term, *self._term(position, term, folded)))
         self._assemble(results)
         keywords: list[tuple[str, Expr | None]] = [(ctx.symbols[s], None) for s in ctx.binding.keywords]
+        keywords += [(ctx.rates[s.index], Lit(s.p if s.count is None else s.count)) for s in self.diagram.samplers]
         keywords += [("generator", Lit(None))] if self.diagram.samplers else []
         params = tuple(ctx.args[a.name] for a in self.diagram.arguments)
         return Function(
@@ -81,15 +84,50 @@ class _Scheduler:
         )  # fmt: skip
 
     def _draws(self) -> None:
-        """Tensor dropout: draw the kept entries of each sampled index once per call."""
-        ctx = self.ctx
+        """Tensor dropout: the kept entries of each sampled index, drawn once per call on the host (or on the
+        generator's device), so nothing waits for the arguments' device, then moved there without waiting."""
         for sampler in self.diagram.samplers:
-            note = f"entries of {sampler.index} kept with probability {sampler.p}"
-            drawn = call(ctx.helper("_keep"), SizeOf(sampler.size), Lit(sampler.p), Name("generator"), Name("device"))
-            keep = ctx.assign(f"keep_{sampler.index}", drawn, "draw", note)
-            count = ctx.assign(f"{sampler.index}_kept", method(keep, "numel"), "draw")
-            ctx.samplers[sampler.index] = keep.id
-            ctx.symbols[kept_symbol(sampler.index)] = count.id
+            host = self._draw(sampler)
+            moved = method(Name(host), "to", Name("device"), non_blocking=Lit(True))
+            self.ctx.samplers[sampler.index] = self.ctx.assign(f"keep_{sampler.index}", moved, "draw").id
+            self.ctx.drawn[sampler.index] = host
+
+    def _draw(self, sampler: Sampler) -> str:
+        """The checked keyword argument, and the variable of the drawn entries (the number kept: a size symbol)."""
+        ctx, index, size = self.ctx, sampler.index, SizeOf(sampler.size)
+        keyword, function = ctx.rates[index], Lit(ctx.name)
+        if sampler.count is None:
+            checked = call(ctx.helper("_keep_probability"), function, Lit(keyword), Name(keyword))
+            ctx.emit(Assign(keyword, checked, "check"))
+            note = f"each entry of {index} kept with probability {keyword}, drawn on the host"
+            drawn = ctx.assign(f"drawn_{index}", call(ctx.helper("_keep"), size, Name(keyword), Name("generator")),
+                               "draw", note)  # fmt: skip
+            ctx.symbols[kept_symbol(index)] = ctx.assign(f"{index}_kept", method(drawn, "numel"), "draw").id
+            ctx.symbols[p_symbol(index)] = keyword
+            return drawn.id
+        checked = call(ctx.helper("_keep_count"), function, Lit(keyword), Name(keyword), Lit(index), size)
+        ctx.emit(Assign(keyword, checked, "check"))
+        note = f"{keyword} distinct entries of {index}, drawn uniformly on the host"
+        drawn = ctx.assign(f"drawn_{index}", call(ctx.helper("_choose"), size, Name(keyword), Name("generator")),
+                           "draw", note)  # fmt: skip
+        ctx.symbols[kept_symbol(index)] = keyword
+        ctx.fixed.add(index)
+        return drawn.id
+
+    def _shared(self, shared: Shared) -> None:
+        """A sub-network that a term reads twice, computed once: one axis per leg, in the order of its outputs."""
+        ctx, net = self.ctx, shared.network
+        ctx.emit(Comment(f"{shared.name}[{', '.join(net.outputs)}] = {_term_text(net)}, computed once"))
+        var = ctx.var(shared.name)
+        flat = Layout(tuple((leg,) for leg in net.outputs))
+        if net.lowering.native is not None:
+            ctx.emit(Comment(net.lowering.native.describe()))
+            kernel_term(ctx, self.operands, net, net.lowering.native, flat, var)
+        else:
+            chooser, _ = contract_term(ctx, self.operands, shared.name, net, net.outputs, var)
+            if chooser is not None:
+                self.choosers.append(chooser)
+        ctx.shared[shared.name] = var
 
     def _term(self, position: int, term: Network, bias: Expr | None) -> tuple[str, Layout]:
         """The term's ops; its variable and how its axes hold its legs."""
@@ -107,7 +145,7 @@ class _Scheduler:
         chooser, fresh = contract_term(ctx, self.operands, position, term, target, var)
         if chooser is not None:
             self.choosers.append(chooser)
-        if not fresh and not any(f.kind == "input" for f in term.factors):
+        if not fresh and not any(f.kind in ("input", "shared") for f in term.factors):
             # a term of constants alone (a pattern, a selection) may be the cached constant or a view of it: the
             # caller gets a copy, which it may change without changing every later result
             ctx.emit(Assign(var, method(Name(var), "clone"), "view", "not the cached constant itself", True))
@@ -183,11 +221,14 @@ class _Scheduler:
             f"    {ctx.symbols[s]}: keyword-only int, the size of index {s} (no argument carries it)"
             for s in ctx.binding.keywords
         ]
+        args += [_rate_doc(ctx.rates[s.index], s) for s in d.samplers]
+        if d.samplers:
+            args.append("    generator: keyword-only torch.Generator or None (torch's default CPU one), for the draws")
         lines += ["Args:", *args] if args else []
         lines += ["", "Returns:", f"    {layout.text()}, sizes {_shape_text(d, d.layout)}"]
         if self.rewrites:
             lines += ["", "Rewrites applied:"] + [f"    {note}" for note in self.rewrites]
-        patterns = {f.name: f.pattern for t in d.terms for f in t.factors if isinstance(f.pattern, ConvPattern)}
+        patterns = {f.name: f.pattern for t in d.networks() for f in t.factors if isinstance(f.pattern, ConvPattern)}
         if patterns:
             lines += ["", "Index patterns:"]
             lines += [
@@ -195,6 +236,12 @@ class _Scheduler:
                 for name, p in sorted(patterns.items())
             ]
         return "\n".join(lines)
+
+
+def _rate_doc(keyword: str, sampler: Sampler) -> str:
+    if sampler.count is None:
+        return f"    {keyword}: keyword-only float in (0, 1], the probability to keep each entry of {sampler.index}"
+    return f"    {keyword}: keyword-only int, the number of entries of {sampler.index} to keep (1 to {sampler.size})"
 
 
 def _grouped(layout: Layout, term: Network) -> Layout:
@@ -251,7 +298,7 @@ def _term_text(term: Network) -> str:
     factors = []
     for f in term.factors:
         legs = ", ".join(f.legs)
-        factors.append(f"{f.name}[{legs}]" if f.kind == "input" else f"{f.name or f.kind}({legs})")
+        factors.append(f"{f.name}[{legs}]" if f.kind in ("input", "shared") else f"{f.name or f.kind}({legs})")
     body = " * ".join(factors) or "1"
     return body if term.coefficient == 1 else f"{term.coefficient} * {body}"
 

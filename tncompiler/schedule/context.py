@@ -10,7 +10,7 @@ import sympy
 from tncompiler.binding import Binding
 from tncompiler.ir.network import Diagram
 from tncompiler.order import Regimes
-from tncompiler.schedule.names import Namespace, check_keywords, sampling_keywords
+from tncompiler.schedule.names import Namespace, check_keywords, sampler_keywords, sampling_keywords
 from tncompiler.schedule.ops import Assign, Expr, Name, Op, OpKind, SizeOf
 
 __all__ = ["Context"]
@@ -34,7 +34,11 @@ class Context:
         self.args = {a.name: self.namespace.create(a.name) for a in diagram.arguments}
         self.where: dict[sympy.Symbol, str] = {}  # how each call-time size was given, for messages
         self.helpers: set[str] = set()
-        self.samplers: dict[str, str] = {}  # sampled index -> the variable of its kept entries
+        self.samplers: dict[str, str] = {}  # sampled index -> the variable of its kept entries (arguments' device)
+        self.drawn: dict[str, str] = {}  # sampled index -> the same entries where they were drawn (host)
+        self.fixed: set[str] = set()  # sampled indices that keep a fixed number of entries (count=): never none
+        self.rates = sampler_keywords(diagram)  # sampled index -> its keyword argument (p or count)
+        self.shared: dict[str, str] = {}  # shared sub-network -> the variable that holds it
         self.ops: list[Op] = []
 
     def var(self, candidate: str) -> str:

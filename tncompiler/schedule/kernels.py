@@ -13,6 +13,7 @@ from tncompiler.schedule.context import Context
 from tncompiler.schedule.operands import Operands, pad
 from tncompiler.schedule.ops import (
     Assign,
+    Attr,
     BinOp,
     Branch,
     Effect,
@@ -101,7 +102,7 @@ class _Kernel:
         factor = self.net.factors[position]
         if factor.kind == "input" and factor.view is None and self._layout(factor.name) == axes:
             return Name(self.ctx.args[factor.name])
-        expr, legs = self.operands.of(factor, self.net), factor.legs
+        expr, legs = self.operands.of(factor, self.net, kernel=True), factor.legs
         order = tuple(leg for axis in axes for leg in axis)
         shape = [self.product(axis) for axis in axes]
         if legs == order and [self.leg(x) for x in legs] == shape:
@@ -133,7 +134,7 @@ class _Kernel:
         m, ctx = self.m, self.ctx
         data = self.arrange("in", m.data, _axes(m.batch, m.groups + m.data_channels, self.spatial(0)))
         for axis, index in self.tiled.items():
-            data = self.gather_windows(data, axis, self.written[axis], self.keep(index))
+            data = self.gather_windows(data, axis, self.written[axis], index)
         usable, padding, crop, extra = _symmetric(self.conv)
         if not usable or (extra and m.role == "weight"):
             rights = [0 if _is_tiling(p) else p.right_pad() for p in self.conv]
@@ -159,11 +160,14 @@ class _Kernel:
             data = ctx.assign(f"{self.var}_in", Index(data, (_ALL, _ALL, *ends)), "view", "rows no window reaches")
         return data, padding, extra
 
-    def window_rows(self, axis: int, p: ConvPattern, keep: Expr) -> tuple[Expr, Expr | None]:
-        """The rows of the input that each kept window reads (K per window, one window after the other), clamped
-        into the input, and the positions among them that lie in the padding (None: there are none)."""
-        taps = call("torch.arange", Lit(0), Lit(p.kernel_size * p.dilation), Lit(p.dilation), device=Name("device"))
-        starts: Expr = method(keep, "view", Lit(-1), Lit(1))
+    def window_rows(self, axis: int, p: ConvPattern, index: str) -> tuple[Name, Name | None]:
+        """The rows of the input that each kept window reads (K per window, one window after the other) and which
+        of them lie in the padding (None: none can), computed where the entries were drawn (the host)."""
+        drawn = Name(self.ctx.drawn[index])
+        taps = call(
+            "torch.arange", Lit(0), Lit(p.kernel_size * p.dilation), Lit(p.dilation), device=Attr(drawn, "device")
+        )
+        starts: Expr = method(drawn, "view", Lit(-1), Lit(1))
         if p.stride != 1:
             starts = BinOp("*", starts, Lit(p.stride))
         rows_value: Expr = BinOp("+", starts, taps)
@@ -172,32 +176,50 @@ class _Kernel:
         rows = self.ctx.assign(f"{self.var}_rows{axis + 1}", method(rows_value, "flatten"), "view", "rows read")
         if not _reads_padding(p):
             return rows, None
-        last = SizeOf(sympy.sympify(p.in_size) - 1)
-        outside = BinOp("|", BinOp("<", rows, Lit(0)), BinOp(">", rows, last))
-        return method(rows, "clamp", Lit(0), last), method(method(outside, "nonzero"), "flatten")
+        outside = BinOp("|", BinOp("<", rows, Lit(0)), BinOp(">", rows, SizeOf(sympy.sympify(p.in_size) - 1)))
+        return rows, self.ctx.assign(f"{self.var}_outside{axis + 1}", outside, "view", "rows in the padding")
 
-    def gather_windows(self, data: Expr, axis: int, p: ConvPattern, keep: Expr) -> Expr:
+    def on_device(self, value: Expr) -> Expr:
+        """A tensor computed on the host, moved to the arguments' device without waiting."""
+        return method(value, "to", Name("device"), non_blocking=Lit(True))
+
+    def zero_padding(self, target: Expr, axis: int, p: ConvPattern, outside: Name) -> None:
+        """Zero the rows of `target` (rows of kept windows on `axis`) that lie in the padding. Only the first windows
+        (o·S < P_left) and the last ones can read padding, and the kept windows are in order: only the rows of as
+        many windows at each end are masked, a static number however many were kept (a slice longer than the axis
+        is the whole axis; masking a row twice changes nothing)."""
+        trailing = (Lit(1),) * (self.d - 1 - axis)
+        first, last = _edge_rows(p)
+        for rows, part in ((first, Slice(None, Lit(first))), (last, Slice(Lit(-last), None))):
+            if not rows:
+                continue
+            mask = method(self.on_device(Index(outside, (part,))), "view", Lit(-1), *trailing)
+            edge = Index(target, (*(_ALL,) * (2 + axis), part))
+            self.ctx.emit(Effect(method(edge, "masked_fill_", mask, Lit(0)), "view"))
+
+    def gather_windows(self, data: Expr, axis: int, p: ConvPattern, index: str) -> Expr:
         """Sampled output positions: the kernel (stride K, no padding) reads exactly the kept windows of the
         gathered rows. Rows in the padding are zeroed."""
-        rows, outside = self.window_rows(axis, p, keep)
+        rows, outside = self.window_rows(axis, p, index)
         dim = Lit(2 + axis)
-        if axis < self.d - 1:
-            value: Expr = method(data, "index_select", dim, rows)
-        else:  # the last axis: index_select copies single entries slowly
-            value = call(self.ctx.helper("_take"), data, dim, rows)
-        gathered = self.ctx.assign(f"{self.var}_in", value, "view", "", True)
+        clamped = self.on_device(method(rows, "clamp", Lit(0), SizeOf(sympy.sympify(p.in_size) - 1)))
+        target = self.ctx.var(f"{self.var}_in")
+        buffer = Lit(f"{self.ctx.name}.{target}")  # the kernel's operand alone: a buffer reused from call to call
+        self.ctx.emit(Assign(target, call(self.ctx.helper("_gathered"), buffer, data, dim, clamped), "view", "", True))
+        gathered = Name(target)
         if outside is not None:
-            self.ctx.emit(Effect(method(gathered, "index_fill_", dim, outside, Lit(0)), "view", "rows in the padding"))
+            self.zero_padding(gathered, axis, p, outside)
         return gathered
 
     def call(self, value: Expr, empty: list[SizeOf], data: Expr) -> None:
-        """`var = value`; with sampled positions, zeros of shape `empty` when no entry was kept (the kernels reject
-        inputs without rows)."""
+        """`var = value`; with sampled positions that may keep none (p=), zeros of shape `empty` when none was kept
+        (the kernels reject inputs without rows). The test reads a size on the host, never the device."""
         cost = native_flops(self.net, self.m)
-        if not self.tiled:
+        maybe_empty = [axis for axis, index in self.tiled.items() if index not in self.ctx.fixed]
+        kept = [self.leg(self.patterns[axis].legs[1]) for axis in maybe_empty]
+        if not kept:
             self.ctx.emit(Assign(self.var, value, "kernel", "", True, cost))
             return
-        kept = [self.leg(self.patterns[axis].legs[1]) for axis in self.tiled]
         test: Expr = kept[0]
         for more in kept[1:]:
             test = BinOp("and", test, more)
@@ -264,18 +286,22 @@ class _Kernel:
         writes each kept window's K rows one after the other; they are added into the rows they belong to."""
         ((axis, index),) = self.tiled.items()
         ctx, var, p = self.ctx, self.var, self.written[axis]
-        kept = self.leg(self.patterns[axis].legs[1])
         full = [self.product(self.m.batch), self.product(self.m.groups + self.m.other_channels)]
         full += [self.leg(x) for x in self.spatial(0)]
         ctx.emit(Assign(var, method(data, "new_zeros", Tuple(tuple(full))), "kernel", "", True))
         with ctx.block() as body:
             for op in ops:
                 ctx.emit(op)
-            rows, outside = self.window_rows(axis, p, self.keep(index))
+            rows, outside = self.window_rows(axis, p, index)
             if outside is not None:
-                note = "rows in the padding"
-                ctx.emit(Effect(method(Name(out), "index_fill_", Lit(2 + axis), outside, Lit(0)), "kernel", note))
-            ctx.emit(Effect(method(Name(var), "index_add_", Lit(2 + axis), rows, Name(out)), "kernel"))
+                self.zero_padding(Name(out), axis, p, outside)
+            clamped = self.on_device(method(rows, "clamp", Lit(0), SizeOf(sympy.sympify(p.in_size) - 1)))
+            ctx.emit(Effect(method(Name(var), "index_add_", Lit(2 + axis), clamped, Name(out)), "kernel"))
+        if index in ctx.fixed:
+            for op in body:
+                ctx.emit(op)
+            return
+        kept = self.leg(self.patterns[axis].legs[1])
         ctx.emit(
             Branch(((kept, tuple(body)),), "kernel", ("else no entry kept: the kernels reject inputs without rows",))
         )
@@ -289,11 +315,12 @@ class _Kernel:
         ]
         for axis, index in self.masked.items():
             full[2 + axis] = SizeOf(self.written[axis].out_size)
-            zeros = method(grad, "new_zeros", Tuple(tuple(full)))
-            note = "the kept rows in place, zeros elsewhere"
-            grad = ctx.assign(
-                f"{self.var}_grad", method(zeros, "index_copy_", Lit(2 + axis), self.keep(index), grad), "view", note
-            )
+            placed = ctx.var(f"{self.var}_grad")
+            buffer = Lit(f"{ctx.name}.{placed}")  # the kernel's operand alone: reused from call to call
+            ctx.emit(Assign(placed, call(ctx.helper("_zeros"), buffer, Tuple(tuple(full)), grad), "view"))
+            copied = method(Name(placed), "index_copy_", Lit(2 + axis), self.keep(index), grad)
+            ctx.emit(Effect(copied, "view", "the kept rows in place, zeros elsewhere"))
+            grad = Name(placed)
         weight = [self.product(m.groups + m.other_channels), self.product(m.data_channels)]
         weight += [SizeOf(p.kernel_size) for p in self.conv]
         size = Tuple(tuple(weight))
@@ -334,6 +361,18 @@ def _tiled(p: ConvPattern, kept: Size) -> ConvPattern:
 
 def _is_tiling(p: ConvPattern) -> bool:
     return p.stride == p.kernel_size and p.dilation == 1 and p.pad_left == 0 and p.in_size == p.out_size * p.stride
+
+
+def _edge_rows(p: ConvPattern) -> tuple[int, int]:
+    """The gathered rows of the first and of the last kept windows that may lie in the padding: K rows for each
+    window o with o·S < P_left at the start, and for each window that may read past I - 1 at the end (for sizes
+    bound at call time, at most ceil(P_right / S) of them, by the size rule)."""
+    first = -(-max(p.pad_left, 0) // p.stride)
+    if isinstance(p.in_size, int) and isinstance(p.out_size, int):
+        overhang = max(0, int(p.last_read()) - (p.in_size - 1))
+    else:
+        overhang = max(0, p.pad_right)
+    return first * p.kernel_size, -(-overhang // p.stride) * p.kernel_size
 
 
 def _reads_padding(p: ConvPattern) -> bool:

@@ -17,6 +17,7 @@ __all__ = [
     "ModuleNames",
     "check_keywords",
     "module_names",
+    "sampler_keywords",
     "sampling_keywords",
     "safe_identifier",
 ]
@@ -37,9 +38,19 @@ def safe_identifier(text: str) -> str:
     return name + "_" if name in _RESERVED else name
 
 
+def sampler_keywords(diagram: Diagram) -> dict[str, str]:
+    """Sampled index -> the keyword argument that sets its keep-probability (`p`) or its count (`count`); a function
+    that samples several indices names them after the index (`p_n`, `count_o1`)."""
+    kinds = {s.index: "p" if s.count is None else "count" for s in diagram.samplers}
+    if len(kinds) == 1:
+        return kinds
+    return {index: safe_identifier(f"{kind}_{index}") for index, kind in kinds.items()}
+
+
 def sampling_keywords(diagram: Diagram) -> tuple[str, ...]:
-    """The keyword-only arguments a function takes besides its sizes: a sampled one, its random generator."""
-    return ("generator",) if diagram.samplers else ()
+    """The keyword-only arguments a function takes besides its sizes: a sampled one, its keep-probabilities (or
+    counts) and its random generator."""
+    return (*sampler_keywords(diagram).values(), "generator") if diagram.samplers else ()
 
 
 @dataclass(frozen=True)
