@@ -27,6 +27,7 @@ __all__ = [
     "compile_sampled",
     "layer_source",
     "sampled_source",
+    "size_keywords",
     "spec_of",
     "supported_layers",
     "with_sizes",
@@ -266,17 +267,16 @@ def layer_source(module: nn.Module | LayerSpec) -> str:
     return "\n".join(_header(spec) + [""] + _body(spec) + _derived(spec)) + "\n"
 
 
-def sampled_source(module: nn.Module | LayerSpec, p: float, over: Over) -> str:
+def sampled_source(module: nn.Module | LayerSpec, over: Over) -> str:
     """The layer's y and a tensor-dropout estimate of its weight VJP, over the first spatial output axis (the
     patterns' o1, which is a transpose convolution's input) or over the batch; a linear layer's positions are none,
-    so it keeps its exact gradient there. The module then holds `y_sampled_autograd`."""
+    so it keeps its exact gradient there. The module then holds `y_sampled_autograd`, whose `p=` is given per call
+    (the 0.5 written here is only its default), so one compiled module serves every p."""
     spec = _spec(module)
     lines = _header(spec) + [""] + _body(spec) + [""]
     index = "n" if over == "batch" else ("o1" if spec.kind != "linear" else "")
-    if index:  # a `p=` keyword per call (issue 14) would make p a call argument and this text independent of it
-        lines.append(f"vjp_w_sampled = sample(vjp(y, w), index={index}, p={p!r})")
-    if spec.kind == "transpose":  # for `sampling._WithSizes`: y may take keyword sizes the generated class lacks
-        lines += ["vjp_x = vjp(y, x)"] + (["vjp_b = vjp(y, b)"] if spec.bias else [])
+    if index:
+        lines.append(f"vjp_w_sampled = sample(vjp(y, w), index={index}, p=0.5)")
     return "\n".join(lines) + "\n"
 
 
@@ -290,9 +290,10 @@ def compile_layer(module: nn.Module | LayerSpec) -> types.ModuleType:
     return load_compiled(layer_source(spec), _module_name(spec))
 
 
-def compile_sampled(module: nn.Module | LayerSpec, p: float, over: Over) -> types.ModuleType:
+def compile_sampled(module: nn.Module | LayerSpec, over: Over) -> types.ModuleType:
+    """The compiled module of `sampled_source(module, over)`, cached as compile_layer's is."""
     spec = _spec(module)
-    return load_compiled(sampled_source(spec, p, over), _module_name(spec) + "_sampled")
+    return load_compiled(sampled_source(spec, over), _module_name(spec) + "_sampled")
 
 
 @functools.cache
@@ -302,10 +303,15 @@ def _keywords(function: Callable[..., object]) -> frozenset[str]:
     return frozenset(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "generator")
 
 
+def size_keywords(function: Callable[..., object], sizes: dict[str, int]) -> dict[str, int]:
+    """Those of `sizes` that `function` takes as keyword-only arguments."""
+    wanted = _keywords(function)
+    return {name: size for name, size in sizes.items() if name in wanted}
+
+
 def with_sizes(function: Callable[..., torch.Tensor], sizes: dict[str, int]) -> Callable[..., torch.Tensor]:
     """`function` called with those of `sizes` it takes as keyword-only arguments."""
-    wanted = _keywords(function)
-    chosen = {name: size for name, size in sizes.items() if name in wanted}
+    chosen = size_keywords(function, sizes)
     return functools.partial(function, **chosen) if chosen else function
 
 

@@ -16,7 +16,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from tncompiler.model.layers import Over, bias_of, compile_sampled, spec_of, supported_layers, weight_of, with_sizes
+from tncompiler.model.layers import (
+    Over,
+    bias_of,
+    compile_sampled,
+    size_keywords,
+    spec_of,
+    supported_layers,
+    weight_of,
+    with_sizes,
+)
 
 __all__ = ["sampled"]
 
@@ -50,17 +59,17 @@ def sampled(
 
 def _forward(module: nn.Module, p: float, over: Over, generator: torch.Generator | None) -> Callable[[Tensor], Tensor]:
     spec = spec_of(module)
-    compiled = compile_sampled(spec, p, over)
+    compiled = compile_sampled(spec, over)  # one module per layer and `over`: p is given per call
     has_bias = spec.bias
 
     def forward(x: Tensor) -> Tensor:
         weight, bias = weight_of(module), bias_of(module)
         if spec.kind == "linear":
             rows = x.reshape(-1, x.shape[-1])
-            return _apply(compiled, spec.sizes(rows), rows, weight, bias, has_bias, generator).reshape(
+            return _apply(compiled, spec.sizes(rows), rows, weight, bias, has_bias, p, generator).reshape(
                 *x.shape[:-1], -1
             )
-        return _apply(compiled, spec.sizes(x), x, weight, bias, has_bias, generator)
+        return _apply(compiled, spec.sizes(x), x, weight, bias, has_bias, p, generator)
 
     return forward
 
@@ -72,40 +81,12 @@ def _apply(
     weight: Tensor,
     bias: Tensor | None,
     has_bias: bool,
+    p: float,
     generator: torch.Generator | None,
 ) -> Tensor:
     arguments: tuple[Any, ...] = (x, weight, bias) if has_bias else (x, weight)
     if not hasattr(compiled, "y_sampled_autograd"):  # nothing sampled: a linear layer over its positions
         return with_sizes(compiled.y, sizes)(*arguments)
-    if with_sizes(compiled.y, sizes) is not compiled.y:  # y takes keyword sizes, which the generated class lacks
-        return _WithSizes.apply(x, weight, bias if has_bias else None, compiled, sizes, generator)  # type: ignore[no-untyped-call,no-any-return]
-    return compiled.y_sampled_autograd.apply(*arguments, generator)  # type: ignore[no-any-return]
-
-
-class _WithSizes(torch.autograd.Function):
-    """`y_sampled_autograd` for a y with keyword sizes (a strided transpose convolution, whose output size its input
-    does not fix): the generated class calls y without them, so this one passes them; same VJPs."""
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: Tensor,
-        weight: Tensor,
-        bias: Tensor | None,
-        compiled: types.ModuleType,
-        sizes: dict[str, int],
-        generator: torch.Generator | None,
-    ) -> Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.compiled, ctx.sizes, ctx.generator, ctx.has_bias = compiled, sizes, generator, bias is not None
-        arguments = (x, weight) if bias is None else (x, weight, bias)
-        return with_sizes(compiled.y, sizes)(*arguments)
-
-    @staticmethod
-    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
-        compiled, needs = ctx.compiled, ctx.needs_input_grad
-        grad_x = with_sizes(compiled.vjp_x, ctx.sizes)(weight, grad_y) if needs[0] else None
-        grad_w = compiled.vjp_w_sampled(x, grad_y, generator=ctx.generator) if needs[1] else None
-        grad_b = compiled.vjp_b(grad_y) if ctx.has_bias and needs[2] else None
-        return grad_x, grad_w, grad_b, None, None, None
+    # the class passes y's keyword sizes (a strided transpose convolution's output size) on to y and its VJPs
+    keywords = size_keywords(compiled.y, sizes)
+    return compiled.y_sampled_autograd.apply(*arguments, generator=generator, p=p, **keywords)  # type: ignore[no-any-return]
