@@ -1,8 +1,10 @@
 """The GPU check, for a machine with CUDA (a few minutes at most): `python -m bench.gpu_check`.
 
 1. Correctness on CUDA: every generated function of every layer's file (bench/layers.py, bench/ops.py), called on CUDA
-   tensors, against each of its references (1e-4 relative, float32 without TF32); sampled ops with a CUDA generator
-   against the dense estimate that keeps the same entries. Also checks that each result is on the GPU.
+   tensors in float32 (without TF32) and float64, against each of its references (1e-4 relative); sampled ops (p= and
+   count=) with a host generator against the dense estimate that keeps the same entries. Also checks that each result
+   is on the GPU and that a second call synchronises nothing (torch.cuda.set_sync_debug_mode("error"): no .item(),
+   .nonzero() or truth test of a device tensor).
 2. Timing: `python -m bench.run --device cuda --quick` in this process (table, targets, CSV and chart in --out).
 Prints a summary; exit status 1 when a result is wrong or the timing run fails.
 """
@@ -20,33 +22,50 @@ import torch
 import tncompiler
 from bench import run
 from bench.layers import LAYERS, Layer
-from bench.ops import OPS, make_inputs, references, tnc_thunk, tnd_source
+from bench.ops import OPS, Thunk, make_inputs, references, tnc_thunk, tnd_source
 
 __all__ = ["check_layer", "main"]
 
+DTYPES = (torch.float32, torch.float64)
 
-def check_layer(layer: Layer, device: str) -> list[str]:
-    """Failures (as lines of text) of every op of `layer` on `device`; empty when all agree."""
+
+def check_layer(layer: Layer, device: str, dtype: torch.dtype = torch.float32) -> list[str]:
+    """Failures (as lines of text) of every op of `layer` on `device` in `dtype`; empty when all agree."""
     module = tncompiler.load_source(tnd_source(layer), f"{layer.name}.tnd")
-    tensors = make_inputs(layer, device)
+    tensors = {name: t.to(dtype) for name, t in make_inputs(layer, device).items()}
     failures = []
     for op in OPS:
-        tnc = tnc_thunk(module, op, tensors, torch.Generator(device=device).manual_seed(0))
+        tnc = tnc_thunk(module, op, tensors, torch.Generator().manual_seed(0))
         try:
             result = tnc()
             refs = references(layer, op, tensors, tnc_thunk(module, OPS[2], tensors))
             errors = run.check_errors(layer, module, op, tensors, refs)
+            if device.startswith("cuda"):
+                _no_sync(tnc)
         except Exception as error:  # report and go on: one broken op must not hide the others
-            failures.append(f"{layer.name} {op.name}: raised {type(error).__name__}: {error}")
+            failures.append(f"{layer.name} {op.name} {dtype}: raised {type(error).__name__}: {error}")
             continue
-        if result.device.type != torch.device(device).type:
-            failures.append(f"{layer.name} {op.name}: result on {result.device}, not {device}")
+        if result.device.type != torch.device(device).type or result.dtype != dtype:
+            failures.append(
+                f"{layer.name} {op.name}: result {result.dtype} on {result.device}, not {dtype} on {device}"
+            )
         failures += [
-            f"{layer.name} {op.name}: vs {name}: relative error {error:.2e}"
+            f"{layer.name} {op.name} {dtype}: vs {name}: relative error {error:.2e}"
             for name, error in errors.items()
             if not error <= run.TOLERANCE
         ]
     return failures
+
+
+def _no_sync(thunk: Thunk) -> None:
+    """Call `thunk` (already called once: its constants are built) with CUDA's sync debug mode raising on any
+    synchronising call."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        thunk()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,10 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}")
     start, failures = time.perf_counter(), []
     for layer in LAYERS:
-        layer_failures = check_layer(layer, args.device)
+        layer_failures = [line for dtype in DTYPES for line in check_layer(layer, args.device, dtype)]
         print(f"  {layer.name:22} {'ok' if not layer_failures else f'{len(layer_failures)} FAILED'}", flush=True)
         failures += layer_failures
-    checked = len(LAYERS) * len(OPS)
+    checked = len(LAYERS) * len(OPS) * len(DTYPES)
     print(f"correctness: {checked} generated functions checked in {time.perf_counter() - start:.0f} s")
     for line in failures:
         print(f"  !!! {line}")

@@ -51,8 +51,18 @@ class Op:
     name: str
     function: str  # the generated function's name
     target: str  # the reference for the ratio target
-    p: float = 1.0  # keep-probability of a sampled op
+    p: float = 1.0  # keep-probability of a sampled op (for count=, the expected fraction kept)
     index: str = ""  # the sampled index
+    count: bool = False  # sample(..., count=K) with K = round(p |index|): exactly K entries, not each with p
+
+    def budget(self, layer: Layer) -> int:
+        """K of a count= op on `layer`: p of the sampled index's entries, at least one."""
+        size = layer.batch if self.index == "n" else layer.output[0]
+        return max(1, round(self.p * size))
+
+    def sample_text(self, layer: Layer) -> str:
+        """The keyword of the sample() call."""
+        return f"count={self.budget(layer)}" if self.count else f"p={self.p}"
 
 
 OPS: tuple[Op, ...] = (
@@ -66,6 +76,8 @@ OPS: tuple[Op, ...] = (
     Op("sampled_o1_p0.25", "gw_o1_p25", "exact", 0.25, "o1"),
     Op("sampled_n_p0.5", "gw_n_p50", "exact", 0.5, "n"),
     Op("sampled_n_p0.25", "gw_n_p25", "exact", 0.25, "n"),
+    Op("sampled_o1_count0.5", "gw_o1_c50", "exact", 0.5, "o1", count=True),
+    Op("sampled_n_count0.5", "gw_n_c50", "exact", 0.5, "n", count=True),
 )
 
 
@@ -110,7 +122,7 @@ def tnd_source(layer: Layer, kfac_grad: bool = False, open_sizes: str = "") -> s
         "A = kfac(y, w, batch=n)",
         "Ar = kfac(y, w, batch=n, approx=reduce)",
     ]
-    lines += [f"{op.function} = sample(vjp(y, w), index={op.index}, p={op.p})" for op in OPS if op.index]
+    lines += [f"{op.function} = sample(vjp(y, w), index={op.index}, {op.sample_text(layer)})" for op in OPS if op.index]
     if kfac_grad:
         lines += ["B = kfac_grad(y, w, batch=n)", "Br = kfac_grad(y, w, batch=n, approx=reduce)"]
     return "\n".join(lines) + "\n"
@@ -244,13 +256,20 @@ def references(layer: Layer, op: Op, tensors: Tensors, exact: Thunk) -> dict[str
 
 
 def sampled_reference(layer: Layer, op: Op, tensors: Tensors, seed: int) -> torch.Tensor:
-    """The sampled weight VJP recomputed densely: grad_y masked along the sampled axis with the entries that a
-    generator seeded with `seed` keeps (drawn as tnc draws them: rand(size) < p), scaled by 1/p."""
+    """The sampled weight VJP recomputed densely: grad_y masked along the sampled axis with the entries that a host
+    generator seeded with `seed` keeps (drawn as tnc draws them: rand(size) < p, or the first K of randperm(size)),
+    scaled by 1/p or size/K."""
     grad_y = tensors["grad_y"]
     axis = 0 if op.index == "n" else 2
-    generator = torch.Generator(device=grad_y.device).manual_seed(seed)
-    keep = torch.rand(grad_y.shape[axis], generator=generator, device=grad_y.device) < op.p
+    size = grad_y.shape[axis]
+    generator = torch.Generator().manual_seed(seed)
+    if op.count:
+        keep = torch.zeros(size, dtype=torch.bool)
+        keep[torch.randperm(size, generator=generator)[: op.budget(layer)]] = True
+        scale = size / op.budget(layer)
+    else:
+        keep, scale = torch.rand(size, generator=generator) < op.p, 1 / op.p
     shape = [1] * grad_y.dim()
-    shape[axis] = grad_y.shape[axis]
-    masked = grad_y * keep.view(shape).to(grad_y.dtype) / op.p
+    shape[axis] = size
+    masked = grad_y * keep.to(grad_y.device).view(shape).to(grad_y.dtype) * scale
     return native_weight_vjp(layer, tensors["x"], tensors["w"].shape, masked)

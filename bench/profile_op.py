@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.no_code:
         print(function_source(tncompiler.compile_source(source, f"{layer.name}.tnd"), op.function))
     tensors = make_inputs(layer, args.device)
-    tnc = tnc_thunk(module, op, tensors, torch.Generator(device=args.device).manual_seed(0))
+    tnc = tnc_thunk(module, op, tensors, torch.Generator().manual_seed(0))
     thunks = {"tnc": tnc, **references(layer, op, tensors, tnc_thunk(module, OPS[2], tensors))}
     for thunk in thunks.values():
         thunk()  # warm up: builds tnc's cached constants
