@@ -7,20 +7,36 @@ import torch
 __all__ = ['y', 'J', 'diag', 'gn', 'G']
 
 
-# Index patterns and copy tensors, built once per shape, device and dtype, then reused.
-_CONSTANTS = {}
+# Index patterns, copy tensors and fused constants, built once per shape, device and dtype, then reused. The cache
+# keeps the most recently used of them that fit in _CONSTANTS_LIMIT bytes (change it to keep more or fewer); the
+# least recently used go first, and a constant larger than the limit is built anew at each call that needs it.
+_CONSTANTS = {}  # key -> tensor, the least recently used first
+_CONSTANTS_LIMIT = 256 * 2**20
+
+
+def _constant(key, build):
+    """The cached constant of `key`, or build() (kept if it fits, the least recently used making room)."""
+    value = _CONSTANTS.pop(key, None)
+    if value is None:
+        value = build()
+        if value.nbytes > _CONSTANTS_LIMIT:
+            return value
+        held = value.nbytes + sum(t.nbytes for t in list(_CONSTANTS.values()))
+        while held > _CONSTANTS_LIMIT and _CONSTANTS:
+            oldest = _CONSTANTS.pop(next(iter(_CONSTANTS), None), None)
+            held -= 0 if oldest is None else oldest.nbytes
+    _CONSTANTS[key] = value  # the most recently used last
+    return value
 
 
 def _delta(size, legs, device, dtype):
-    """The copy tensor: 1 where all of its `legs` indices (each of `size` entries) are equal."""
-    key = ("delta", size, legs, device, dtype)
-    delta = _CONSTANTS.get(key)
-    if delta is None:
+    """The copy tensor: 1 where all of its `legs` indices (each of `size` entries) are equal (cached)."""
+    def build():
         delta = torch.zeros((size,) * legs, device=device, dtype=dtype)
         diagonal = torch.arange(size, device=device)
         delta[(diagonal,) * legs] = 1
-        _CONSTANTS[key] = delta
-    return delta
+        return delta
+    return _constant(("delta", size, legs, device, dtype), build)
 
 
 def _check_arguments(function, arguments):

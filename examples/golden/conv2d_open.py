@@ -9,21 +9,36 @@ import torch
 __all__ = ['y', 'gx', 'gw', 'Ar']
 
 
-# Index patterns and copy tensors, built once per shape, device and dtype, then reused.
-_CONSTANTS = {}
+# Index patterns, copy tensors and fused constants, built once per shape, device and dtype, then reused. The cache
+# keeps the most recently used of them that fit in _CONSTANTS_LIMIT bytes (change it to keep more or fewer); the
+# least recently used go first, and a constant larger than the limit is built anew at each call that needs it.
+_CONSTANTS = {}  # key -> tensor, the least recently used first
+_CONSTANTS_LIMIT = 256 * 2**20
+
+
+def _constant(key, build):
+    """The cached constant of `key`, or build() (kept if it fits, the least recently used making room)."""
+    value = _CONSTANTS.pop(key, None)
+    if value is None:
+        value = build()
+        if value.nbytes > _CONSTANTS_LIMIT:
+            return value
+        held = value.nbytes + sum(t.nbytes for t in list(_CONSTANTS.values()))
+        while held > _CONSTANTS_LIMIT and _CONSTANTS:
+            oldest = _CONSTANTS.pop(next(iter(_CONSTANTS), None), None)
+            held -= 0 if oldest is None else oldest.nbytes
+    _CONSTANTS[key] = value  # the most recently used last
+    return value
 
 
 def _conv_pattern(I, O, K, stride, pad_left, dilation, device, dtype):
-    """Pi[i, o, k] = 1 iff i = o*stride + k*dilation - pad_left, as a dense (I, O, K) tensor."""
-    key = ("conv", I, O, K, stride, pad_left, dilation, device, dtype)
-    pattern = _CONSTANTS.get(key)
-    if pattern is None:
+    """Pi[i, o, k] = 1 iff i = o*stride + k*dilation - pad_left, as a dense (I, O, K) tensor (cached)."""
+    def build():
         o = torch.arange(O, device=device).view(1, O, 1)
         k = torch.arange(K, device=device).view(1, 1, K)
         i = torch.arange(I, device=device).view(I, 1, 1)
-        pattern = (i == o * stride + k * dilation - pad_left).to(dtype)
-        _CONSTANTS[key] = pattern
-    return pattern
+        return (i == o * stride + k * dilation - pad_left).to(dtype)
+    return _constant(("conv", I, O, K, stride, pad_left, dilation, device, dtype), build)
 
 
 def _window_sum(t, axis, I, O, K, stride, pad_left, dilation):
@@ -57,11 +72,8 @@ def _window_sum(t, axis, I, O, K, stride, pad_left, dilation):
 
 
 def _cached(key, build):
-    """A constant built once per key (function, position, device, dtype), then reused."""
-    value = _CONSTANTS.get(key)
-    if value is None:
-        value = _CONSTANTS[key] = build()
-    return value
+    """A constant built once per key (function, position, device, dtype), then reused while the cache keeps it."""
+    return _constant(key, build)
 
 
 def _check_arguments(function, arguments):

@@ -7,20 +7,35 @@ import torch
 __all__ = ['y', 'top', 'even', 'last', 'gw', 'gw_rows', 'gx', 'gx_crop', 'masked']
 
 
-# Index patterns and copy tensors, built once per shape, device and dtype, then reused.
-_CONSTANTS = {}
+# Index patterns, copy tensors and fused constants, built once per shape, device and dtype, then reused. The cache
+# keeps the most recently used of them that fit in _CONSTANTS_LIMIT bytes (change it to keep more or fewer); the
+# least recently used go first, and a constant larger than the limit is built anew at each call that needs it.
+_CONSTANTS = {}  # key -> tensor, the least recently used first
+_CONSTANTS_LIMIT = 256 * 2**20
+
+
+def _constant(key, build):
+    """The cached constant of `key`, or build() (kept if it fits, the least recently used making room)."""
+    value = _CONSTANTS.pop(key, None)
+    if value is None:
+        value = build()
+        if value.nbytes > _CONSTANTS_LIMIT:
+            return value
+        held = value.nbytes + sum(t.nbytes for t in list(_CONSTANTS.values()))
+        while held > _CONSTANTS_LIMIT and _CONSTANTS:
+            oldest = _CONSTANTS.pop(next(iter(_CONSTANTS), None), None)
+            held -= 0 if oldest is None else oldest.nbytes
+    _CONSTANTS[key] = value  # the most recently used last
+    return value
 
 
 def _select(I, J, start, step, device, dtype):
-    """S[i, j] = 1 iff i = start + j*step: a strided window of an index as a dense (I, J) tensor."""
-    key = ("select", I, J, start, step, device, dtype)
-    select = _CONSTANTS.get(key)
-    if select is None:
+    """S[i, j] = 1 iff i = start + j*step: a strided window of an index as a dense (I, J) tensor (cached)."""
+    def build():
         i = torch.arange(I, device=device).view(I, 1)
         j = torch.arange(J, device=device).view(1, J)
-        select = (i == start + j * step).to(dtype)
-        _CONSTANTS[key] = select
-    return select
+        return (i == start + j * step).to(dtype)
+    return _constant(("select", I, J, start, step, device, dtype), build)
 
 
 def _pad(t, pads):
