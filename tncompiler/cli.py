@@ -67,6 +67,7 @@ def _explain(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     compilation = _compilation(args)
     compilation.check()  # names and call-time sizes: all a function's signature needs, and no code
+    compilation.guard()  # a diagram too large to run is refused here too
     for diagram in compilation.program.diagrams:
         name = compilation.names.functions[diagram.name]
         print(_signature(diagram, name, compilation.bindings[diagram.name].keywords))
@@ -90,6 +91,7 @@ def _signature(diagram: Diagram, name: str, keywords: tuple[sympy.Symbol, ...]) 
 def _dot(args: argparse.Namespace) -> int:
     compilation = _compilation(args)
     compilation.check()  # a file tnc compile refuses is refused here too
+    compilation.guard()
     program = compilation.program
     chosen = [d for d in program.diagrams if args.diagram in (None, d.name)]
     if not chosen:
@@ -145,13 +147,6 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("-o", "--output", type=Path, help="output module (default: FILE.py beside FILE.tnd)")
     compile_.add_argument("--dot", type=Path, metavar="DIR", help="also write one DOT file per diagram and stage")
     compile_.add_argument("--no-rewrite", action="store_true", help="compile the networks as written (no passes)")
-    compile_.add_argument(
-        "--max-memory",
-        type=_size,
-        metavar="SIZE",
-        default=None,
-        help="refuse diagrams that need more (e.g. 4GiB; default: half of this machine's memory)",
-    )
     compile_.set_defaults(run=_compile)
     explain = commands.add_parser("explain", help="rewrites, contraction order, FLOPs, largest intermediate, lowering")
     explain.add_argument("file", type=Path, metavar="FILE.tnd")
@@ -166,6 +161,14 @@ def _parser() -> argparse.ArgumentParser:
     dot.add_argument("--stage", default="built", help="rewrite stage to draw (default: built)")
     dot.add_argument("-o", "--output", type=Path, help="write here instead of printing; .svg/.png/.pdf renders")
     dot.set_defaults(run=_dot)
+    for command in (compile_, explain, check, dot):  # each runs the memory guard
+        command.add_argument(
+            "--max-memory",
+            type=_size,
+            metavar="SIZE",
+            default=None,
+            help="refuse diagrams that need more (e.g. 4GiB; default: half of this machine's memory)",
+        )
     return parser
 
 

@@ -80,6 +80,6 @@ def test_tnc_check_runs_no_schedule_and_no_print(
 ) -> None:
     assert main(["check", str(layer_file)]) == 0
     assert runs["schedule"] == runs["print"] == 0
-    assert runs["names"] == runs["bind"] == 1
+    assert runs["names"] == runs["bind"] == runs["optimise"] == runs["guard"] == 1  # the guard refuses here too
     signatures = [line for line in capsys.readouterr().out.split("\n") if line and not line.startswith(" ")]
     assert len(signatures) == len(DIAGRAMS)

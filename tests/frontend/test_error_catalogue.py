@@ -120,6 +120,16 @@ CATALOGUE = [
           "'q' is not an argument of 'y'; its arguments: x, w", None),
     Entry("unknown-transform", DEFINED + "g = vpj(y, x)\n", 5, 5, "unknown transform 'vpj'",
           "transforms: vjp, jvp", 3),
+    Entry("sample-p-and-count", DEFINED + "g = sample(vjp(y, w), index=i, p=0.5, count=2)\n", 5, 39,
+          "sample() takes p= or count=, not both", "count= keeps exactly count entries", 7),
+    Entry("sample-count-not-whole", DEFINED + "g = sample(vjp(y, w), index=i, count=2.5)\n", 5, 32,
+          "count= takes a whole number of entries, at least 1", None, 9),
+    Entry("sample-count-too-large", DEFINED + "g = sample(vjp(y, w), index=i, count=9)\n", 5, 32,
+          "count=9 is more than the 8 entries of 'i'", "count is at most |i| = 8 (count=8 is exact)", 7),
+    # -- memory -----------------------------------------------------------------------------------------------
+    Entry("over-memory-limit", "index n = 100000, c = 100000, d = 100000\ninput x[n, c]\ninput w[c, d]\n"
+          "y[n, c, d] = x[n, c] * w[c, d]\n", 4, 1, "diagram 'y' needs about 7.1 PiB",
+          "make the sizes smaller, or raise the limit with --max-memory", 30),
     # -- whole files ------------------------------------------------------------------------------------------
     Entry("empty-file", "", 1, 1, "no definitions: the file is empty", "write at least one definition"),
     Entry("only-comments", "# to do\n\n", 1, 1, "no definitions: the file is empty", "write at least one definition"),
@@ -129,9 +139,12 @@ CATALOGUE = [
 IDS = [entry.name for entry in CATALOGUE]
 
 
+LIMIT = 16 * 2**30  # --max-memory for every entry, so that over-memory-limit's report is the same on any machine
+
+
 def error_of(source: str) -> TncError:
     with pytest.raises(TncError) as caught:
-        tncompiler.compile_source(source, "bad.tnd")
+        tncompiler.compile_source(source, "bad.tnd", max_memory=LIMIT)
     return caught.value
 
 
