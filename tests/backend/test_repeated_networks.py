@@ -251,3 +251,23 @@ def test_share_is_a_pure_pass_over_the_diagram() -> None:
     assert simplified.shared == ()  # the input diagram is unchanged
     assert all(isinstance(f, Factor) for f in first.terms[0].factors)
     assert isinstance(first.shared[0].network, Network)
+
+
+def test_only_what_the_function_made_is_squared_in_place() -> None:
+    """J ⊙ J squares the shared J in place (no buffer as large as J); a J that two terms read, and an argument, are
+    squared into new storage, and the arguments are left as they were."""
+    dims, sizes, _ = CASES["2d"]
+    text = ggn_source(dims, sizes) + "\nboth[d, c, k1, k2] = diag[d, c, k1, k2] + diag[d, c, k1, k2] * 2\n"
+    text += "norms[c] = x[n, c, i1, i2] * x[n, c, i1, i2]\n"
+    source = tncompiler.compile_source(text, "ggn.tnd")
+    body = lambda name: source.split(f"\ndef {name}(")[1].split("\ndef ")[0]  # noqa: E731
+    assert "shared1.square_()" in body("diag")
+    assert ".square_()" not in body("both") and ".square_()" not in body("norms")
+    module = _module(text)
+    x, s = _ggn_arguments(dims, sizes)
+    before = x.clone(), s.clone()
+    expected = (per_sample_jacobian(x, s, sizes["d"], sizes["k"]) ** 2).sum((0, 1))
+    assert _error(module.diag(x, s), expected) <= TOLERANCE
+    assert _error(module.both(x, s), 3 * expected) <= TOLERANCE
+    assert _error(module.norms(x), (x**2).sum((0, 2, 3))) <= TOLERANCE
+    assert torch.equal(x, before[0]) and torch.equal(s, before[1])

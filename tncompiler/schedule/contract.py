@@ -85,13 +85,19 @@ def _contract(
     names, legs = list(starts), [f.legs for f in term.factors]
     fresh = scaled = False
     done: dict[Expr, Name] = {}  # a step equal to an earlier one (the two copies of x in KFAC) reuses its result
+    consumed: set[int] = set()
+    made: set[Expr] = set()  # intermediates in new storage (a one-operand step may return a view of an argument)
     for k, step in enumerate(plan.steps):
         last = k == len(plan.steps) - 1
         result_legs = target if last else step.legs
         operands = [names[i] for i in step.operands]
+        consumed.update(step.operands)
+        owned = _owned(ctx, term, names, consumed, step.operands, made)
         value = _window_sum(ctx, term, step, names, legs, result_legs) or pairwise(
-            operands, [legs[i] for i in step.operands], result_legs
+            operands, [legs[i] for i in step.operands], result_legs, owned
         )
+        if owned:  # squared in place: no later step may reuse it as an earlier value
+            done = {earlier: name for earlier, name in done.items() if name != operands[0]}
         if value in done and not last:
             names.append(done[value])
             legs.append(result_legs)
@@ -105,12 +111,33 @@ def _contract(
             new = len(step.operands) == 2
             ctx.emit(Assign(result, value, "contract", f"[{', '.join(result_legs)}]", new, cost, entries))
         fresh = True if gram else len(step.operands) == 2
+        if fresh:
+            made.add(Name(result))
         done.setdefault(value, Name(result))
         names.append(Name(result))
         legs.append(result_legs)
     if not plan.steps:
         return _single(ctx, term, starts, target, var), False
     return fresh, scaled
+
+
+def _owned(
+    ctx: Context, term: Network, names: list[Expr], consumed: set[int], step: tuple[int, ...], made: set[Expr]
+) -> bool:
+    """The step reads one tensor twice (J ⊙ J) that nothing reads after it and that the function made itself: an
+    intermediate of this plan, or a shared sub-network that only this step reads. It may then be squared in place,
+    which saves a buffer as large as J (and the page faults of fresh memory)."""
+    if len(step) != 2 or names[step[0]] != names[step[1]]:
+        return False
+    if any(names[i] == names[step[0]] for i in range(len(names)) if i not in consumed):
+        return False  # read again later
+    factors = [term.factors[i] for i in step if i < len(term.factors)]
+    if not factors:
+        return names[step[0]] in made  # an intermediate this plan wrote
+    if len(factors) != 2 or factors[0].kind != "shared":
+        return False
+    reads = [f for t in ctx.diagram.terms for f in t.factors if f.kind == "shared" and f.name == factors[0].name]
+    return len(reads) == 2
 
 
 def _single(ctx: Context, term: Network, starts: list[Expr], target: tuple[str, ...], var: str) -> bool:
@@ -230,13 +257,13 @@ def tensordot_dims(legs: list[tuple[str, ...]], result: tuple[str, ...]) -> tupl
     return [a.index(leg) for leg in shared], [b.index(leg) for leg in shared]
 
 
-def pairwise(names: list[Expr], legs: list[tuple[str, ...]], result: tuple[str, ...]) -> Expr:
+def pairwise(names: list[Expr], legs: list[tuple[str, ...]], result: tuple[str, ...], owned: bool = False) -> Expr:
     """tensordot where the step is a plain contraction in the natural order, a plain sum, a product of two tensors
-    with the same legs then a sum (J ⊙ J), einsum otherwise."""
+    with the same legs then a sum (J ⊙ J; squared in place where the step `owned` the tensor), einsum otherwise."""
     if len(names) == 1 and _is_sum(legs[0], result):
         return _sum(names[0], legs[0], result)
     if len(names) == 2 and legs[0] == legs[1] and len(set(legs[0])) == len(legs[0]):
-        return _hadamard(names, legs[0], result)
+        return _hadamard(names, legs[0], result, owned)
     dims = tensordot_dims(legs, result)
     if dims is not None:
         spec = Tuple((Tuple(tuple(Lit(d) for d in dims[0])), Tuple(tuple(Lit(d) for d in dims[1]))))
@@ -244,10 +271,11 @@ def pairwise(names: list[Expr], legs: list[tuple[str, ...]], result: tuple[str, 
     return einsum(names, legs, result)
 
 
-def _hadamard(names: list[Expr], legs: tuple[str, ...], result: tuple[str, ...]) -> Expr:
+def _hadamard(names: list[Expr], legs: tuple[str, ...], result: tuple[str, ...], owned: bool) -> Expr:
     """a ⊙ b summed over the legs the result lacks: one product and one reduction, where einsum would lay both
     operands out for a batched matrix product (two copies and a bmm of 1x1 matrices)."""
-    product: Expr = method(names[0], "square") if names[0] == names[1] else BinOp("*", names[0], names[1])
+    square = "square_" if owned else "square"
+    product: Expr = method(names[0], square) if names[0] == names[1] else BinOp("*", names[0], names[1])
     kept = tuple(leg for leg in legs if leg in result)
     value = _sum(product, legs, kept) if kept != legs else product
     if kept != result:
@@ -261,8 +289,8 @@ def step_kind(value: Expr) -> str:
         return f"{step_kind(value.then)} where long, else {step_kind(value.other)}"
     node: Expr = value
     while isinstance(node, Method):
-        if node.name == "square":
-            return "square and sum"
+        if node.name in ("square", "square_"):
+            return "square and sum" + (" (in place)" if node.name == "square_" else "")
         node = node.obj
     if isinstance(node, BinOp):
         return "product and sum"
