@@ -49,6 +49,7 @@ bench: setup  ## benchmarks: tnc vs PyTorch, einconv and unfold-based KFAC (benc
 	$(PY) -m bench.models $(BENCH_ARGS)
 	$(PY) -m bench.calls $(BENCH_ARGS)
 	$(PY) -m bench.curvature $(BENCH_ARGS)
+	$(PY) -m bench.variance $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
