@@ -2,8 +2,6 @@
 
 Generated code: edit the .tnd file and recompile."""
 
-import threading
-
 import torch
 
 __all__ = ['y', 'gw', 'gw_batch', 'y_sampled_autograd']
@@ -26,45 +24,6 @@ def _keep_probability(function, name, p):
         raise ValueError(f"{function}(): keyword {name}= is the probability to keep each entry and must be in (0, 1], "
                          f"got {p}")
     return p
-
-
-def _take(t, axis, index):
-    """t.index_select(axis, index); on the last axis torch.gather, which copies single entries 4x faster."""
-    if axis < t.dim() - 1:
-        return t.index_select(axis, index)
-    return torch.gather(t, axis, index.expand(*t.shape[:-1], -1))
-
-
-# Per-thread buffers for the kernel operands that sampled functions gather anew at each call (see _scratch).
-_SCRATCH = threading.local()
-
-
-def _scratch(key, shape, like):
-    """A buffer of `shape` and like's dtype for a kernel operand that nothing keeps after the call, kept per key and
-    thread for the next call (grown as needed): glibc hands freed multi-MiB blocks back to the system, and fresh
-    memory page-faults, in the copy and in the kernel that reads it (bench/README.md). None off the CPU (other
-    allocators keep their memory), where autograd records the call (out= is not differentiable), and under
-    torch.compile (which plans memory itself; `bool` stands in where torch has no torch.compiler.is_compiling)."""
-    if like.device.type != "cpu" or (like.requires_grad and torch.is_grad_enabled()):
-        return None
-    if getattr(torch.compiler, "is_compiling", bool)():
-        return None
-    size = torch.Size(shape).numel() * like.element_size()
-    buffers = _SCRATCH.__dict__
-    buffer = buffers.get(key)
-    if buffer is None or buffer.numel() < size:
-        buffer = buffers[key] = torch.empty(size, dtype=torch.uint8)
-    return buffer[:size].view(like.dtype).view(shape)
-
-
-def _gathered(key, t, axis, index):
-    """_take(t, axis, index) for a kernel to read, written into _scratch(key, ...) where that gives a buffer."""
-    out = _scratch(key, (*t.shape[:axis], index.numel(), *t.shape[axis + 1:]), t)
-    if out is None:
-        return _take(t, axis, index)
-    if axis < t.dim() - 1:
-        return torch.index_select(t, axis, index, out=out)
-    return torch.gather(t, axis, index.expand(*t.shape[:-1], -1), out=out)
 
 
 def _check_arguments(function, arguments):
@@ -200,10 +159,10 @@ def gw(x, grad_y, *, p=0.5, generator=None):
     # native conv_weight2d on the kept windows of o1' (stride K)
     result_rows1 = (drawn_o1.view(-1, 1) + torch.arange(0, 3, 1, device=drawn_o1.device) - 1).flatten()  # rows read
     result_outside1 = (result_rows1 < 0) | (result_rows1 > 9)  # rows in the padding
-    result_in = _gathered('gw.result_in', x, 2, result_rows1.clamp(0, 9).to(device, non_blocking=True))
+    result_in = x.index_select(2, result_rows1.clamp(0, 9).to(device, non_blocking=True))
     result_in[:, :, :3].masked_fill_(result_outside1[:3].to(device, non_blocking=True).view(-1, 1), 0)
     result_in[:, :, -3:].masked_fill_(result_outside1[-3:].to(device, non_blocking=True).view(-1, 1), 0)
-    grad_y_view = _gathered('gw.grad_y_view.2', grad_y, 2, keep_o1)  # [n, d, o1', o2]
+    grad_y_view = grad_y.index_select(2, keep_o1)  # [n, d, o1', o2]
     if o1_kept:
         result = torch.nn.grad.conv2d_weight(result_in, (4, 3, 3, 3), grad_y_view, stride=(3, 1), padding=(0, 1))
     else:  # no entry kept
@@ -259,8 +218,8 @@ def gw_batch(x, grad_y, *, p=0.25, generator=None):
     keep_n = drawn_n.to(device, non_blocking=True)
     # 1/p(n) * x[n', c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * grad_y[n', d, o1, o2]
     # native conv_weight2d
-    x_view = _gathered('gw_batch.x_view.0', x, 0, keep_n)  # [n', c, i1, i2]
-    grad_y_view = _gathered('gw_batch.grad_y_view.0', grad_y, 0, keep_n)  # [n', d, o1, o2]
+    x_view = x.index_select(0, keep_n)  # [n', c, i1, i2]
+    grad_y_view = grad_y.index_select(0, keep_n)  # [n', d, o1, o2]
     result = torch.nn.grad.conv2d_weight(x_view, (4, 3, 3, 3), grad_y_view, padding=1)
     result.mul_(1 / p)
     return result

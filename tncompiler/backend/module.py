@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import PurePath
 
 from tncompiler.backend.printer import autograd_text, chooser_text, function_text
-from tncompiler.backend.runtime import helper_imports, helper_source
+from tncompiler.backend.runtime import helper_source
 from tncompiler.backend.text import comment_text, docstring_text
 from tncompiler.schedule.autograd import AutogradClass
 from tncompiler.schedule.ops import Function
@@ -25,10 +25,10 @@ def module_text(filename: str, functions: tuple[Function, ...], classes: tuple[A
         'Generated code: edit the .tnd file and recompile."""',
         "",
     ]
-    helpers = set().union(*(f.helpers for f in functions)) if functions else set()
-    standard = sorted(({"functools"} if any(f.choosers for f in functions) else set()) | set(helper_imports(helpers)))
-    imports = [*(f"import {name}" for name in standard), ""] if standard else []
+    choosers = any(f.choosers for f in functions)
+    imports = ["import functools", ""] if choosers else []
     imports += ["import torch", "", f"__all__ = [{', '.join(repr(n) for n in exported)}]"]
+    helpers = set().union(*(f.helpers for f in functions)) if functions else set()
     blocks = []
     for function in functions:
         blocks += [chooser_text(chooser) for chooser in function.choosers]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["HELPERS", "helper_imports", "helper_source"]
+__all__ = ["HELPERS", "helper_source"]
 
 _CONSTANTS = '''
 # Index patterns, copy tensors and fused constants, built once per shape, device and dtype, then reused. The cache
@@ -98,48 +98,6 @@ def _keep_count(function, name, count, index, size):
         raise ValueError(f"{function}(): keyword {name}={count}, but index {index} has {size} entries: "
                          f"keep from 1 to {size} of them")
     return count
-'''
-
-_SCRATCH = """
-# Per-thread buffers for the kernel operands that sampled functions gather anew at each call (see _scratch).
-_SCRATCH = threading.local()
-"""
-
-_SCRATCH_TENSOR = '''
-def _scratch(key, shape, like):
-    """A buffer of `shape` and like's dtype for a kernel operand that nothing keeps after the call, kept per key and
-    thread for the next call (grown as needed): glibc hands freed multi-MiB blocks back to the system, and fresh
-    memory page-faults, in the copy and in the kernel that reads it (bench/README.md). None off the CPU (other
-    allocators keep their memory), where autograd records the call (out= is not differentiable), and under
-    torch.compile (which plans memory itself; `bool` stands in where torch has no torch.compiler.is_compiling)."""
-    if like.device.type != "cpu" or (like.requires_grad and torch.is_grad_enabled()):
-        return None
-    if getattr(torch.compiler, "is_compiling", bool)():
-        return None
-    size = torch.Size(shape).numel() * like.element_size()
-    buffers = _SCRATCH.__dict__
-    buffer = buffers.get(key)
-    if buffer is None or buffer.numel() < size:
-        buffer = buffers[key] = torch.empty(size, dtype=torch.uint8)
-    return buffer[:size].view(like.dtype).view(shape)
-'''
-
-_GATHERED = '''
-def _gathered(key, t, axis, index):
-    """_take(t, axis, index) for a kernel to read, written into _scratch(key, ...) where that gives a buffer."""
-    out = _scratch(key, (*t.shape[:axis], index.numel(), *t.shape[axis + 1:]), t)
-    if out is None:
-        return _take(t, axis, index)
-    if axis < t.dim() - 1:
-        return torch.index_select(t, axis, index, out=out)
-    return torch.gather(t, axis, index.expand(*t.shape[:-1], -1), out=out)
-'''
-
-_ZEROS = '''
-def _zeros(key, shape, like):
-    """like.new_zeros(shape) for a kernel to read, in _scratch(key, ...) where that gives a buffer."""
-    out = _scratch(key, shape, like)
-    return like.new_zeros(shape) if out is None else out.zero_()
 '''
 
 _WINDOW_SUM = '''
@@ -324,10 +282,6 @@ HELPERS = {
     "_keep_count": _KEEP_COUNT,
     "_window_sum": _WINDOW_SUM,
     "_take": _TAKE,
-    "_SCRATCH": _SCRATCH,
-    "_scratch": _SCRATCH_TENSOR,
-    "_gathered": _GATHERED,
-    "_zeros": _ZEROS,
     "_pad": _PAD,
     "_cached": _CACHED,
     "_check_arguments": _CHECK_ARGUMENTS,
@@ -345,11 +299,7 @@ _NEEDS = {
     "_delta": ("_CONSTANTS",),
     "_select": ("_CONSTANTS",),
     "_cached": ("_CONSTANTS",),
-    "_scratch": ("_SCRATCH",),
-    "_gathered": ("_scratch", "_take"),
-    "_zeros": ("_scratch",),
 }
-_IMPORTS = {"_SCRATCH": "threading"}  # standard-library modules a helper needs
 
 
 def _closure(used: set[str]) -> set[str]:
@@ -367,8 +317,3 @@ def helper_source(used: set[str]) -> list[str]:
     """Source blocks of the used helpers and what they need, in a fixed order."""
     closure = _closure(used)
     return [HELPERS[name].strip("\n") for name in HELPERS if name in closure]
-
-
-def helper_imports(used: set[str]) -> list[str]:
-    """The standard-library modules the used helpers import, sorted."""
-    return sorted({_IMPORTS[name] for name in _closure(used) if name in _IMPORTS})

@@ -102,7 +102,7 @@ class _Kernel:
         factor = self.net.factors[position]
         if factor.kind == "input" and factor.view is None and self._layout(factor.name) == axes:
             return Name(self.ctx.args[factor.name])
-        expr, legs = self.operands.of(factor, self.net, kernel=True), factor.legs
+        expr, legs = self.operands.of(factor, self.net), factor.legs
         order = tuple(leg for axis in axes for leg in axis)
         shape = [self.product(axis) for axis in axes]
         if legs == order and [self.leg(x) for x in legs] == shape:
@@ -203,10 +203,11 @@ class _Kernel:
         rows, outside = self.window_rows(axis, p, index)
         dim = Lit(2 + axis)
         clamped = self.on_device(method(rows, "clamp", Lit(0), SizeOf(sympy.sympify(p.in_size) - 1)))
-        target = self.ctx.var(f"{self.var}_in")
-        buffer = Lit(f"{self.ctx.name}.{target}")  # the kernel's operand alone: a buffer reused from call to call
-        self.ctx.emit(Assign(target, call(self.ctx.helper("_gathered"), buffer, data, dim, clamped), "view", "", True))
-        gathered = Name(target)
+        if axis < self.d - 1:
+            value: Expr = method(data, "index_select", dim, clamped)
+        else:  # the last axis: index_select copies single entries slowly
+            value = call(self.ctx.helper("_take"), data, dim, clamped)
+        gathered = self.ctx.assign(f"{self.var}_in", value, "view", "", True)
         if outside is not None:
             self.zero_padding(gathered, axis, p, outside)
         return gathered
@@ -315,12 +316,11 @@ class _Kernel:
         ]
         for axis, index in self.masked.items():
             full[2 + axis] = SizeOf(self.written[axis].out_size)
-            placed = ctx.var(f"{self.var}_grad")
-            buffer = Lit(f"{ctx.name}.{placed}")  # the kernel's operand alone: reused from call to call
-            ctx.emit(Assign(placed, call(ctx.helper("_zeros"), buffer, Tuple(tuple(full)), grad), "view"))
-            copied = method(Name(placed), "index_copy_", Lit(2 + axis), self.keep(index), grad)
-            ctx.emit(Effect(copied, "view", "the kept rows in place, zeros elsewhere"))
-            grad = Name(placed)
+            zeros = method(grad, "new_zeros", Tuple(tuple(full)))
+            note = "the kept rows in place, zeros elsewhere"
+            grad = ctx.assign(
+                f"{self.var}_grad", method(zeros, "index_copy_", Lit(2 + axis), self.keep(index), grad), "view", note
+            )
         weight = [self.product(m.groups + m.other_channels), self.product(m.data_channels)]
         weight += [SizeOf(p.kernel_size) for p in self.conv]
         size = Tuple(tuple(weight))

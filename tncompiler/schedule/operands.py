@@ -88,20 +88,18 @@ class Operands:
         self.made: dict[tuple[object, ...], Expr] = {}
         self.fused: dict[Expr, Expr] = {}
 
-    def of(self, factor: Factor, network: Network, kernel: bool = False) -> Expr:
-        """The factor's tensor; for a `kernel` operand, which nothing keeps after the kernel's call, gathers of
-        sampled entries go into buffers reused from call to call (`_gathered`)."""
+    def of(self, factor: Factor, network: Network) -> Expr:
         sizes = tuple(str(network.size(leg)) for leg in factor.legs)
-        key = (factor.kind, factor.name, factor.pattern, factor.view, sizes, kernel)
+        key = (factor.kind, factor.name, factor.pattern, factor.view, sizes)
         if key not in self.made:
             base = self._base(factor, network)
             if factor.view is None:
                 self.made[key] = base
             else:
-                target = self.ctx.var(f"{factor.name or factor.kind}_view")
-                chain = self.chain(factor, base, target if kernel else None)
-                self.ctx.emit(Assign(target, chain, "view", f"[{', '.join(factor.legs)}]"))
-                self.made[key] = Name(target)
+                note = f"[{', '.join(factor.legs)}]"
+                self.made[key] = self.ctx.assign(
+                    f"{factor.name or factor.kind}_view", self.chain(factor, base), "view", note
+                )
         return self.made[key]
 
     def _base(self, factor: Factor, network: Network) -> Expr:
@@ -152,9 +150,8 @@ class Operands:
             self.fused[product] = Name(var)
         return self.fused[product]
 
-    def chain(self, factor: Factor, base: Expr, buffer: str | None = None) -> Expr:
-        """The factor's view ops as PyTorch views: slicing, reshape, squeeze, windows, gathers (into buffers named
-        after `buffer` where it is given)."""
+    def chain(self, factor: Factor, base: Expr) -> Expr:
+        """The factor's view ops as PyTorch views: slicing, reshape, squeeze, windows, gathers."""
         if factor.view is None:
             return base
         shape: list[Size] = list(factor.view.base)
@@ -163,7 +160,7 @@ class Operands:
         for position, op in enumerate(ops):
             if isinstance(op, WindowOp) and not padded:
                 expr, padded = self._pad_windows(expr, shape, ops, position), True  # every window axis at once
-            expr, shape = self._view(expr, shape, op, buffer)
+            expr, shape = self._view(expr, shape, op)
         return expr
 
     def _pad_windows(self, expr: Expr, shape: list[Size], ops: tuple[ViewOp, ...], first: int) -> Expr:
@@ -183,7 +180,7 @@ class Operands:
             return expr
         return pad(self.ctx, expr, [axes.get(a, (0, 0)) for a in range(min(axes), len(shape))])
 
-    def _view(self, expr: Expr, shape: list[Size], op: ViewOp, buffer: str | None) -> tuple[Expr, list[Size]]:
+    def _view(self, expr: Expr, shape: list[Size], op: ViewOp) -> tuple[Expr, list[Size]]:
         if isinstance(op, SliceOp):
             step = None if op.step == 1 else Lit(op.step)
             bounds = Slice(Lit(op.start), SizeOf(op.stop), step)
@@ -202,9 +199,6 @@ class Operands:
             return _window(expr, shape, op)
         shape[op.axis] = kept_symbol(op.index)
         kept = Name(self.ctx.samplers[op.index])
-        if buffer is not None:  # one buffer per gather: a second gather of the same tensor reads the first's
-            key = Lit(f"{self.ctx.name}.{buffer}.{op.axis}")
-            return call(self.ctx.helper("_gathered"), key, expr, Lit(op.axis), kept), shape
         if op.axis < len(shape) - 1:
             return method(expr, "index_select", Lit(op.axis), kept), shape
         return call(self.ctx.helper("_take"), expr, Lit(op.axis), kept), shape  # index_select is slow on the last axis
