@@ -24,7 +24,7 @@ from torch import Tensor
 
 import tncompiler
 from bench.layers import LAYERS, QUICK, Layer
-from bench.measure import summarize, time_interleaved
+from bench.measure import summarize, time_interleaved, timing_arguments, timing_parser
 from bench.ops import _legs, make_inputs, tnd_source
 
 __all__ = ["bias_source", "main"]
@@ -85,23 +85,11 @@ def with_bias(layer: Layer, args: argparse.Namespace) -> tuple[float, float]:
 
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.calls", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="4 layers, fewer rounds")
-    parser.add_argument("--repeat", type=int, default=None, help="timed rounds (default 15, quick 5)")
-    parser.add_argument("--layers", nargs="*", help="only these layers")
-    parser.add_argument("--statistic", choices=("median", "min"), default="median")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
-    args = parser.parse_args(argv)
-    args.repeat = args.repeat or (5 if args.quick else 15)
-    args.warmup, args.block = (0.05, 0.02) if args.quick else (0.1, 0.05)
-    return args
+    return timing_arguments(timing_parser("bench.calls", __doc__ or "", (15, 5), ((0.1, 0.05), (0.05, 0.02))), argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     print(f"tnc / PyTorch per call, {torch.get_num_threads()} threads")
     errors: list[float] = []
     for label, (ratio, error) in tiny(args).items():

@@ -28,7 +28,7 @@ from torch import Tensor
 
 import tncompiler
 from bench.layers import LAYERS, QUICK, Layer
-from bench.measure import summarize, time_interleaved
+from bench.measure import summarize, time_interleaved, timing_arguments, timing_parser
 from bench.ops import _header, _legs
 
 __all__ = ["curvature_source", "main"]
@@ -124,23 +124,11 @@ def bench_layer(layer: Layer, args: argparse.Namespace) -> dict[str, float]:
 
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.curvature", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="4 layers, fewer rounds")
-    parser.add_argument("--repeat", type=int, default=None, help="timed rounds (default 9, quick 3)")
-    parser.add_argument("--layers", nargs="*", help="only these layers")
-    parser.add_argument("--statistic", choices=("median", "min"), default="median")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
-    args = parser.parse_args(argv)
-    args.repeat = args.repeat or (3 if args.quick else 9)
-    args.warmup, args.block = (0.02, 0.01) if args.quick else (0.05, 0.02)
-    return args
+    return timing_arguments(timing_parser("bench.curvature", __doc__ or "", (9, 3), ((0.05, 0.02), (0.02, 0.01))), argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     layers = [layer for layer in (QUICK if args.quick else LAYERS) if not args.layers or layer.name in args.layers]
     print(f"GGN diagonal and Gram matrix, V = {CLASSES}: {len(layers)} layers, {torch.get_num_threads()} threads")
     print(f"{'layer':24} {'diag/J':>8} {'diag tnc/BackPACK':>18} {'G tnc/BackPACK':>15} {'error':>9}", flush=True)

@@ -17,6 +17,7 @@ counted.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import statistics
@@ -171,3 +172,34 @@ def peak_memory(thunk: Thunk, device: str) -> Memory:
     On CUDA the peak comes from the caching allocator's statistics, the rest from the profiler's memory events."""
     replayed = _replay(_profiled_deltas(thunk, device))
     return replayed._replace(peak=_cuda_peak(thunk)) if device.startswith("cuda") else replayed
+
+
+Times = tuple[float, float]  # warm-up and block, in seconds
+
+
+def timing_parser(
+    module: str, doc: str, rounds: tuple[int, int], times: tuple[Times, Times]
+) -> argparse.ArgumentParser:
+    """The options every suite-wide timing script takes (--quick, --repeat, --layers, --statistic, --clock,
+    --threads); `rounds` and `times` (warm-up and block) are the defaults of a full run and of a quick one."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="4 layers, fewer rounds")
+    parser.add_argument(
+        "--repeat", type=int, default=None, help=f"timed rounds (default {rounds[0]}, quick {rounds[1]})"
+    )
+    parser.add_argument("--layers", nargs="*", help="only these layers")
+    parser.add_argument("--statistic", choices=("median", "min"), default="median")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.set_defaults(rounds=rounds, times=times)
+    return parser
+
+
+def timing_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The parsed options, with the rounds, warm-up and block of a full or a quick run; sets the threads."""
+    args = parser.parse_args(argv)
+    args.repeat = args.repeat or args.rounds[args.quick]
+    args.warmup, args.block = args.times[args.quick]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args

@@ -22,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import tncompiler
 from bench.layers import LAYERS, QUICK, Layer
-from bench.measure import summarize, time_interleaved
+from bench.measure import summarize, time_interleaved, timing_arguments, timing_parser
 from bench.ops import OPS, Op, Tensors, make_inputs, tnc_thunk, tnd_source
 
 __all__ = ["compute_ops", "main"]
@@ -89,27 +89,17 @@ def compare(layer: Layer, ops: Sequence[Op], args: argparse.Namespace) -> list[t
 
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.open_sizes", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="4 layers, fewer rounds")
-    parser.add_argument("--repeat", type=int, default=None, help="timed rounds (default 9, quick 3)")
-    parser.add_argument("--layers", nargs="*", help="only these layers")
+    parser = timing_parser("bench.open_sizes", __doc__ or "", (9, 3), ((0.05, 0.02), (0.02, 0.01)))
     parser.add_argument("--ops", nargs="*", help="only these ops")
-    parser.add_argument("--statistic", choices=("median", "min"), default="median")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
     parser.add_argument("--channels", action="store_true", help="leave the channel sizes open too")
     parser.add_argument("--verbose", "-v", action="store_true")
-    args = parser.parse_args(argv)
+    args = timing_arguments(parser, argv)
     args.open = "channels" if args.channels else "spatial"
-    args.repeat = args.repeat or (3 if args.quick else 9)
-    args.warmup, args.block = (0.02, 0.01) if args.quick else (0.05, 0.02)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     layers = [layer for layer in (QUICK if args.quick else LAYERS) if not args.layers or layer.name in args.layers]
     ops = [op for op in OPS if not args.ops or op.name in args.ops]
     what = f"open {args.open} sizes vs fixed"

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 import tncompiler
 
 __all__ = [
+    "GROUPED_CONV",
+    "GROUPED_LAYER",
     "Conv",
     "NOTHING_OPEN",
     "OPEN_LEVELS",
@@ -145,6 +147,24 @@ class Conv:
         c_in = self.c_in if self.c_in == 1 else self.c_in + channels
         return replace(self, batch=batch, spatial=spatial, c_in=c_in, c_out=self.c_out + channels)
 
+
+
+# The sampling tests' layer: a grouped 2-d convolution with bias and its two VJPs; o1 = (10 + 2 - 3) // 2 + 1 = 5,
+# o2 = 7 - 2 = 5 (dilation 2). GROUPED_CONV: its settings, as F.conv2d takes them.
+GROUPED_LAYER = """
+index n
+index g = 2, c = 2, d = 3
+index i1 = 10, i2 = 7, k1 = 3, k2 = 2
+pattern p1(i1, o1, k1) = conv(stride=2, padding=1)
+pattern p2(i2, o2, k2) = conv(dilation=2)
+input x[n, (g c), i1, i2]
+input w[(g d), c, k1, k2]
+input b[(g d)]
+y[n, (g d), o1, o2] = x[n, (g c), i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[(g d), c, k1, k2] + b[(g d)]
+gw = vjp(y, w)
+gx = vjp(y, x)
+"""
+GROUPED_CONV = {"stride": (2, 1), "padding": (1, 0), "dilation": (1, 2), "groups": 2}
 
 def conv(
     spatial: Sequence[int],

@@ -25,7 +25,6 @@ from tncompiler.ir.values import (
     ConvPattern,
     Factor,
     Fused,
-    GatherOp,
     MergeOp,
     NativeConv,
     Size,
@@ -34,6 +33,7 @@ from tncompiler.ir.values import (
     SqueezeOp,
     ViewOp,
     WindowOp,
+    gathers_last,
     kept_symbol,
     slice_length,
 )
@@ -233,7 +233,7 @@ class _Estimate:
             return _Tensor(entries, factor.legs, strided)
         shape = [self.n(s) for s in factor.view.base]
         strided, padded = False, False
-        ops = _gathers_last(factor.view.ops)
+        ops = gathers_last(factor.view.ops)
         for position, op in enumerate(ops):
             if isinstance(op, WindowOp) and not padded:  # every axis of a run of windows padded at once
                 padded = True
@@ -485,20 +485,6 @@ def _overhang(p: ConvPattern) -> int:
     if not isinstance(p.in_size, int) or not isinstance(p.out_size, int):
         return p.pad_right
     return int(p.last_read()) - (p.in_size - 1)
-
-
-def _gathers_last(ops: tuple[ViewOp, ...]) -> tuple[ViewOp, ...]:
-    """Gathers after the slices of other axes that follow them, as schedule/operands.py orders them."""
-    ordered = list(ops)
-    changed = True
-    while changed:
-        changed = False
-        for k in range(len(ordered) - 1):
-            a, b = ordered[k], ordered[k + 1]
-            if isinstance(a, GatherOp) and isinstance(b, SliceOp) and a.axis != b.axis:
-                ordered[k], ordered[k + 1] = b, a
-                changed = True
-    return tuple(ordered)
 
 
 def _folded_bias(diagram: Diagram) -> int | None:

@@ -12,24 +12,12 @@ import pytest
 import torch
 
 import tncompiler
+from tests.cases import GROUPED_CONV, GROUPED_LAYER
 from tncompiler.errors import TncError
 
 Tensor = torch.Tensor
 
-# A grouped 2-d convolution with bias; o1 = (10 + 2 - 3) // 2 + 1 = 5, o2 = 7 - 2 = 5 (dilation 2).
-HEAD = """
-index n
-index g = 2, c = 2, d = 3
-index i1 = 10, i2 = 7, k1 = 3, k2 = 2
-pattern p1(i1, o1, k1) = conv(stride=2, padding=1)
-pattern p2(i2, o2, k2) = conv(dilation=2)
-input x[n, (g c), i1, i2]
-input w[(g d), c, k1, k2]
-input b[(g d)]
-y[n, (g d), o1, o2] = x[n, (g c), i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[(g d), c, k1, k2] + b[(g d)]
-gw = vjp(y, w)
-gx = vjp(y, x)
-"""
+HEAD = GROUPED_LAYER
 SOURCE = (
     HEAD
     + """
@@ -41,7 +29,7 @@ w_both = sample(sample(gw, index=o1, count=3), index=n, p=0.5)
 w_all = sample(gw, index=o1, count=5)        # every entry: exact
 """
 )
-CONV = {"stride": (2, 1), "padding": (1, 0), "dilation": (1, 2), "groups": 2}
+CONV = GROUPED_CONV
 BATCH = 4
 DRAWS = 3000
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import tncompiler
+from tests.cases import GROUPED_CONV, GROUPED_LAYER
 from tncompiler.errors import TncError
 from tncompiler.ir.network import Diagram
 from tncompiler.ir.values import kept_symbol, p_symbol, size_symbol
@@ -28,20 +29,7 @@ from tncompiler.passes.pipeline import run_pipeline
 
 Tensor = torch.Tensor
 
-# A grouped 2-d convolution with bias; o1 = (10 + 2 - 3) // 2 + 1 = 5, o2 = 7 - 2 = 5 (dilation 2).
-SOURCE = """
-index n
-index g = 2, c = 2, d = 3
-index i1 = 10, i2 = 7, k1 = 3, k2 = 2
-pattern p1(i1, o1, k1) = conv(stride=2, padding=1)
-pattern p2(i2, o2, k2) = conv(dilation=2)
-input x[n, (g c), i1, i2]
-input w[(g d), c, k1, k2]
-input b[(g d)]
-y[n, (g d), o1, o2] = x[n, (g c), i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[(g d), c, k1, k2] + b[(g d)]
-gw = vjp(y, w)
-gx = vjp(y, x)
-
+SOURCE = GROUPED_LAYER + """
 w_o1 = sample(gw, index=o1, p=0.4)            # a spatial index of the weight VJP
 w_n = sample(gw, index=n, p=0.5)              # the batch (sized at call time)
 w_both = sample(sample(gw, index=o1, p=0.5), index=n, p=0.6)
@@ -55,7 +43,7 @@ w_n_exact = sample(gw, index=n, p=1)
 y_c_exact = sample(y, index=c, p=1)
 """
 BATCH = 4
-CONV = {"stride": (2, 1), "padding": (1, 0), "dilation": (1, 2), "groups": 2}
+CONV = GROUPED_CONV
 
 
 @pytest.fixture(autouse=True, scope="module")

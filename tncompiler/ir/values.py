@@ -26,6 +26,7 @@ __all__ = [
     "ViewOp",
     "View",
     "view_shape",
+    "gathers_last",
     "Factor",
     "FACTOR_KINDS",
     "FactorKind",
@@ -203,6 +204,21 @@ class WindowOp:
 
 
 ViewOp = SliceOp | SplitOp | SqueezeOp | MergeOp | GatherOp | WindowOp
+
+
+def gathers_last(ops: tuple[ViewOp, ...]) -> tuple[ViewOp, ...]:
+    """Each gather (a copy) moved after the slices of other axes that follow it (views), so that it copies less: the
+    order the generated code applies a view's ops in (schedule/operands.py), and the memory guard counts."""
+    ordered = list(ops)
+    changed = True
+    while changed:
+        changed = False
+        for k in range(len(ordered) - 1):
+            a, b = ordered[k], ordered[k + 1]
+            if isinstance(a, GatherOp) and isinstance(b, SliceOp) and a.axis != b.axis:
+                ordered[k], ordered[k + 1] = b, a
+                changed = True
+    return tuple(ordered)
 
 
 @dataclass(frozen=True)

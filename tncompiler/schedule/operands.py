@@ -13,7 +13,6 @@ from tncompiler.ir.values import (
     ConvPattern,
     Factor,
     Fused,
-    GatherOp,
     MergeOp,
     Select,
     Size,
@@ -22,6 +21,7 @@ from tncompiler.ir.values import (
     SqueezeOp,
     ViewOp,
     WindowOp,
+    gathers_last,
     kept_symbol,
     slice_length,
 )
@@ -64,20 +64,6 @@ def pad(ctx: Context, expr: Expr, pairs: list[tuple[Size, Size]]) -> Expr:
     if all(isinstance(amount, int) and amount >= 0 for pair in pairs for amount in pair):
         return call("torch.nn.functional.pad", expr, amounts)
     return call(ctx.helper("_pad"), expr, amounts)
-
-
-def _gathers_last(ops: tuple[ViewOp, ...]) -> tuple[ViewOp, ...]:
-    """Move each gather (a copy) after the slices of other axes that follow it (views), so that it copies less."""
-    ordered = list(ops)
-    changed = True
-    while changed:
-        changed = False
-        for k in range(len(ordered) - 1):
-            a, b = ordered[k], ordered[k + 1]
-            if isinstance(a, GatherOp) and isinstance(b, SliceOp) and a.axis != b.axis:
-                ordered[k], ordered[k + 1] = b, a
-                changed = True
-    return tuple(ordered)
 
 
 class Operands:
@@ -156,7 +142,7 @@ class Operands:
             return base
         shape: list[Size] = list(factor.view.base)
         expr, padded = base, False
-        ops = _gathers_last(factor.view.ops)
+        ops = gathers_last(factor.view.ops)
         for position, op in enumerate(ops):
             if isinstance(op, WindowOp) and not padded:
                 expr, padded = self._pad_windows(expr, shape, ops, position), True  # every window axis at once
