@@ -23,7 +23,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("frontend", ("frontend",)),
     ("derive", ("derive",)),
     ("passes", ("passes",)),
-    ("plan", ("order", "guard")),
+    ("plan", ("order", "memory", "guard")),
     ("binding", ("binding",)),
     ("schedule", ("schedule",)),
     ("backend", ("backend",)),
