@@ -89,7 +89,8 @@ class _Scheduler:
         for sampler in self.diagram.samplers:
             host = self._draw(sampler)
             moved = method(Name(host), "to", Name("device"), non_blocking=Lit(True))
-            self.ctx.samplers[sampler.index] = self.ctx.assign(f"keep_{sampler.index}", moved, "draw").id
+            # a view-kind op: dropped where nothing reads the entries on the device (a masked kernel reads the host's)
+            self.ctx.samplers[sampler.index] = self.ctx.assign(f"keep_{sampler.index}", moved, "view").id
             self.ctx.drawn[sampler.index] = host
 
     def _draw(self, sampler: Sampler) -> str:
@@ -102,7 +103,7 @@ class _Scheduler:
             note = f"each entry of {index} kept with probability {keyword}, drawn on the host"
             drawn = ctx.assign(f"drawn_{index}", call(ctx.helper("_keep"), size, Name(keyword), Name("generator")),
                                "draw", note)  # fmt: skip
-            ctx.symbols[kept_symbol(index)] = ctx.assign(f"{index}_kept", method(drawn, "numel"), "draw").id
+            ctx.symbols[kept_symbol(index)] = ctx.assign(f"{index}_kept", method(drawn, "numel"), "view").id
             ctx.symbols[p_symbol(index)] = keyword
             return drawn.id
         checked = call(ctx.helper("_keep_count"), function, Lit(keyword), Name(keyword), Lit(index), size)

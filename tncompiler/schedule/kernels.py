@@ -4,6 +4,8 @@ keyword arguments, defaults left out. Sampled output positions run the kernel on
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import sympy
 
 from tncompiler.ir.network import Network
@@ -96,19 +98,31 @@ class _Kernel:
     def keep(self, index: str) -> Name:
         return Name(self.ctx.samplers[index])
 
-    def arrange(self, suffix: str, position: int, axes: tuple[tuple[str, ...], ...]) -> Expr:
+    def arrange(
+        self, suffix: str, position: int, axes: tuple[tuple[str, ...], ...], whole: dict[str, Size] | None = None
+    ) -> Expr:
         """The factor's tensor with its legs grouped into the kernel's `axes`: the argument itself where it is laid
-        out so, else its legs permuted into order and reshaped (steps that change nothing left out)."""
+        out so, else its legs permuted into order and reshaped (steps that change nothing left out). `whole` maps
+        legs of sampled entries to their full size: their gathers are left out (the caller masks the rows)."""
         factor = self.net.factors[position]
+        if whole and factor.view is not None:
+            ops = tuple(op for op in factor.view.ops if not (isinstance(op, GatherOp) and self._whole(op, whole)))
+            factor = replace(factor, view=replace(factor.view, ops=ops))
         if factor.kind == "input" and factor.view is None and self._layout(factor.name) == axes:
             return Name(self.ctx.args[factor.name])
         expr, legs = self.operands.of(factor, self.net), factor.legs
+        sizes = {leg: sympy.sympify(self.net.size(leg)) for leg in factor.legs} | (whole or {})
+        size = sizes.__getitem__
         order = tuple(leg for axis in axes for leg in axis)
-        shape = [self.product(axis) for axis in axes]
-        if legs == order and [self.leg(x) for x in legs] == shape:
+        shape = [SizeOf(sympy.Mul(*[size(leg) for leg in axis])) for axis in axes]
+        if legs == order and [SizeOf(size(x)) for x in legs] == shape:
             return expr
         value = expr if legs == order else method(expr, "permute", *(Lit(legs.index(leg)) for leg in order))
         return self.ctx.assign(f"{self.var}_{suffix}", method(value, "reshape", *shape), "view")
+
+    def _whole(self, op: GatherOp, whole: dict[str, Size]) -> bool:
+        """The gather keeps the entries of a leg that `whole` restores."""
+        return any(self.patterns[a].legs[1] in whole for a, index in self.masked.items() if index == op.index)
 
     def _layout(self, argument: str) -> tuple[tuple[str, ...], ...]:
         return next(a.layout.axes for a in self.ctx.diagram.arguments if a.name == argument)
@@ -307,20 +321,24 @@ class _Kernel:
             Branch(((kept, tuple(body)),), "kernel", ("else no entry kept: the kernels reject inputs without rows",))
         )
 
+    def row_mask(self, axis: int, index: str, like: Expr) -> Expr:
+        """1 at the kept rows of the output axis `axis`, 0 elsewhere, made where the entries were drawn (the host)
+        and moved without waiting: one pass over grad_y instead of a gather, zeros and a scatter."""
+        drawn = Name(self.ctx.drawn[index])
+        zeros = call("torch.zeros", SizeOf(self.written[axis].out_size), dtype=Attr(like, "dtype"),
+                     device=Attr(drawn, "device"))  # fmt: skip
+        mask = self.ctx.assign(f"{self.var}_mask{axis + 1}", self.on_device(method(zeros, "index_fill_", Lit(0), drawn,
+                               Lit(1))), "view", f"1 at the kept rows of {index}")  # fmt: skip
+        return method(mask, "view", Lit(-1), *(Lit(1),) * (self.d - 1 - axis))
+
     def weight(self, bias: Expr | None) -> tuple[tuple[str, ...], ...]:
         m, ctx = self.m, self.ctx
         data, padding, _ = self.data_input()
-        grad = self.arrange("grad", m.other, _axes(m.batch, m.groups + m.other_channels, self.spatial(1)))
-        full = [self.product(m.batch), self.product(m.groups + m.other_channels)] + [
-            self.leg(x) for x in self.spatial(1)
-        ]
+        whole = {self.patterns[axis].legs[1]: self.written[axis].out_size for axis in self.masked}
+        grad = self.arrange("grad", m.other, _axes(m.batch, m.groups + m.other_channels, self.spatial(1)), whole)
         for axis, index in self.masked.items():
-            full[2 + axis] = SizeOf(self.written[axis].out_size)
-            zeros = method(grad, "new_zeros", Tuple(tuple(full)))
-            note = "the kept rows in place, zeros elsewhere"
-            grad = ctx.assign(
-                f"{self.var}_grad", method(zeros, "index_copy_", Lit(2 + axis), self.keep(index), grad), "view", note
-            )
+            grad = ctx.assign(f"{self.var}_grad", BinOp("*", grad, self.row_mask(axis, index, grad)), "view",
+                              "the dropped rows zeroed")  # fmt: skip
         weight = [self.product(m.groups + m.other_channels), self.product(m.data_channels)]
         weight += [SizeOf(p.kernel_size) for p in self.conv]
         size = Tuple(tuple(weight))
