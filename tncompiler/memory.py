@@ -332,7 +332,7 @@ class _Estimate:
             elif any(p.pad_left < 0 or _overhang(p) > p.pad_left for p in conv):  # padded (or cut) before the call
                 self.memory.keep(data * math.prod(i + max(p.pad_left, 0) + max(_overhang(p), 0)
                                                   for i, p in zip(inputs, conv, strict=True)))  # fmt: skip
-            if m.masked:  # the kept rows of grad_y in place, zeros elsewhere
+            if m.masked:  # grad_y times the mask of the kept rows
                 self.memory.keep(batch * groups * other_channels * math.prod(size(p.out_size) for p in conv))
         if m.role == "forward":
             output = batch * groups * other_channels * math.prod(outputs)

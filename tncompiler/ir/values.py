@@ -322,7 +322,7 @@ class NativeConv:
     data_channels: tuple[str, ...]
     other_channels: tuple[str, ...]
     tiled: tuple[str, ...] = ()  # sampled o legs: the kernel runs on the kept windows, one after the other
-    masked: tuple[str, ...] = ()  # sampled o legs put back in place (zeros elsewhere) for the kernel as written
+    masked: tuple[str, ...] = ()  # sampled o legs whose dropped rows are zeroed, for the kernel as written
 
     def describe(self) -> str:
         call = {"forward": "conv", "transpose": "conv_transpose", "weight": "conv_weight"}[self.role]

@@ -59,7 +59,7 @@ def match_native(net: Network) -> NativeConv | None:
 
 def _depthwise(net: Network, m: NativeConv) -> bool:
     """A depthwise weight gradient is memory-bound, and PyTorch's depthwise kernel is slow at stride K (2.4x per
-    row measured on MobileNetV2's layers): sampled rows go back into place instead of being tiled."""
+    row measured on MobileNetV2's layers): grad_y's dropped rows are zeroed instead of the kept windows tiled."""
     return m.role == "weight" and bool(m.groups) and all(net.size(leg) == 1 for leg in m.data_channels)
 
 

@@ -76,7 +76,7 @@ class _Kernel:
             if isinstance(op, GatherOp)
         }
         # sampled o (lowering decides): axis -> index whose kept windows the kernel reads one after the other
-        # (stride K, no padding), or whose kept rows of grad_y go back into place
+        # (stride K, no padding), or whose dropped rows of grad_y are zeroed (a mask)
         self.tiled = {a: i for a, i in gathered.items() if self.patterns[a].legs[1] in m.tiled}
         self.masked = {a: i for a, i in gathered.items() if self.patterns[a].legs[1] in m.masked}
         self.conv = [
