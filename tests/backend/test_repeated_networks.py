@@ -244,11 +244,11 @@ cross[d, e, k] = J[n, d, c, k] * J[n, e, c, k]
 
 def test_share_is_a_pure_pass_over_the_diagram() -> None:
     compilation = Compilation(build_program(GRAM, "t.tnd"), GRAM, True, None)
-    simplified = {s.name: s for s in compilation.stages["G"]}["simplify"].diagram
-    first, notes = share_common(simplified, True)
-    second, _ = share_common(simplified, True)
+    built = {s.name: s for s in compilation.stages["G"]}["built"].diagram
+    first, notes = share_common(built, True)
+    second, _ = share_common(built, True)
     assert first.terms[0].factors == second.terms[0].factors and notes
-    assert simplified.shared == ()  # the input diagram is unchanged
+    assert built.shared == ()  # the input diagram is unchanged
     assert all(isinstance(f, Factor) for f in first.terms[0].factors)
     assert isinstance(first.shared[0].network, Network)
 

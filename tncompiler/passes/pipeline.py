@@ -37,21 +37,27 @@ def simplify(diagram: Diagram, lint: bool) -> tuple[Diagram, tuple[str, ...]]:
     """Index-pattern simplification on every term; open legs may split only in a one-term diagram that is no
     kernel as written (a kernel's output needs no split: lowering may still prefer the kernel)."""
     notes: list[str] = []
+    check: Callable[[Network], None] | None = Network.lint if lint else None
+
+    def each(term: Network, split: bool) -> tuple[Network, dict[str, tuple[str, ...]]]:
+        kernel = match_native(term) is not None
+        new, changed, splits = simplify_network(term, split and not kernel, check)
+        if changed and kernel:  # lowering may prefer the kernel on the term as written
+            new = Network(new.factors, new.outputs, new.sizes, new.coefficient, Lowering(as_written=term))
+        notes.extend(changed)
+        return new, splits
+
+    shared = tuple(Shared(s.name, each(s.network, False)[0]) for s in diagram.shared)
     terms = []
     layout = diagram.layout
     for term in diagram.terms:
-        check: Callable[[Network], None] | None = Network.lint if lint else None
-        kernel = match_native(term) is not None
-        new, changed, splits = simplify_network(term, len(diagram.terms) == 1 and not kernel, check)
-        if changed and kernel:  # lowering may prefer the kernel on the term as written
-            new = Network(new.factors, new.outputs, new.sizes, new.coefficient, Lowering(as_written=term))
+        new, splits = each(term, len(diagram.terms) == 1)
         terms.append(new)
-        notes += changed
         layout = _split_layout(layout, splits)
     sizes = dict(diagram.sizes)
     for term in terms:
         sizes.update(term.sizes)
-    return replace(diagram, terms=tuple(terms), layout=layout, sizes=sizes), tuple(notes)
+    return replace(diagram, shared=shared, terms=tuple(terms), layout=layout, sizes=sizes), tuple(notes)
 
 
 def per_term(
@@ -82,8 +88,8 @@ def _split_layout(layout: Layout, splits: dict[str, tuple[str, ...]]) -> Layout:
 
 
 PIPELINE: tuple[Pass, ...] = (
-    Pass("simplify", "index patterns become selections, reshapes and slices; copy tensors and unit legs go", simplify),
     Pass("share", "a sub-network a term holds twice (J ⊙ J, a Gram matrix's halves) is computed once", share_common),
+    Pass("simplify", "index patterns become selections, reshapes and slices; copy tensors and unit legs go", simplify),
     Pass(
         "fuse", "groups of constants are contracted once, where that lowers the work per call", per_term(fuse_network)
     ),

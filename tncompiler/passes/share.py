@@ -8,7 +8,9 @@ factor up to a renaming τ of the legs that maps A's own summed legs onto B's. T
 
     Σ Π_A Π_B Π_rest = Σ H[ℓ] · H[τ(ℓ)] · Π_rest,   H[ℓ] = Σ_{A's own legs} Π_A
 
-and H, computed once (by a kernel where it is one: J is a convolution's weight gradient), is read twice."""
+and H, computed once (by a kernel where it is one: J is a convolution's weight gradient), is read twice. The pass runs
+first, on the diagram as built, so that simplify sees each shared sub-network as written and lowering can still pick
+J's own kernel for it (a K = S layer's J would otherwise be a reshape and a GEMM)."""
 
 from __future__ import annotations
 
