@@ -28,7 +28,7 @@ from tncompiler.model.distributed import all_reduce_sums, process_group_of, unwr
 from tncompiler.model.layers import LayerSpec, compile_layer, spec_of, supported_layers, weight_of, with_sizes
 from tncompiler.model.losses import FISHERS, Fisher, LossSpec, cotangents, loss_spec
 
-__all__ = ["Approx", "FactorLayer", "Sums", "check_options", "kfac_factors"]
+__all__ = ["Approx", "FactorLayer", "LayerCall", "Sums", "check_options", "kfac_factors"]
 
 Approx = Literal["expand", "reduce"]
 Tensor = torch.Tensor
@@ -194,20 +194,22 @@ def check_options(approx: str, fisher: str, mc_samples: int) -> None:
 
 
 @dataclass
-class _Call:
-    """One call of a layer in a forward pass: its input, its output's shape and the gradient edge of its output."""
+class LayerCall:
+    """One call of a layer in a forward pass: its input, its output's shape and the gradient edge of its output;
+    `gradients` collects the gradients that reach that output (the preconditioner records them as they come)."""
 
     layer: FactorLayer
     x: Tensor
     output_shape: torch.Size
     edge: GradientEdge
+    gradients: list[Tensor] = field(default_factory=list)
 
 
 class Recorder:
     """Forward hooks that record each call of the layers; a removable context manager."""
 
     def __init__(self, layers: Sequence[FactorLayer]) -> None:
-        self.calls: list[_Call] = []
+        self.calls: list[LayerCall] = []
         self._handles = [layer.module.register_forward_hook(self._hook(layer)) for layer in layers]
 
     def _hook(self, layer: FactorLayer) -> Any:
@@ -217,7 +219,7 @@ class Recorder:
                     f"tncompiler: the output of layer {layer.name!r} does not require grad, so no gradient reaches it "
                     "(run the model with gradients enabled and the layer's weight trainable)"
                 )
-            self.calls.append(_Call(layer, args[0].detach(), output.shape, get_gradient_edge(output)))
+            self.calls.append(LayerCall(layer, args[0].detach(), output.shape, get_gradient_edge(output)))
 
         return record
 
@@ -234,7 +236,7 @@ class Recorder:
 
 def accumulate(
     sums: Sums,
-    calls: Sequence[_Call],
+    calls: Sequence[LayerCall],
     output: Tensor,
     target: Tensor | None,
     spec: LossSpec,

@@ -20,10 +20,10 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.autograd.graph import GradientEdge, get_gradient_edge
+from torch.autograd.graph import get_gradient_edge
 
 from tncompiler.model.distributed import process_group_of, unwrap
-from tncompiler.model.factors import Approx, FactorLayer, Sums, backpropagate, check_options, factor_layers
+from tncompiler.model.factors import Approx, FactorLayer, LayerCall, Sums, backpropagate, check_options, factor_layers
 from tncompiler.model.layers import LayerSpec, bias_of, weight_of
 from tncompiler.model.losses import Fisher, cotangents, loss_spec
 
@@ -34,19 +34,10 @@ Tensor = torch.Tensor
 
 
 @dataclass
-class _Call:
-    layer: FactorLayer
-    x: Tensor
-    output_shape: torch.Size
-    edge: GradientEdge
-    gradients: list[Tensor] = field(default_factory=list)
-
-
-@dataclass
 class _Forward:
     """The calls of one recorded forward pass; `scale` turns the loss's output gradient into the summed loss's."""
 
-    calls: list[_Call] = field(default_factory=list)
+    calls: list[LayerCall] = field(default_factory=list)
     examples: int = 0
     terms: int = 0
     scale: float = 1.0
@@ -120,7 +111,7 @@ class KFAC:
             forward = self._current
             if forward is None or not output.requires_grad:
                 return
-            call = _Call(layer, args[0].detach(), output.shape, get_gradient_edge(output))
+            call = LayerCall(layer, args[0].detach(), output.shape, get_gradient_edge(output))
             forward.calls.append(call)
             if self.fisher == "empirical":  # a tensor hook sees the gradient even if an in-place op follows
                 output.register_hook(lambda gradient: call.gradients.append(gradient.detach()))  # type: ignore[no-untyped-call]
