@@ -11,7 +11,6 @@ import functools
 import inspect
 import math
 import types
-from collections.abc import Iterator
 
 import pytest
 import sympy
@@ -46,13 +45,7 @@ BATCH = 4
 CONV = GROUPED_CONV
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """The tensors are tiny and the draws many: one thread avoids thread start-up and contention costs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
