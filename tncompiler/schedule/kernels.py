@@ -95,9 +95,6 @@ class _Kernel:
     def spatial(self, position: int) -> tuple[str, ...]:
         return tuple(p.legs[position] for p in self.patterns)
 
-    def keep(self, index: str) -> Name:
-        return Name(self.ctx.samplers[index])
-
     def arrange(
         self, suffix: str, position: int, axes: tuple[tuple[str, ...], ...], whole: dict[str, Size] | None = None
     ) -> Expr:
@@ -174,9 +171,10 @@ class _Kernel:
             data = ctx.assign(f"{self.var}_in", Index(data, (_ALL, _ALL, *ends)), "view", "rows no window reaches")
         return data, padding, extra
 
-    def window_rows(self, axis: int, p: ConvPattern, index: str) -> tuple[Name, Name | None]:
-        """The rows of the input that each kept window reads (K per window, one window after the other) and which
-        of them lie in the padding (None: none can), computed where the entries were drawn (the host)."""
+    def window_rows(self, axis: int, p: ConvPattern, index: str) -> tuple[Expr, Name | None]:
+        """The rows of the input that each kept window reads (K per window, one window after the other), clamped
+        into the input and moved to the arguments' device, and which of them lie in the padding (None: none can);
+        computed where the entries were drawn (the host)."""
         drawn = Name(self.ctx.drawn[index])
         taps = call(
             "torch.arange", Lit(0), Lit(p.kernel_size * p.dilation), Lit(p.dilation), device=Attr(drawn, "device")
@@ -188,10 +186,12 @@ class _Kernel:
         if p.pad_left:
             rows_value = BinOp("-", rows_value, Lit(p.pad_left))
         rows = self.ctx.assign(f"{self.var}_rows{axis + 1}", method(rows_value, "flatten"), "view", "rows read")
+        last = SizeOf(sympy.sympify(p.in_size) - 1)
+        clamped = self.on_device(method(rows, "clamp", Lit(0), last))
         if not _reads_padding(p):
-            return rows, None
-        outside = BinOp("|", BinOp("<", rows, Lit(0)), BinOp(">", rows, SizeOf(sympy.sympify(p.in_size) - 1)))
-        return rows, self.ctx.assign(f"{self.var}_outside{axis + 1}", outside, "view", "rows in the padding")
+            return clamped, None
+        outside = BinOp("|", BinOp("<", rows, Lit(0)), BinOp(">", rows, last))
+        return clamped, self.ctx.assign(f"{self.var}_outside{axis + 1}", outside, "view", "rows in the padding")
 
     def on_device(self, value: Expr) -> Expr:
         """A tensor computed on the host, moved to the arguments' device without waiting."""
@@ -214,9 +214,8 @@ class _Kernel:
     def gather_windows(self, data: Expr, axis: int, p: ConvPattern, index: str) -> Expr:
         """Sampled output positions: the kernel (stride K, no padding) reads exactly the kept windows of the
         gathered rows. Rows in the padding are zeroed."""
-        rows, outside = self.window_rows(axis, p, index)
+        clamped, outside = self.window_rows(axis, p, index)
         dim = Lit(2 + axis)
-        clamped = self.on_device(method(rows, "clamp", Lit(0), SizeOf(sympy.sympify(p.in_size) - 1)))
         if axis < self.d - 1:
             value: Expr = method(data, "index_select", dim, clamped)
         else:  # the last axis: index_select copies single entries slowly
@@ -307,10 +306,9 @@ class _Kernel:
         with ctx.block() as body:
             for op in ops:
                 ctx.emit(op)
-            rows, outside = self.window_rows(axis, p, index)
+            clamped, outside = self.window_rows(axis, p, index)
             if outside is not None:
                 self.zero_padding(Name(out), axis, p, outside)
-            clamped = self.on_device(method(rows, "clamp", Lit(0), SizeOf(sympy.sympify(p.in_size) - 1)))
             ctx.emit(Effect(method(Name(var), "index_add_", Lit(2 + axis), clamped, Name(out)), "kernel"))
         if index in ctx.fixed:
             for op in body:
