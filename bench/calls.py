@@ -25,7 +25,7 @@ from torch import Tensor
 import tncompiler
 from bench.layers import LAYERS, QUICK, Layer
 from bench.measure import summarize, time_interleaved, timing_arguments, timing_parser
-from bench.ops import _legs, make_inputs, tnd_source
+from bench.ops import legs, make_inputs, tnd_source
 
 __all__ = ["bias_source", "main"]
 
@@ -44,7 +44,7 @@ y[n, d, o1, o2] = x[n, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[d, c, k1
 def bias_source(layer: Layer) -> str:
     """The suite's file for `layer` with a bias `b` and the forward pass with it, `yb`."""
     cout = "(g d)" if layer.groups > 1 else "d"
-    o = ", ".join(_legs("o", layer.dims))
+    o = ", ".join(legs("o", layer.dims))
     return tnd_source(layer) + f"input b[{cout}]\nyb[n, {cout}, {o}] = y[n, {cout}, {o}] + b[{cout}]\n"
 
 

@@ -29,7 +29,7 @@ from torch import Tensor
 import tncompiler
 from bench.layers import LAYERS, QUICK, Layer
 from bench.measure import summarize, time_interleaved, timing_arguments, timing_parser
-from bench.ops import _header, _legs
+from bench.ops import header, legs
 
 __all__ = ["curvature_source", "main"]
 
@@ -40,11 +40,11 @@ TARGET = 1.3  # diag / J
 
 def curvature_source(layer: Layer) -> str:
     """J, its GGN diagonal, the per-sample gradients and their Gram matrix for `layer`."""
-    i, o, k = (", ".join(_legs(prefix, layer.dims)) for prefix in "iok")
+    i, o, k = (", ".join(legs(prefix, layer.dims)) for prefix in "iok")
     cin, cout = ("(g c)", "(g d)") if layer.groups > 1 else ("c", "d")
     grouped = "g, d" if layer.groups > 1 else "d"
     patterns = " * ".join(f"p{a}(i{a}, o{a}, k{a})" for a in range(1, layer.dims + 1))
-    lines = _header(layer) + [
+    lines = header(layer) + [
         f"index v = {CLASSES}",
         "index m = n",
         f"input x[n, {cin}, {i}]",

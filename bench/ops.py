@@ -38,7 +38,18 @@ from einconv.expressions import (
 
 from bench.layers import Layer
 
-__all__ = ["OPS", "Op", "Thunk", "make_inputs", "references", "sampled_reference", "tnc_thunk", "tnd_source"]
+__all__ = [
+    "OPS",
+    "Op",
+    "Thunk",
+    "header",
+    "legs",
+    "make_inputs",
+    "references",
+    "sampled_reference",
+    "tnc_thunk",
+    "tnd_source",
+]
 
 Thunk = Callable[[], torch.Tensor]
 Tensors = dict[str, torch.Tensor]
@@ -84,19 +95,19 @@ OPS: tuple[Op, ...] = (
 # --- the .tnd text ---------------------------------------------------------------------------------------------------
 
 
-def _legs(prefix: str, dims: int) -> list[str]:
+def legs(prefix: str, dims: int) -> list[str]:
     return [f"{prefix}{axis + 1}" for axis in range(dims)]
 
 
-def _header(layer: Layer, open_sizes: str = "") -> list[str]:
+def header(layer: Layer, open_sizes: str = "") -> list[str]:
     """Index and pattern declarations; `open_sizes` "spatial" leaves the spatial sizes open too (bound from the
     arguments at call time), "channels" the channel and spatial sizes: only groups and kernel sizes stay."""
     lines = [f"# {layer.name}: {layer.origin}", "index n"]
     c_in, c_out = layer.c_in // layer.groups, layer.c_out // layer.groups
     c, d = ("c", "d") if open_sizes == "channels" else (f"c = {c_in}", f"d = {c_out}")
     lines.append(f"index g = {layer.groups}, {c}, {d}" if layer.groups > 1 else f"index {c}, {d}")
-    sizes = [i if open_sizes else f"{i} = {size}" for i, size in zip(_legs("i", layer.dims), layer.size)]
-    sizes += [f"{k} = {size}" for k, size in zip(_legs("k", layer.dims), layer.kernel)]
+    sizes = [i if open_sizes else f"{i} = {size}" for i, size in zip(legs("i", layer.dims), layer.size)]
+    sizes += [f"{k} = {size}" for k, size in zip(legs("k", layer.dims), layer.kernel)]
     lines.append("index " + ", ".join(sizes))
     for axis in range(layer.dims):
         hyper = f"stride={layer.stride[axis]}, padding={layer.padding[axis]}, dilation={layer.dilation[axis]}"
@@ -107,18 +118,18 @@ def _header(layer: Layer, open_sizes: str = "") -> list[str]:
 def tnd_source(layer: Layer, kfac_grad: bool = False, open_sizes: str = "") -> str:
     """The `.tnd` file with every benchmarked operation for `layer` (and the output-gradient factors if asked);
     `open_sizes` ("spatial" or "channels") leaves more sizes open, as a file written for every input size would."""
-    i, o, k = (", ".join(_legs(prefix, layer.dims)) for prefix in "iok")
+    i, o, k = (", ".join(legs(prefix, layer.dims)) for prefix in "iok")
     cin, cout = ("(g c)", "(g d)") if layer.groups > 1 else ("c", "d")
     x, w = f"x[n, {cin}, {i}]", f"w[{cout}, c, {k}]"
     patterns = " * ".join(f"p{a}(i{a}, o{a}, k{a})" for a in range(1, layer.dims + 1))
-    rows = ("(g c " if layer.groups > 1 else "(c ") + " ".join(_legs("k", layer.dims)) + ")"
-    lines = _header(layer, open_sizes) + [
+    rows = ("(g c " if layer.groups > 1 else "(c ") + " ".join(legs("k", layer.dims)) + ")"
+    lines = header(layer, open_sizes) + [
         f"input {x}",
         f"input {w}",
         f"y[n, {cout}, {o}] = {x} * {patterns} * {w}",
         "gx = vjp(y, x)",
         "gw = vjp(y, w)",
-        f"u[n, {rows}, ({' '.join(_legs('o', layer.dims))})] = {x} * {patterns}",
+        f"u[n, {rows}, ({' '.join(legs('o', layer.dims))})] = {x} * {patterns}",
         "A = kfac(y, w, batch=n)",
         "Ar = kfac(y, w, batch=n, approx=reduce)",
     ]
