@@ -39,6 +39,7 @@ __all__ = [
     "Function",
     "Chooser",
     "names_in",
+    "reads",
     "walk",
     "call",
     "method",
@@ -264,3 +265,17 @@ def names_in(expr: Expr | None, symbols: Mapping[sympy.Symbol, str]) -> set[str]
         elif isinstance(node, SizeOf) and isinstance(node.expr, sympy.Expr):
             found |= {symbols[s] for s in node.expr.free_symbols if s in symbols}
     return found
+
+
+def reads(op: Op, symbols: Mapping[sympy.Symbol, str]) -> set[str]:
+    """The names an op reads (a branch: its tests and its arms)."""
+    if isinstance(op, Assign | Effect | Return):
+        return names_in(op.value, symbols)
+    if isinstance(op, Branch):
+        found: set[str] = set()
+        for test, body in op.arms:
+            found |= names_in(test, symbols)
+            for inner in body:
+                found |= reads(inner, symbols)
+        return found
+    return set()

@@ -11,20 +11,20 @@ from typing import Any
 import sympy
 
 from tncompiler.rewrite import Rewrite, Rule, fixpoint
+from tncompiler.schedule.aliasing import settle, written
 from tncompiler.schedule.ops import (
     Assign,
     Attr,
     Branch,
-    Effect,
     Expr,
     Function,
     Index,
     Method,
     Name,
     Op,
-    Return,
     SizeOf,
     names_in,
+    reads,
 )
 
 __all__ = ["PEEPHOLE", "tidy"]
@@ -34,34 +34,23 @@ Ops = tuple[Op, ...]
 
 @dataclass(frozen=True)
 class Scope:
-    """What the rules need to know beyond a block's ops: the names read after it, the size variables, and how often
-    each name is assigned in the whole function (only names assigned once are renamed or dropped)."""
+    """What the rules need to know beyond a block's ops: the names read after it, the size variables, how often
+    each name is assigned in the whole function (only names assigned once are renamed or dropped), and the names
+    some op writes in place (their contents change without an assignment)."""
 
     after: frozenset[str]
     symbols: Mapping[sympy.Symbol, str]
     counts: Mapping[str, int]
     params: frozenset[str]
+    mutated: frozenset[str] = frozenset()
 
     def single(self, name: str) -> bool:
         return self.counts.get(name, 0) == 1 and name not in self.symbols.values()
 
     def stable(self, name: str) -> bool:
-        """Never reassigned: a parameter, or a name assigned once."""
-        return name in self.params or self.counts.get(name, 0) <= 1
-
-
-def reads(op: Op, symbols: Mapping[sympy.Symbol, str]) -> set[str]:
-    """The names an op reads (a branch: its tests and its arms)."""
-    if isinstance(op, Assign | Effect | Return):
-        return names_in(op.value, symbols)
-    if isinstance(op, Branch):
-        found: set[str] = set()
-        for test, body in op.arms:
-            found |= names_in(test, symbols)
-            for inner in body:
-                found |= reads(inner, symbols)
-        return found
-    return set()
+        """Holds one value throughout: never reassigned (a parameter, or a name assigned once) and never written in
+        place."""
+        return (name in self.params or self.counts.get(name, 0) <= 1) and name not in self.mutated
 
 
 def _assigned(ops: Ops) -> dict[str, int]:
@@ -89,16 +78,19 @@ def _substitute(value: Any, names: Mapping[str, Expr]) -> Any:
 
 
 def common(ops: Ops, position: int, scope: Scope) -> Rewrite[Ops] | None:
-    """u = E; ...; v = E (every name in E never reassigned) -> v = u: equal values computed once."""
+    """u = E; ...; v = E (every name in E, u and v never reassigned nor written in place) -> v = u: equal values
+    computed once. A value written in place (a term scaled by its coefficient) is no longer E after the write, and
+    an alias of it would carry a later write of either name into the other."""
     seen: dict[Expr, str] = {}
     result, changed = [], []
     for op in ops:
         if isinstance(op, Assign) and op.kind in ("view", "contract", "constant", "kernel"):
             stable = all(scope.stable(name) for name in names_in(op.value, scope.symbols))
-            if stable and not isinstance(op.value, Name) and op.value in seen:
+            merge = stable and op.target not in scope.mutated and not isinstance(op.value, Name)
+            if merge and op.value in seen:
                 op = replace(op, value=Name(seen[op.value]), kind="view", note="", cost=None)
                 changed.append(op.target)
-            elif stable and scope.single(op.target):
+            elif stable and scope.single(op.target) and op.target not in scope.mutated:
                 seen.setdefault(op.value, op.target)
         result.append(op)
     return Rewrite(tuple(result), f"common: {', '.join(changed)}") if changed else None
@@ -204,6 +196,7 @@ def _block(ops: Ops, scope: Scope) -> Ops:
 
 
 def tidy(function: Function) -> Function:
-    """The function with the peephole rules applied everywhere."""
-    scope = Scope(frozenset(), function.symbols, _assigned(function.body), frozenset(function.params))
-    return replace(function, body=_block(function.body, scope))
+    """The function with the peephole rules applied everywhere, then the aliasing rule on its in-place writes."""
+    body = function.body
+    scope = Scope(frozenset(), function.symbols, _assigned(body), frozenset(function.params), written(body))
+    return settle(replace(function, body=_block(body, scope)))
