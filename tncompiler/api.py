@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import types
 from pathlib import Path
 
@@ -10,10 +11,11 @@ from tncompiler.derive.autograd import with_autograd
 from tncompiler.derive.calls import derive_call
 from tncompiler.dot import program_svg
 from tncompiler.driver import Compilation
-from tncompiler.errors import Span, TncError
+from tncompiler.errors import Span, TncError, escape_name
 from tncompiler.frontend.parse import parse, require_definitions
 from tncompiler.frontend.resolve import resolve
 from tncompiler.ir.network import Program
+from tncompiler.output import file_kind
 
 __all__ = [
     "build_program",
@@ -31,16 +33,23 @@ MAX_SOURCE_BYTES = 10 * 2**20
 
 
 def read_source(path: str | Path) -> str:
-    """Read a `.tnd` file as UTF-8 text (a byte-order mark is dropped), with a `TncError` for what is not one."""
+    """Read a `.tnd` file as UTF-8 text (a byte-order mark is dropped), with a `TncError` for what is not one.
+
+    Only a regular file is read: a FIFO would block until something writes to it, a device may never end, and a
+    folder has no text; each is refused before it is opened (and checked again once open, in case it changed).
+    """
     path = Path(path)
     try:
-        with path.open("rb") as stream:
-            size = os.fstat(stream.fileno()).st_size
-            if size > MAX_SOURCE_BYTES:
-                raise _too_large(path, size)
+        _require_regular(path, os.stat(path).st_mode)
+        with os.fdopen(_open_without_blocking(path), "rb") as stream:
+            info = os.fstat(stream.fileno())
+            _require_regular(path, info.st_mode)
+            if info.st_size > MAX_SOURCE_BYTES:
+                raise _too_large(path, info.st_size)
             data = stream.read(MAX_SOURCE_BYTES + 1)  # never more, whatever the file claims to be
     except OSError as error:
-        raise TncError(f"cannot read {path}: {error.strerror or error}").located(str(path), "") from None
+        message = f"cannot read {escape_name(path)}: {error.strerror or error}"
+        raise TncError(message).located(str(path), "") from None
     if len(data) > MAX_SOURCE_BYTES:
         raise _too_large(path, len(data))
     if b"\x00" in data:
@@ -51,6 +60,24 @@ def read_source(path: str | Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise _not_utf8(path, data, error.start) from None
+
+
+def _open_without_blocking(path: Path) -> int:
+    """A descriptor for reading `path`; O_NONBLOCK, so that a FIFO put there since the check cannot hang the open.
+
+    On a regular file the flag changes nothing: the kernel never makes a read of one wait.
+    """
+    return os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+
+
+def _require_regular(path: Path, mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    hint = "give the path of a .tnd file"
+    if not stat.S_ISDIR(mode):
+        hint += "; to compile text from a pipe or a device, save it to a file first"
+    message = f"cannot read {escape_name(path)}: it is {file_kind(mode)}, not a regular file"
+    raise TncError(message, hint=hint).located(str(path), "")
 
 
 def _not_utf8(path: Path, data: bytes, start: int) -> TncError:

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+import threading
+import types
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import sympy
 
 from tncompiler.api import build_program, read_source
 from tncompiler.dot import diagram_dot
 from tncompiler.driver import Compilation
-from tncompiler.errors import TncError
+from tncompiler.errors import TncError, escape_name, escape_text
 from tncompiler.explain import explain
 from tncompiler.guard import parse_size
 from tncompiler.ir.network import Diagram
-from tncompiler.output import write_files
+from tncompiler.output import output_path, write_files
 
 __all__ = ["main"]
 
@@ -44,11 +49,13 @@ def _compile(args: argparse.Namespace) -> int:
     compilation = _compilation(args)
     code = compilation.text
     dots = _dot_files(compilation) if args.dot else {}
-    output = args.output or Path(args.file).with_suffix(".py")
+    default = Path(args.file).with_suffix(".py")
+    output = default if args.output is None else output_path(args.output, default.name)  # `-o DIR/`: DIR/NAME.py
     files: list[tuple[Path, str | bytes]] = [(output, code)]
     files += [(args.dot / name, text) for name, text in dots.items()]
     write_files(files, source=args.file)  # the module and every DOT file, or nothing
-    print(f"wrote {output}" + (f" and {len(dots)} DOT files in {args.dot}" if dots else ""), file=sys.stderr)
+    in_dot = f" and {len(dots)} DOT files in {escape_name(args.dot)}" if dots else ""
+    print(f"wrote {escape_name(output)}{in_dot}", file=sys.stderr)
     return 0
 
 
@@ -139,12 +146,23 @@ def _render(text: str, output: Path) -> bytes:
     return done.stdout
 
 
+def _cache_clear(args: argparse.Namespace) -> int:
+    from tncompiler.model.cache import cache_dir, clear_cache  # the model package imports torch: only when asked
+
+    removed, folder = clear_cache(), cache_dir()
+    where = f" from {folder}" if folder is not None else " (the disk cache is off: TNC_CACHE_DIR=off)"
+    print(f"removed {removed} cache entr{'y' if removed == 1 else 'ies'}{where}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tnc", description="Compile tensor-network diagrams (.tnd) to PyTorch.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     compile_ = commands.add_parser("compile", help="write the Python module of a .tnd file")
     compile_.add_argument("file", type=Path, metavar="FILE.tnd")
-    compile_.add_argument("-o", "--output", type=Path, help="output module (default: FILE.py beside FILE.tnd)")
+    compile_.add_argument(  # a string: Path() would drop the trailing `/` that marks a folder
+        "-o", "--output", help="output module, or a folder to write FILE.py in (default: FILE.py beside FILE.tnd)"
+    )
     compile_.add_argument("--dot", type=Path, metavar="DIR", help="also write one DOT file per diagram and stage")
     compile_.add_argument("--no-rewrite", action="store_true", help="compile the networks as written (no passes)")
     compile_.set_defaults(run=_compile)
@@ -161,6 +179,9 @@ def _parser() -> argparse.ArgumentParser:
     dot.add_argument("--stage", default="built", help="rewrite stage to draw (default: built)")
     dot.add_argument("-o", "--output", type=Path, help="write here instead of printing; .svg/.png/.pdf renders")
     dot.set_defaults(run=_dot)
+    cache = commands.add_parser("cache", help="manage the disk cache of compiled layers ($TNC_CACHE_DIR)")
+    cache_commands = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    cache_commands.add_parser("clear", help="delete every compiled layer in the cache").set_defaults(run=_cache_clear)
     for command in (compile_, explain, check, dot):  # each runs the memory guard
         command.add_argument(
             "--max-memory",
@@ -176,13 +197,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `tnc`; errors in the input are reported as FILE:LINE:COL with exit status 1."""
     args = _parser().parse_args(argv)
     try:
-        status: int = args.run(args)
+        with _termination_unwinds():
+            status: int = args.run(args)
         return status
     except TncError as error:  # one not about a line of the file (an output, Graphviz) is reported at the file
         print(error.located(str(args.file), ""), file=sys.stderr)
         return 1
     except OSError as error:
-        print(f"tnc: error: {error}", file=sys.stderr)
+        print(f"tnc: error: {escape_text(str(error))}", file=sys.stderr)
         return 1
     except RecursionError:
         print("tnc: error: the input is nested too deeply", file=sys.stderr)
@@ -191,12 +213,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("TNC_DEBUG"):
             raise
         print(
-            f"tnc: internal error: {type(error).__name__}: {error}\n"
-            f"this is a bug in tnc, not in {getattr(args, 'file', 'the input')}; please report it with that file "
-            "(set TNC_DEBUG=1 to see where it happened)",
+            f"tnc: internal error: {type(error).__name__}: {escape_text(str(error))}\n"
+            f"this is a bug in tnc, not in {escape_name(getattr(args, 'file', 'the input'))}; please report it with "
+            "that file (set TNC_DEBUG=1 to see where it happened)",
             file=sys.stderr,
         )
         return 1
+
+
+@contextlib.contextmanager
+def _termination_unwinds() -> Iterator[None]:
+    """While a command runs, SIGTERM and SIGHUP raise SystemExit(128 + signal) instead of killing tnc on the spot.
+
+    The default action ends the process without running a `finally` or `except` block, which would leave the output
+    writer's temporary files behind. A signal someone set to be ignored (`nohup`) or handled stays as it is, and so
+    does every signal outside the main thread, where Python allows no handler.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = ("SIGTERM", "SIGHUP")
+    numbers = [getattr(signal, name) for name in names if hasattr(signal, name)]
+    ours = [number for number in numbers if signal.getsignal(number) is signal.SIG_DFL]
+    for number in ours:
+        signal.signal(number, _exit_on_signal)
+    try:
+        yield
+    finally:
+        for number in ours:
+            signal.signal(number, signal.SIG_DFL)
+
+
+def _exit_on_signal(number: int, frame: types.FrameType | None) -> NoReturn:
+    raise SystemExit(128 + number)  # the status a shell reports for a process the signal ended
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-__all__ = ["Span", "TncError", "render_caret"]
+__all__ = ["Span", "TncError", "escape_name", "escape_text", "render_caret"]
 
 
 @dataclass(frozen=True)
@@ -35,16 +36,42 @@ class TncError(Exception):
         return self
 
     def __str__(self) -> str:
-        where = self.filename
+        """The report as printed: control characters made visible, so neither a file name nor the file's text can
+        drive the terminal (colours, a cleared screen, a forged line)."""
+        where = escape_name(self.filename)
         if self.span is not None:
             where += f":{self.span.line}:{self.span.column}"
-        text = f"{where}: error: {self.message}"
+        text = f"{where}: error: {escape_text(self.message)}"
         caret = render_caret(self.source, self.span) if self.span is not None and self.source is not None else ""
         if caret:
             text += "\n" + caret
         if self.hint:
-            text += f"\nhint: {self.hint}"
+            text += f"\nhint: {escape_text(self.hint)}"
         return text
+
+
+# What a terminal acts on instead of showing: C0 (but newline and tab), DEL, C1, the bidirectional marks, overrides and
+# isolates that reorder what is shown (the "Trojan Source" characters), and lone surrogates (a file name's bytes that
+# were not UTF-8), which cannot be written as text at all.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _escape(char: str) -> str:
+    """`\\x1b` for ESC; a byte that was not UTF-8 in a file name (decoded as a lone surrogate) as the byte, `\\xff`."""
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def escape_text(text: str) -> str:
+    """Text of a message with every terminal control character shown as an escape; lines and tabs kept."""
+    return _CONTROL.sub(lambda found: _escape(found[0]), text)
+
+
+def escape_name(name: object) -> str:
+    """A file name as a message shows it: everything not printable (newlines and tabs too) as an escape."""
+    return "".join(char if char.isprintable() else _escape(char) for char in str(name))
 
 
 # Longer source lines are shown as a window of this many characters around the caret.
@@ -52,11 +79,14 @@ _WIDTH = 160
 
 
 def render_caret(source: str, span: Span) -> str:
-    """The span's source line, then a caret line under the span (tabs kept so carets align)."""
+    """The span's source line, then a caret line under the span (tabs kept so carets align).
+
+    A character the terminal would act on is shown as its escape (`\\x1b`), and the carets widen to cover it.
+    """
     lines = source.split("\n")  # lark counts lines by "\n" only, not by str.splitlines()'s separators
     if not 1 <= span.line <= len(lines):
         return ""
-    line = "".join(ch if ch.isprintable() or ch == "\t" else " " for ch in lines[span.line - 1].rstrip("\r"))
+    line = lines[span.line - 1].rstrip("\r")
     if not line.strip():
         return ""
     start = min(max(span.column - 1, 0), len(line))
@@ -68,5 +98,7 @@ def render_caret(source: str, span: Span) -> str:
         shift = max(0, min(start - _WIDTH // 2, len(line) - _WIDTH))
         prefix, suffix = ("... " if shift else ""), (" ..." if shift + _WIDTH < len(line) else "")
         line, start = line[shift : shift + _WIDTH], start - shift
-    pad = " " * len(prefix) + "".join(ch if ch == "\t" else " " for ch in line[:start])
-    return f"    {prefix}{line}{suffix}\n    {pad}{'^' * max(min(width, len(line) - start), 1)}"
+    shown = [char if char.isprintable() or char == "\t" else _escape(char) for char in line]
+    pad = " " * len(prefix) + "".join(char if char == "\t" else " " * len(char) for char in shown[:start])
+    carets = sum(len(char) for char in shown[start : start + width]) or 1
+    return f"    {prefix}{''.join(shown)}{suffix}\n    {pad}{'^' * carets}"

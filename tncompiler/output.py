@@ -12,14 +12,15 @@ import os
 import re
 import secrets
 import stat
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tncompiler.errors import TncError
+from tncompiler.errors import TncError, escape_name
 from tncompiler.units import format_bytes
 
-__all__ = ["write_files"]
+__all__ = ["file_kind", "output_path", "write_files"]
 
 _OWN_PATH = "each output needs a path of its own"
 
@@ -47,8 +48,12 @@ def write_files(files: Iterable[tuple[Path, str | bytes]], source: Path | None =
       and inode, so a hard link or a symbolic link to it is refused too); the nearest existing folder above a new
       target must be a folder; no two targets may be the same file, nor one the folder of another.
     - Each file is written in full to a temporary file beside it and renamed over the target only after every
-      temporary file was written; should any write fail (no space, a read-only folder), the temporary files and the
-      folders made for them are removed and every existing file is left as it was.
+      temporary file was written; should any write fail (no space, a read-only folder) or be interrupted (Ctrl-C,
+      or SIGTERM where the caller turns it into an exception, as `tnc` does), the temporary files and the folders
+      made for them are removed and every existing file is left as it was.
+    - A process killed outright (SIGKILL, a power cut) cannot clean up: its temporary files, named
+      `.NAME.tnc-PID-RANDOM.tmp`, are removed by the next write into the same folder once process PID is gone on
+      this machine, or after an hour whatever the PID (it may have been reused).
     - A replaced file keeps its mode; a new file gets 0o666 less the umask (the kernel applies it, with any default
       ACL). A symbolic link is followed: the file it points to is replaced and the link stays.
 
@@ -59,18 +64,48 @@ def write_files(files: Iterable[tuple[Path, str | bytes]], source: Path | None =
       changing the same paths in between.
     - A replaced file gets a new inode: its other hard links keep the old text, and its owner becomes whoever runs
       tnc (extended attributes are not copied).
+    - The sweep judges a PID on this machine only: in a folder shared with another machine (NFS) or another PID
+      namespace (a container), a temporary file of a write still running there may be removed, failing that write.
     """
     targets = _check_all(files, source)
+    _sweep({target.path.parent for target in targets})
     created: list[Path] = []
-    written: list[tuple[Path, _Target]] = []
+    temporaries: list[Path] = []  # each named here before it is created, so an interrupt at any point finds it
     try:
         for target in targets:
             _make_folders(target, created)
-            written.append((_write_temporary(target), target))
+            _write_temporary(target, temporaries)
+        _rename_all(list(zip(temporaries, targets, strict=True)))
     except BaseException:
-        _discard([temporary for temporary, _ in written], created)
+        _discard(temporaries, created)  # a renamed one is gone already; a folder holding a renamed file stays
         raise
-    _rename_all(written)
+
+
+def output_path(given: str, name: str) -> Path:
+    """The file `-o GIVEN` names: GIVEN itself, or GIVEN/NAME when GIVEN is a folder (it exists, or ends in `/`).
+
+    A path ending in a separator must be an existing folder: `-o newdir/` for a folder not there is refused rather
+    than written as a file `newdir` (or a folder made, which a typo would do silently).
+    """
+    as_folder = given.endswith(os.sep) or bool(os.altsep and given.endswith(os.altsep))
+    if os.path.isdir(given):
+        return Path(given) / name
+    if not as_folder:
+        return Path(given)
+    folder = given.rstrip(os.sep + (os.altsep or "")) or given
+    try:
+        info = os.stat(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        raise TncError(
+            f"cannot write {_shown(given)}: the folder {_shown(folder)} does not exist",
+            hint=f"make it first (mkdir {_shown(folder)}), or give the module's path: -o {_shown(Path(folder) / name)}",
+        ) from None
+    except OSError as error:
+        raise _cannot_check(Path(given), error) from None
+    raise TncError(
+        f"cannot write {_shown(given)}: {_shown(folder)} is {file_kind(info.st_mode)}, not a folder",
+        hint=f"give a folder, or the module's path without the trailing {given[-1]}",
+    )
 
 
 # -- checks: all of them before the first byte is written ---------------------------------------------------------
@@ -102,7 +137,7 @@ def _inspect(given: Path, data: bytes) -> _Target:
     """
     if _names_a_descriptor(given):
         raise TncError(
-            f"cannot write {given}: it names an open file descriptor (like /dev/stdout), not a file",
+            f"cannot write {_shown(given)}: it names an open file descriptor (like /dev/stdout), not a file",
             hint="replacing the file behind it would lose what it holds (a shell may append to it); give a file's path",
         )
     path = Path(os.path.realpath(given)) if os.path.islink(given) else given
@@ -115,12 +150,12 @@ def _inspect(given: Path, data: bytes) -> _Target:
         raise _cannot_check(given, error) from None
     if not stat.S_ISREG(info.st_mode):
         raise TncError(
-            f"cannot write {given}: it is {_kind(info.st_mode)}, not a regular file",
+            f"cannot write {_shown(given)}: it is {file_kind(info.st_mode)}, not a regular file",
             hint="tnc writes a new file and renames it over the old one, which only a regular file allows; "
             "give the path of a file",
         )
     if path != given and _identity(path) != (info.st_dev, info.st_ino):
-        raise TncError(f"cannot write {given}: the file this link points to has no name to replace")
+        raise TncError(f"cannot write {_shown(given)}: the file this link points to has no name to replace")
     return _Target(given, path, data, stat.S_IMODE(info.st_mode), (info.st_dev, info.st_ino))
 
 
@@ -151,8 +186,8 @@ def _check_folders(given: Path, folder: Path) -> None:
             raise _cannot_check(given, error) from None
         if not stat.S_ISDIR(info.st_mode):
             raise TncError(
-                f"cannot write {given}: {above} is {_kind(info.st_mode)}, not a folder",
-                hint=f"give a path in a folder, or move {above} out of the way",
+                f"cannot write {_shown(given)}: {_shown(above)} is {file_kind(info.st_mode)}, not a folder",
+                hint=f"give a path in a folder, or move {_shown(above)} out of the way",
             )
         return
 
@@ -163,15 +198,17 @@ def _check_distinct(targets: list[_Target]) -> None:
         if target.key in seen:
             first = seen[target.key]
             if str(first) == str(target.given):
-                raise TncError(f"cannot write {first}: two outputs have this path", hint=_OWN_PATH)
-            raise TncError(f"cannot write {first} and {target.given}: they are the same file", hint=_OWN_PATH)
+                raise TncError(f"cannot write {_shown(first)}: two outputs have this path", hint=_OWN_PATH)
+            both = f"{_shown(first)} and {_shown(target.given)}"
+            raise TncError(f"cannot write {both}: they are the same file", hint=_OWN_PATH)
         seen[target.key] = target.given
     files = {os.path.realpath(target.path): target.given for target in targets}
     for target in targets:
         for above in Path(os.path.realpath(target.path)).parents:
             if str(above) in files:
+                folder = _shown(files[str(above)])
                 raise TncError(
-                    f"cannot write {target.given}: its folder {files[str(above)]} is also an output file",
+                    f"cannot write {_shown(target.given)}: its folder {folder} is also an output file",
                     hint=_OWN_PATH,
                 )
 
@@ -179,12 +216,14 @@ def _check_distinct(targets: list[_Target]) -> None:
 def _refuse_source(given: Path, source: Path) -> TncError:
     same_name = os.path.abspath(given) == os.path.abspath(source)
     return TncError(
-        f"cannot write {given}: it is the input file {source}" + ("" if same_name else " (under another name)"),
+        f"cannot write {_shown(given)}: it is the input file {_shown(source)}"
+        + ("" if same_name else " (under another name)"),
         hint="writing there would destroy the input; choose another output path",
     )
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """`a folder`, `a FIFO (named pipe)` ...: what a stat() mode says a path is, for a message."""
     kinds = [
         (stat.S_ISDIR, "a folder"),
         (stat.S_ISCHR, "a character device"),
@@ -211,9 +250,9 @@ def _make_folders(target: _Target, created: list[Path]) -> None:
         created.append(folder)
 
 
-def _write_temporary(target: _Target) -> Path:
+def _write_temporary(target: _Target, temporaries: list[Path]) -> None:
     """The whole text in a new file beside the target (so the rename stays on one file system), synced to disk."""
-    temporary, handle = _open_temporary(target)
+    temporary, handle = _open_temporary(target, temporaries)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(target.data)
@@ -226,37 +265,92 @@ def _write_temporary(target: _Target) -> Path:
         if isinstance(error, OSError):
             raise _cannot_write(target.given, error, target.path.parent, len(target.data)) from None
         raise
-    return temporary
 
 
-def _open_temporary(target: _Target) -> tuple[Path, int]:
-    """A new file `.NAME.RANDOM.tmp` opened with mode 0o666, so the umask (and a default ACL) sets its mode."""
+def _open_temporary(target: _Target, temporaries: list[Path]) -> tuple[Path, int]:
+    """A new file `.NAME.tnc-PID-RANDOM.tmp` opened with mode 0o666, so the umask (and a default ACL) sets its mode.
+
+    Its name is listed before it is made: an interrupt between the two leaves a name to remove, never a file unlisted.
+    The PID lets a later write tell the file of a killed process from one still being written (`_sweep`).
+    """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
     while True:
-        # A long name is cut so the temporary name fits where the target's does.
-        temporary = target.path.with_name(f".{target.path.name[:200]}.{secrets.token_hex(4)}.tmp")
+        name = f".{_cut(target.path.name)}.tnc-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        temporaries.append(target.path.with_name(name))
         try:
-            return temporary, os.open(temporary, flags, 0o666)
+            return temporaries[-1], os.open(temporaries[-1], flags, 0o666)
         except FileExistsError:
+            temporaries.pop()  # not ours (a name drawn twice): never removed
             continue
         except OSError as error:
+            temporaries.pop()
             raise _cannot_write(target.given, error, target.path.parent) from None
 
 
+def _cut(name: str, limit: int = 200) -> str:
+    """`name` cut to `limit` bytes as the file system stores it, so the temporary name fits where the target's does."""
+    while len(os.fsencode(name)) > limit:
+        name = name[:-1]
+    return name
+
+
+# The temporary files of `_open_temporary`, and how old one may get before its PID is no longer trusted.
+_TEMPORARY = re.compile(r"\..+\.tnc-([0-9]{1,12})-[0-9a-f]{8}\.tmp", re.DOTALL)
+_STALE_AFTER_S = 3600.0
+
+
+def _sweep(folders: Iterable[Path]) -> None:
+    """Remove the temporary files that a killed tnc left in these folders (SIGKILL allows no cleanup).
+
+    Only names of tnc's own pattern, only regular files, and only those whose process is gone or that are older than
+    `_STALE_AFTER_S`; a file that cannot be looked at or removed is left (the write goes on: it needs none of this).
+    """
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            found = _TEMPORARY.fullmatch(entry.name)
+            if found is not None and _stale(entry, int(found[1])):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
+def _stale(entry: os.DirEntry[str], pid: int) -> bool:
+    try:
+        info = entry.stat(follow_symlinks=False)
+    except OSError:
+        return False
+    old = time.time() - info.st_mtime > _STALE_AFTER_S
+    return stat.S_ISREG(info.st_mode) and (old or not _alive(pid))
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (signal 0 checks without sending anything)."""
+    if os.name == "nt" or pid <= 0:  # Windows' os.kill(pid, 0) would send Ctrl-C; 0 would mean our process group
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except OSError:  # EPERM: it runs, as another user
+        return True
+    return True
+
+
 def _rename_all(written: list[tuple[Path, _Target]]) -> None:
+    """Each temporary file over its target; the caller removes the temporary files left when one fails."""
     replaced: list[str] = []
-    for index, (temporary, target) in enumerate(written):
+    for temporary, target in written:
         try:
             os.replace(temporary, target.path)
-        except BaseException as error:
-            _discard([later for later, _ in written[index:]], [])
-            if not isinstance(error, OSError):
-                raise
+        except OSError as error:
             failure = _cannot_write(target.given, error, target.path.parent)
             if replaced:
                 failure = TncError(f"{failure.message}; already replaced: {', '.join(replaced)}", hint=failure.hint)
             raise failure from None
-        replaced.append(str(target.given))
+        replaced.append(_shown(target.given))
 
 
 def _discard(temporaries: list[Path], created: list[Path]) -> None:
@@ -271,7 +365,7 @@ def _discard(temporaries: list[Path], created: list[Path]) -> None:
 # -- messages -------------------------------------------------------------------------------------------------------
 def _cannot_write(given: Path, error: OSError, folder: Path, size: int | None = None) -> TncError:
     """`cannot write out.py: the folder /ro is read-only`: the path as given and the reason, never a temporary name."""
-    where = "the current folder" if str(folder) == "." else f"the folder {folder}"
+    where = "the current folder" if str(folder) == "." else f"the folder {_shown(folder)}"
     reasons = {
         errno.EACCES: (f"{where} is read-only", "choose a folder you may write in, or change its permissions"),
         errno.EPERM: (f"{where} is read-only", "choose a folder you may write in, or change its permissions"),
@@ -283,9 +377,14 @@ def _cannot_write(given: Path, error: OSError, folder: Path, size: int | None = 
     reason, hint = reasons.get(error.errno or 0, ((error.strerror or str(error)).lower(), None))
     if size is not None and error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
         reason += f" (it needs {format_bytes(size)})"
-    return TncError(f"cannot write {given}: {reason}", hint=hint)
+    return TncError(f"cannot write {_shown(given)}: {reason}", hint=hint)
 
 
 def _cannot_check(given: Path, error: OSError) -> TncError:
     """A path that cannot even be looked at (a folder on the way not searchable, a loop of links)."""
-    return TncError(f"cannot write {given}: {(error.strerror or str(error)).lower()}")
+    return TncError(f"cannot write {_shown(given)}: {(error.strerror or str(error)).lower()}")
+
+
+def _shown(path: str | Path) -> str:
+    """A path in a message, with what a terminal would act on escaped (`\\x1b`), newlines included."""
+    return escape_name(path)
