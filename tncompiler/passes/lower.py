@@ -10,7 +10,7 @@ from dataclasses import replace
 import sympy
 
 from tncompiler.ir.network import Lowering, Network
-from tncompiler.ir.values import ConvPattern, Factor, GatherOp, NativeConv, Role, View, WindowOp, is_kept
+from tncompiler.ir.values import ConvPattern, Factor, GatherOp, NativeConv, Role, View, ViewOp, WindowOp, is_kept
 from tncompiler.order import WITHOUT_RULES, Regimes, evaluate, plan_network, symbols_of
 from tncompiler.passes.simplify import factor_kinds
 from tncompiler.rewrite import Rewrite, Rule, fixpoint
@@ -117,11 +117,31 @@ def _window(net: Network, position: int) -> Network | None:
     view = target.view or View(tuple(net.size(leg) for leg in target.legs))
     ops = factor.view.ops if factor.view else ()
     gathers = tuple(GatherOp(axis, op.index) for op in ops if isinstance(op, GatherOp))
+    new_ops = _with_window(view.ops, WindowOp(axis, p), gathers)
+    if new_ops is None:
+        return None
     legs = target.legs[:axis] + factor.legs[1:] + target.legs[axis + 1 :]
-    windowed = replace(target, legs=legs, view=View(view.base, (*view.ops, WindowOp(axis, p), *gathers)))
+    windowed = replace(target, legs=legs, view=View(view.base, new_ops))
     factors = [windowed if k == carriers[0] else f for k, f in enumerate(net.factors) if k != position]
     sizes = {name: size for name, size in net.sizes.items() if name != i}
     return Network(factors, net.outputs, sizes, net.coefficient, net.lowering)
+
+
+def _with_window(ops: tuple[ViewOp, ...], window: WindowOp, gathers: tuple[GatherOp, ...]) -> tuple[ViewOp, ...] | None:
+    """`ops`, then `window` and the gathers of its o axis, with all of a view's windows in one run: the generated
+    code and the memory guard pad a run of windows at once, before its first unfold, so a window placed after an
+    earlier window's gather would read no padding. The gathers that follow the earlier windows move after the new
+    one (a gather commutes with a window on another axis, which shifts its axis by one where it lies beyond)."""
+    last = max((k for k, op in enumerate(ops) if isinstance(op, WindowOp)), default=None)
+    if last is None:
+        return (*ops, window, *gathers)
+    tail = ops[last + 1 :]
+    if not all(isinstance(op, GatherOp) and op.axis != window.axis for op in tail):
+        return None  # cannot happen for the rules' own ops; the pattern then stays a constant, which is exact
+    moved = tuple(
+        GatherOp(op.axis + 1, op.index) if op.axis > window.axis else op for op in tail if isinstance(op, GatherOp)
+    )
+    return (*ops[: last + 1], window, *moved, *gathers)
 
 
 def _only_gathers_on_o(factor: Factor) -> bool:

@@ -190,6 +190,9 @@ def strided_reshape(net: Network, position: int, outputs_may_change: bool) -> Re
     for carrier in carriers:
         factors[carrier] = _split(factors[carrier], i, (o, k), size, out, stride, kernel, net)
     del factors[position]
+    # Σ_i Π[i, o, k] = 1 for every (o, k): where no tensor is left on o or k (no tensor carried i), Π was that
+    # all-ones tensor, whose sums over o and k count |o| and |k| (copy-tensor rules then scale or drop them)
+    factors += [Factor("delta", "", (leg,), factor.span) for leg in (o, k) if not any(leg in f.legs for f in factors)]
     outputs = tuple(x for leg in net.outputs for x in ((o, k) if leg == i else (leg,)))
     kind = "dense" if kernel == stride else "down-sampling"
     note = f"{kind}: {_describe(factor)} -> {i} split into ({o}, {k})"

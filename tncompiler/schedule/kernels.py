@@ -148,20 +148,13 @@ class _Kernel:
             data = self.gather_windows(data, axis, self.written[axis], index)
         usable, padding, crop, extra = _symmetric(self.conv)
         if not usable or (extra and m.role == "weight"):
-            rights = [0 if _is_tiling(p) else p.right_pad() for p in self.conv]
-            cuts = [-right if isinstance(right, int) and right < 0 else 0 for right in rights]
-            if any(cuts):  # cut unread rows first: F.pad cannot crop more than a tensor holds
-                ends: list[Expr | Slice] = [
-                    Slice(None, Lit(max(0, p.in_size - c))) if c and isinstance(p.in_size, int) else _ALL
-                    for p, c in zip(self.conv, cuts, strict=True)
-                ]
-                data = ctx.assign(f"{self.var}_in", Index(data, (_ALL, _ALL, *ends)), "view", "rows no window reaches")
-                rights = [0 if cut else right for right, cut in zip(rights, cuts, strict=True)]
-            pads: list[tuple[Size, Size]] = [
-                (0, 0) if _is_tiling(p) else (p.pad_left, right) for p, right in zip(self.conv, rights, strict=True)
-            ]
+            ends, pads = zip(*(_cut_and_pad(p) for p in self.conv), strict=True)
+            # cut unread rows first: F.pad cannot crop more than a tensor holds
+            if any(end is not None for end in ends):
+                cut = tuple(_ALL if end is None else Slice(None, Lit(end)) for end in ends)
+                data = ctx.assign(f"{self.var}_in", Index(data, (_ALL, _ALL, *cut)), "view", "rows no window reaches")
             if any(pair != (0, 0) for pair in pads):
-                data = ctx.assign(f"{self.var}_in", pad(ctx, data, pads), "view", "padded")
+                data = ctx.assign(f"{self.var}_in", pad(ctx, data, list(pads)), "view", "padded")
             return data, None, False
         if any(crop):
             ends = [
@@ -373,6 +366,20 @@ def _tiled(p: ConvPattern, kept: Size) -> ConvPattern:
     """The pattern a kernel sees on gathered windows: `kept` windows of K rows, one after the other."""
     k = p.kernel_size
     return ConvPattern(kept * k, kept, k, k, 0, 0, 1)
+
+
+def _cut_and_pad(p: ConvPattern) -> tuple[int | None, tuple[Size, Size]]:
+    """How the input of one axis becomes exactly the rows the kernel's windows read, (O − 1)·S + D·(K − 1) + 1 of
+    them: the rows to keep (None: all), then the (left, right) padding. Rows beyond the last window's last tap are
+    cut; where the windows end before the input even starts (a kernel tap sliced out of a padded convolution reads
+    only padding), every row is cut and the left padding is cut short as well."""
+    if _is_tiling(p):
+        return None, (0, 0)
+    right = p.right_pad()
+    if not isinstance(right, int) or right >= 0 or not isinstance(p.in_size, int):
+        return None, (p.pad_left, right)
+    cut = -right
+    return max(0, p.in_size - cut), (p.pad_left - max(0, cut - p.in_size), 0)
 
 
 def _is_tiling(p: ConvPattern) -> bool:
