@@ -11,6 +11,18 @@ and S the number of terms a "mean" reduction averages over (1 for "sum"). tnc's 
 1/n · Σ_{n,positions} u uᵀ and `kfac_reduce(x)` is 1/(n P²) · Σ_n (Σ_positions u)(Σ_positions u)ᵀ, so a batch of n
 adds n/P · kfac_expand(x) or n · kfac_reduce(x); `unfold_sum(x)/P` is the bias's row. Grouped layers keep one block
 per group, [g, in, in] and [g, out, out], where curvlinops averages the groups' inputs into one factor.
+
+Frozen tensors are left out as curvlinops leaves them out (it takes the parameters that require grad): a frozen
+bias has no row in A; a layer whose weight is frozen but whose bias is trained keeps only B (A is then the 1x1 matrix
+[[1]]: curvlinops applies B alone to the bias); a layer with nothing trained has no factors. Whether a tensor is
+trained is read when the layers are gathered (for `KFAC`: when it is made).
+
+A parametrized weight (`torch.nn.utils.parametrizations.weight_norm`, `spectral_norm`, ...) has the factors of the
+tensor the parametrization computes, the weight the layer multiplies by: A from the layer's inputs and B from its
+output gradients, exactly those of a plain layer holding that weight. This is the curvature in the computed weight;
+`KFAC` preconditions that weight's gradient and carries the result back through the parametrization. (curvlinops
+does not follow parametrizations: it finds no `weight` on such a layer, gives it no A, and applies B to the
+parametrization's originals as if they were biases.)
 """
 
 from __future__ import annotations
@@ -25,7 +37,15 @@ from torch import nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from tncompiler.model.distributed import all_reduce_sums, process_group_of, unwrap
-from tncompiler.model.layers import LayerSpec, compile_layer, spec_of, supported_layers, weight_of, with_sizes
+from tncompiler.model.layers import (
+    SUPPORTED,
+    LayerSpec,
+    compile_layer,
+    spec_of,
+    stored_tensor,
+    trainable,
+    with_sizes,
+)
 from tncompiler.model.losses import FISHERS, Fisher, LossSpec, cotangents, loss_spec
 
 __all__ = ["Approx", "FactorLayer", "LayerCall", "Sums", "check_options", "kfac_factors"]
@@ -36,26 +56,39 @@ Tensor = torch.Tensor
 
 class FactorLayer:
     """One layer's contributions to the factor sums, from its compiled functions; blocks carry a group axis. The sums
-    are added in place (a linear layer's A can hold millions of entries: every pass over it counts)."""
+    are added in place (a linear layer's A can hold millions of entries: every pass over it counts). `trains_weight`
+    and `trains_bias` say which of its tensors the factors cover (the module docstring: frozen tensors)."""
 
     def __init__(self, name: str, module: nn.Module) -> None:
         self.name, self.module = name, module
         self.spec: LayerSpec = spec_of(module, name)
         self.functions = compile_layer(self.spec)
+        self.trains_weight = trainable(module, "weight")
+        self.trains_bias = self.spec.bias and trainable(module, "bias")
+
+    def _stored_weight(self) -> Tensor:
+        """The stored weight, for its dtype and device (a parametrized weight is not evaluated for them)."""
+        weight = stored_tensor(self.module, "weight")
+        assert weight is not None
+        return weight
 
     def _widened(self, tensor: Tensor) -> Tensor:
         """Detached, and in the weight's dtype where that is wider: under autocast, activations in half precision
         (the factors are then computed with autocast off, in the weight's precision)."""
-        return tensor.detach().to(torch.promote_types(tensor.dtype, weight_of(self.module).dtype))
+        return tensor.detach().to(torch.promote_types(tensor.dtype, self._stored_weight().dtype))
 
     def shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """The shapes of A (the bias's row included) and B, with their group axis."""
+        """The shapes of A (the trained weight's features, then a trained bias's row) and B, with their group axis."""
         spec = self.spec
-        features = spec.in_channels * math.prod(spec.kernel) + int(spec.bias)
+        features = spec.in_channels * math.prod(spec.kernel) * int(self.trains_weight) + int(self.trains_bias)
         return (spec.groups, features, features), (spec.groups, spec.out_channels, spec.out_channels)
 
     def add_inputs(self, sums: Sums, x: Tensor, output_shape: torch.Size, approx: Approx) -> None:
-        """Add Σ over this batch of ūūᵀ to the layer's input sum (and Σ ū to its bias row)."""
+        """Add Σ over this batch of ūūᵀ to the layer's input sum (and Σ ū to a trained bias's row); a layer that
+        trains its bias alone only notes that its A is [[1]]."""
+        if not self.trains_weight:
+            sums.bias_only.add(self.name)
+            return
         x = self._widened(x)
         with torch.autocast(x.device.type, enabled=False):
             self._add_inputs(sums, x, output_shape, approx)
@@ -74,7 +107,7 @@ class FactorLayer:
         else:
             function, inputs, scale = with_sizes(self.functions.kfac_reduce, sizes), x, float(n)
         _accumulate(sums.inputs, self.name, _grouped(_scaled_quadratic(function, inputs, scale, self.shapes()[0])))
-        if self.spec.bias:
+        if self.trains_bias:
             row = _grouped(with_sizes(self.functions.unfold_sum, sizes)(x), matrix=False).mul_(1 / positions)
             count = row.new_full((row.shape[0], 1), float(n))  # the corner: Σ of 1 per example and call
             _accumulate(sums.rows, self.name, torch.cat([row, count], dim=1))
@@ -99,13 +132,15 @@ class FactorLayer:
             factor, scale = function(gradient), n
         _accumulate(sums.gradients, self.name, _grouped(factor.mul_(scale * rescale**2)))
 
-    def zeros(self) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Zero sums (weight block, gradient factor, bias row), for a rank that saw no call of the layer."""
-        weight = weight_of(self.module)
+    def zeros(self) -> tuple[Tensor | None, Tensor, Tensor | None]:
+        """Zero sums (weight block, gradient factor, bias row), for a rank that saw no call of the layer; a layer
+        that trains its bias alone has no weight block nor row."""
+        weight = self._stored_weight()
         (groups, features, _), b_shape = self.shapes()
-        features -= int(self.spec.bias)
-        row = weight.new_zeros(groups, features + 1) if self.spec.bias else None
-        return weight.new_zeros(groups, features, features), weight.new_zeros(b_shape), row
+        features -= int(self.trains_bias)
+        row = weight.new_zeros(groups, features + 1) if self.trains_bias and self.trains_weight else None
+        block = weight.new_zeros(groups, features, features) if self.trains_weight else None
+        return block, weight.new_zeros(b_shape), row
 
 
 def _scaled_quadratic(function: Callable[[Tensor], Tensor], x: Tensor, scale: float, shape: tuple[int, ...]) -> Tensor:
@@ -136,13 +171,14 @@ def _accumulate(sums: dict[str, Tensor], name: str, value: Tensor) -> None:
 class Sums:
     """The factor sums of each layer (A's weight block apart from its bias row, whose last entry counts the layer's
     calls times examples: they are assembled at the end) and the counts they are normalised by: examples and loss
-    terms."""
+    terms. `bias_only` names the layers seen that train their bias alone (their A is [[1]], no sum)."""
 
     inputs: dict[str, Tensor] = field(default_factory=dict)
     rows: dict[str, Tensor] = field(default_factory=dict)
     gradients: dict[str, Tensor] = field(default_factory=dict)
     examples: float = 0.0
     terms: float = 0.0
+    bias_only: set[str] = field(default_factory=set)
 
     def reduced(self, layers: Sequence[FactorLayer], process_group: Any) -> Sums:
         """The sums over the ranks of the group (the same on every rank); a layer this rank saw no call of sums
@@ -150,29 +186,44 @@ class Sums:
         if process_group is None:
             return self
         for layer in layers:
-            if layer.name not in self.inputs or layer.name not in self.gradients:
-                a, b, row = layer.zeros()
-                self.inputs.setdefault(layer.name, a)
-                self.gradients.setdefault(layer.name, b)
-                if row is not None:
-                    self.rows.setdefault(layer.name, row)
+            self._fill(layer)
         names = [layer.name for layer in layers]
+        weighted = [name for name in names if name in self.inputs]
         biased = [name for name in names if name in self.rows]
-        tensors = [self.inputs[n] for n in names] + [self.gradients[n] for n in names] + [self.rows[n] for n in biased]
+        tensors = (
+            [self.inputs[n] for n in weighted] + [self.gradients[n] for n in names] + [self.rows[n] for n in biased]
+        )
         totals, (examples, terms) = all_reduce_sums(tensors, [self.examples, self.terms], process_group)
-        count = len(names)
-        inputs, gradients = dict(zip(names, totals[:count])), dict(zip(names, totals[count : 2 * count]))
-        return Sums(inputs, dict(zip(biased, totals[2 * count :])), gradients, examples, terms)
+        first, second = len(weighted), len(weighted) + len(names)
+        inputs, gradients = dict(zip(weighted, totals[:first])), dict(zip(names, totals[first:second]))
+        rows = dict(zip(biased, totals[second:]))
+        return Sums(inputs, rows, gradients, examples, terms, set(self.bias_only))
+
+    def _fill(self, layer: FactorLayer) -> None:
+        """Zero sums for a layer this rank saw no call of."""
+        if layer.name in self.gradients and (layer.name in self.inputs or layer.name in self.bias_only):
+            return
+        a, b, row = layer.zeros()
+        self.gradients.setdefault(layer.name, b)
+        if a is None:
+            self.bias_only.add(layer.name)
+            return
+        self.inputs.setdefault(layer.name, a)
+        if row is not None:
+            self.rows.setdefault(layer.name, row)
 
     def factors(self, spec: LossSpec, fisher: Fisher, mc_samples: int) -> dict[str, tuple[Tensor, Tensor]]:
         """A = Σ/N (with the bias's row and column last, and 1 in the corner) and B = Σ/(S·M), with group axes."""
         if self.examples == 0:
             raise ValueError("tncompiler: no data: the factors are averages over the examples")
         scale = (self.terms if spec.reduction == "mean" else 1.0) * (mc_samples if fisher == "mc" else 1)
-        names = [name for name in self.inputs if name in self.gradients]
+        names = [name for name in self.gradients if name in self.inputs or name in self.bias_only]
         return {name: (self._input_factor(name), self.gradients[name].div_(scale)) for name in names}
 
     def _input_factor(self, name: str) -> Tensor:
+        if name in self.bias_only:
+            b = self.gradients[name]
+            return b.new_ones(b.shape[0], 1, 1)
         weight, row = self.inputs[name], self.rows.get(name)
         if row is None:
             return weight.div_(self.examples)
@@ -282,7 +333,13 @@ def _one_by_one(output: Tensor, edges: list[GradientEdge], vectors: Tensor) -> l
 
 
 def factor_layers(model: nn.Module) -> list[FactorLayer]:
-    return [FactorLayer(name, module) for name, module in supported_layers(model)]
+    """The model's supported layers that train their weight or their bias; a frozen layer is left alone (nor are
+    its settings checked: it is never written)."""
+    return [
+        FactorLayer(name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, SUPPORTED) and (trainable(module, "weight") or trainable(module, "bias"))
+    ]
 
 
 def kfac_factors(
@@ -296,12 +353,14 @@ def kfac_factors(
     process_group: Any = None,
     generator: torch.Generator | None = None,
 ) -> dict[str, tuple[Tensor, Tensor]]:
-    """{layer name: (A, B)} for every nn.Linear, nn.Conv*d and nn.ConvTranspose*d of the model, equal to curvlinops'
-    `KFACLinearOperator(model, loss_func, params, data, fisher_type=fisher, kfac_approx=approx,
-    separate_weight_and_bias=False)` factors (mc: in distribution). A layer with a bias has its row and column last
-    in A. A grouped layer has blocks [g, in, in] and [g, out, out]. With a process group (or a
-    DistributedDataParallel model), each rank passes its share of the data and all get the factors of all of it.
-    `generator` draws the mc labels."""
+    """{layer name: (A, B)} for every nn.Linear, nn.Conv*d and nn.ConvTranspose*d of the model with a trained
+    weight or bias, equal to curvlinops' `KFACLinearOperator(model, loss_func, params, data, fisher_type=fisher,
+    kfac_approx=approx, separate_weight_and_bias=False)` factors for the parameters that require grad (mc: in
+    distribution). A layer with a trained bias has its row and column last in A; one that trains its bias alone has
+    A = [[1]]. A parametrized weight has the factors of the weight its parametrization computes (the module
+    docstring says why, and how curvlinops differs). A grouped layer has blocks [g, in, in] and [g, out, out]. With a
+    process group (or a DistributedDataParallel model), each rank passes its share of the data and all get the
+    factors of all of it. `generator` draws the mc labels."""
     check_options(approx, fisher, mc_samples)
     spec = loss_spec(loss_func)
     group = process_group_of(model, process_group)

@@ -1,13 +1,21 @@
 """PyTorch layers as `.tnd` text: nn.Linear, nn.Conv1d/2d/3d and nn.ConvTranspose1d/2d/3d, written and compiled.
 
 The text leaves the batch and the spatial sizes open, so one compiled module serves every input size; it is a
-function of the layer's hyper-parameters alone, which is what the caches key on.
+function of the layer's hyper-parameters alone, which is what the caches key on. Nothing the user controls reaches its
+code lines as text: the hyper-parameters are checked integers and padding words, and the one line that describes the
+layer is a comment written from them (never the module's repr, which a parametrized layer spreads over many lines).
+
+A layer's weight or bias may be parametrized (`torch.nn.utils.parametrizations.weight_norm`, `spectral_norm`, or
+`torch.nn.utils.parametrize`): the text is the same as the plain layer's, and the model code reads the tensor the
+parametrization computes, `module.weight`, as the layer's own forward does.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import operator
+import re
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,6 +23,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from tncompiler.model.cache import load_compiled
 
@@ -25,11 +34,15 @@ __all__ = [
     "SUPPORTED",
     "compile_layer",
     "compile_sampled",
+    "describe",
     "layer_source",
+    "parametrization_of",
     "sampled_source",
     "size_keywords",
     "spec_of",
+    "stored_tensor",
     "supported_layers",
+    "trainable",
     "with_sizes",
 ]
 
@@ -39,6 +52,10 @@ Over = Literal["positions", "batch"]
 _CONVS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TRANSPOSES: tuple[type[nn.Module], ...] = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 SUPPORTED: tuple[type[nn.Module], ...] = (nn.Linear, *_CONVS, *_TRANSPOSES)
+_KINDS = ("linear", "conv", "transpose")
+_INTEGERS = ("in_channels", "out_channels", "groups")
+_TUPLES = ("kernel", "stride", "dilation", "output_padding", "symmetric_padding")
+_PADDING = re.compile(r"same|valid|\d+|\(\d+, \d+\)")  # what `_pad_text` writes, and nothing else
 
 
 @dataclass(frozen=True)
@@ -57,7 +74,29 @@ class LayerSpec:
     output_padding: tuple[int, ...]
     symmetric_padding: tuple[int, ...]  # a transpose convolution's PyTorch padding, for its output size
     bias: bool
-    title: str
+    title: str  # free text: written as one escaped comment line (`_comment`), never as code
+
+    def __post_init__(self) -> None:
+        """Every field that reaches a code line of the text is checked here: integers (numpy's too, made Python
+        ints) and padding words, so that a spec made by hand, or of a module whose attributes were overwritten, can
+        never write anything else into the file."""
+        if self.kind not in _KINDS:
+            raise ValueError(f"tncompiler: LayerSpec kind {self.kind!r} is not one of {', '.join(_KINDS)}")
+        for name in _INTEGERS:
+            object.__setattr__(self, name, _natural(getattr(self, name), name, self.title))
+        for name in _TUPLES:
+            values = getattr(self, name)
+            if not isinstance(values, tuple) or len(values) != len(self.kernel):
+                raise ValueError(f"tncompiler: layer {self.title!r}: {name}={values!r} needs one entry per kernel axis")
+            object.__setattr__(self, name, tuple(_natural(v, name, self.title) for v in values))
+        if not isinstance(self.padding, tuple) or len(self.padding) != len(self.kernel):
+            raise ValueError(f"tncompiler: layer {self.title!r}: padding={self.padding!r} needs one entry per axis")
+        for text in self.padding:
+            if not isinstance(text, str) or not _PADDING.fullmatch(text):
+                raise ValueError(
+                    f"tncompiler: layer {self.title!r}: padding {text!r} is not an integer, a pair (left, right), "
+                    "'same' or 'valid'"
+                )
 
     @property
     def dims(self) -> int:
@@ -84,6 +123,32 @@ class LayerSpec:
         return {f"i{j + 1}": size for j, size in enumerate(shape)}
 
 
+def _natural(value: object, name: str, title: str) -> int:
+    """A non-negative Python int, or a `ValueError` naming the field (a bool is refused: it is no size)."""
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        number = -1
+    if isinstance(value, bool) or number < 0:
+        raise ValueError(f"tncompiler: layer {title!r}: {name} must be a non-negative integer, got {value!r}")
+    return number
+
+
+def describe(module: nn.Module) -> str:
+    """A supported layer as one line: its PyTorch class (before any parametrization, before any subclass) and the
+    hyper-parameters that class's own `extra_repr` lists, e.g. `Conv2d(3, 8, kernel_size=(3, 3), stride=(1, 1))`.
+    It is a function of what the text depends on, so the text stays the same for a plain and a parametrized layer."""
+    base = next(cls for cls in SUPPORTED if isinstance(module, cls))
+    return f"{base.__name__}({base.extra_repr(module)})"
+
+
+def _comment(text: str) -> str:
+    """`text` as one comment line: every character that is not printable (a line break, a tab, a control or a
+    separator character) escaped as Python writes it, so the text can neither end the comment nor break the line."""
+    escaped = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return f"# {escaped}"
+
+
 def spec_of(module: nn.Module, name: str | None = None) -> LayerSpec:
     """The spec of a supported layer; a `TypeError` or `ValueError` that names the module for anything else."""
     label = f"{name!r} ({module!r})" if name else repr(module)
@@ -93,7 +158,7 @@ def spec_of(module: nn.Module, name: str | None = None) -> LayerSpec:
     if isinstance(module, nn.Linear):
         return LayerSpec(
             "linear", module.in_features, module.out_features, 1, (), (), (), (), (), (), module.bias is not None,
-            repr(module),
+            describe(module),
         )  # fmt: skip
     assert isinstance(module, nn.modules.conv._ConvNd)
     if module.padding_mode != "zeros":
@@ -130,7 +195,7 @@ def _conv_spec(module: nn.modules.conv._ConvNd, label: str) -> LayerSpec:
         extra,
         symmetric,
         module.bias is not None,
-        repr(module),
+        describe(module),
     )
 
 
@@ -140,6 +205,8 @@ def _pad_text(module: nn.modules.conv._ConvNd, j: int, label: str) -> str:
     stay the input's size, so its right padding becomes some P_r in [P - e, P - e + S - 1] (P where e < S)."""
     padding = module.padding
     if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise ValueError(f"tncompiler: module {label} has padding={padding!r}; PyTorch's words are 'same', 'valid'")
         return padding
     left = int(padding[j])
     if not isinstance(module, _TRANSPOSES):
@@ -166,7 +233,7 @@ def _channels(spec: LayerSpec, name: str) -> str:
 
 
 def _header(spec: LayerSpec) -> list[str]:
-    lines = [f"# {spec.title}", "# written by tncompiler.layer_source; sizes without a value are bound at call time"]
+    lines = [_comment(spec.title), "# written by tncompiler.layer_source; sizes without a value are bound at call time"]
     lines.append("index n".ljust(36) + "# the batch")
     group = [f"g = {spec.groups}"] if spec.groups > 1 else []
     channels = group + [f"c = {spec.in_channels}", f"d = {spec.out_channels}"]
@@ -281,7 +348,10 @@ def sampled_source(module: nn.Module | LayerSpec, over: Over) -> str:
 
 
 def _module_name(spec: LayerSpec) -> str:
-    return spec.title.split("(", 1)[0].lower()
+    """The compiled module's name, from the kind alone: it names a cache file and enters the module's docstring."""
+    if spec.kind == "linear":
+        return "linear"
+    return f"conv{'transpose' if spec.kind == 'transpose' else ''}{spec.dims}d"
 
 
 def compile_layer(module: nn.Module | LayerSpec) -> types.ModuleType:
@@ -316,7 +386,9 @@ def with_sizes(function: Callable[..., torch.Tensor], sizes: dict[str, int]) -> 
 
 
 def weight_of(module: nn.Module) -> torch.Tensor:
-    """A supported layer's weight, typed."""
+    """A supported layer's weight, typed: for a parametrized weight, the tensor its parametrization computes now
+    (each read evaluates it, and spectral norm's then advances its power iteration: read it where the layer's own
+    forward would)."""
     weight = module.weight
     assert isinstance(weight, torch.Tensor)
     return weight
@@ -326,6 +398,39 @@ def bias_of(module: nn.Module) -> torch.Tensor | None:
     bias = module.bias
     assert bias is None or isinstance(bias, torch.Tensor)
     return bias
+
+
+def parametrization_of(module: nn.Module, name: str) -> nn.Module | None:
+    """The `ParametrizationList` that computes a layer's `weight` or `bias`, or None for a plain tensor."""
+    if not parametrize.is_parametrized(module, name):
+        return None
+    parametrizations = module.parametrizations
+    assert isinstance(parametrizations, nn.ModuleDict)
+    return parametrizations[name]
+
+
+def stored_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
+    """The tensor a layer stores for its `weight` or `bias`, read without evaluating a parametrization: the
+    parameter itself, or a parametrized tensor's (first) original, for its dtype and device."""
+    parametrization = parametrization_of(module, name)
+    if parametrization is None:
+        stored = getattr(module, name)
+    elif hasattr(parametrization, "original"):
+        stored = parametrization.original
+    else:  # a parametrization whose right_inverse gives several tensors: original0, original1, ...
+        stored = parametrization.original0
+    assert stored is None or isinstance(stored, torch.Tensor)
+    return stored
+
+
+def trainable(module: nn.Module, name: str) -> bool:
+    """Whether a layer's `weight` or `bias` is trained: a parameter that requires grad or, for a parametrized
+    tensor, a parametrization with any parameter that does (its originals, or a parametrization's own)."""
+    parametrization = parametrization_of(module, name)
+    if parametrization is not None:
+        return any(p.requires_grad for p in parametrization.parameters())
+    tensor = getattr(module, name)
+    return isinstance(tensor, torch.Tensor) and tensor.requires_grad
 
 
 def supported_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:

@@ -9,22 +9,35 @@ Hooks record each layer's input in the forward pass and, for the empirical Fishe
 the backward pass (rescaled from the loss's reduction to the summed loss); for "mc" and "type-2" the model's forward
 hook backpropagates the sampled or Hessian-root cotangents to the layers' outputs at once. The batch's factors are
 those of `kfac_factors` (across processes too), averaged into running factors with `factor_decay`.
+
+Only trained tensors are preconditioned, as `kfac_factors` covers them: a frozen weight or bias keeps its gradient
+(None, usually) untouched, and which tensors are trained is read when the KFAC is made. A parametrized weight or
+bias (`torch.nn.utils.parametrizations.weight_norm`, `spectral_norm`, ...) has no gradient of its own: a hook on its
+parametrization collects the gradient of the tensor it computes (the one the factors belong to) over the backward
+passes since the last step, and the preconditioned gradient is carried back through the parametrization (its
+vector-Jacobian product at the current originals) into the gradients of its trained parameters. Without
+preconditioning that gives back their own gradients. The collection starts afresh at a forward pass that finds
+their gradients None (`zero_grad()`'s default), and after each step; with a process group it is averaged over the
+ranks, as DistributedDataParallel averages the parameters' gradients.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.autograd.graph import get_gradient_edge
+from torch.utils.hooks import RemovableHandle
 
-from tncompiler.model.distributed import process_group_of, unwrap
+from tncompiler.model.distributed import all_reduce_sums, process_group_of, unwrap
 from tncompiler.model.factors import Approx, FactorLayer, LayerCall, Sums, backpropagate, check_options, factor_layers
-from tncompiler.model.layers import LayerSpec, bias_of, weight_of
+from tncompiler.model.layers import LayerSpec, parametrization_of, stored_tensor
 from tncompiler.model.losses import Fisher, cotangents, loss_spec
 
 __all__ = ["KFAC", "Inverse"]
@@ -97,6 +110,7 @@ class KFAC:
         self._handles = [layer.module.register_forward_hook(self._layer_hook(layer)) for layer in self.layers]
         self._handles.append(model.register_forward_pre_hook(self._before_model))
         self._handles.append(model.register_forward_hook(self._after_model))
+        self._tensors = {layer.name: _layer_gradients(layer) for layer in self.layers}
 
     # --- recording -------------------------------------------------------------------------------------------------
 
@@ -146,8 +160,26 @@ class KFAC:
         if self.running and (self.steps % self.invert_every == 0 or not self._inverses):
             self._invert()
         if self._inverses:
+            self._average_collected()
             self._precondition()
+        for tensor in self._trained_tensors():
+            tensor.clear()
         self.steps += 1
+
+    def _trained_tensors(self) -> list[_Gradient]:
+        return [tensor for pair in self._tensors.values() for tensor in pair if tensor is not None]
+
+    def _average_collected(self) -> None:
+        """With a process group (DDP's), the parameters' gradients are averages over the ranks, but the gradients
+        collected for parametrized tensors are each rank's own: they are averaged alike (zeros from a rank that
+        collected none), so that every rank writes the same gradients."""
+        collected = [tensor for tensor in self._trained_tensors() if isinstance(tensor, _ParametrizedGradient)]
+        if self.process_group is None or not collected:
+            return
+        totals, _ = all_reduce_sums([tensor.collected() for tensor in collected], [], self.process_group)
+        ranks = dist.get_world_size(self.process_group)
+        for tensor, total in zip(collected, totals):
+            tensor.total = total.div_(ranks)
 
     def _update(self) -> None:
         sums = Sums()
@@ -179,7 +211,7 @@ class KFAC:
     def _precondition(self) -> None:
         updates: list[tuple[FactorLayer, Tensor, Tensor]] = []
         for layer in self.layers:
-            gradient = _gradient_matrix(layer)
+            gradient = _gradient_matrix(layer.spec, *self._tensors[layer.name])
             if gradient is None or layer.name not in self._inverses:
                 continue
             inverse = self._inverses[layer.name]
@@ -187,7 +219,7 @@ class KFAC:
             updates.append((layer, gradient, solve(inverse, gradient.to(inverse[0].dtype), self.damping)))
         nu = self._kl_scale(updates)
         for layer, _, delta in updates:
-            _write_gradient(layer, delta * nu)
+            _write_gradient(layer.spec, *self._tensors[layer.name], delta * nu)
 
     def _kl_scale(self, updates: list[tuple[FactorLayer, Tensor, Tensor]]) -> float:
         if self.kl_clip is None or not updates:
@@ -216,6 +248,8 @@ class KFAC:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        for tensor in self._trained_tensors():
+            tensor.remove()
 
 
 def _check_settings(
@@ -279,20 +313,157 @@ def _apply_cholesky(inverse: tuple[Tensor, ...], gradient: Tensor, damping: floa
     return inverse_b @ gradient @ inverse_a
 
 
+# --- the gradients of a layer's tensors ------------------------------------------------------------------------------
+
+
+class _Gradient:
+    """How the preconditioner reads and writes the gradient of a plain trained parameter (a layer's weight or
+    bias): its `.grad`, in place."""
+
+    def __init__(self, module: nn.Module, name: str) -> None:
+        self.module, self.name = module, name
+
+    def _parameter(self) -> Tensor:
+        parameter = getattr(self.module, self.name)
+        assert isinstance(parameter, torch.Tensor)
+        return parameter
+
+    def read(self) -> Tensor | None:
+        return self._parameter().grad
+
+    def write(self, value: Tensor) -> None:
+        gradient = self._parameter().grad
+        if gradient is not None:
+            gradient.copy_(value.reshape(gradient.shape))
+
+    def clear(self) -> None:
+        """Nothing to forget: autograd keeps a parameter's gradient."""
+
+    def remove(self) -> None:
+        """No hooks to remove."""
+
+
+class _ParametrizedGradient(_Gradient):
+    """A parametrized tensor's gradient: that of the tensor the parametrization computes, collected by a tensor hook
+    on each tensor it computes with grad enabled; written back through the parametrization (the module docstring)."""
+
+    def __init__(self, module: nn.Module, name: str, shape: tuple[int, ...]) -> None:
+        super().__init__(module, name)
+        self.shape = shape  # of the computed tensor
+        parametrization = parametrization_of(module, name)
+        assert parametrization is not None
+        self.parametrization = parametrization
+        self.total: Tensor | None = None
+        self._writing = False  # our own evaluation in `write` must not collect its cotangent
+        self._handle: RemovableHandle = self.parametrization.register_forward_hook(self._computed)
+
+    def _trained(self) -> list[Tensor]:
+        return [p for p in self.parametrization.parameters() if p.requires_grad]
+
+    def _computed(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
+        if self._writing or not output.requires_grad:
+            return
+        if all(p.grad is None for p in self._trained()):  # a fresh start since zero_grad (no backward in between)
+            self.total = None
+        output.register_hook(self._collect)  # type: ignore[no-untyped-call]
+
+    def _collect(self, gradient: Tensor) -> None:
+        if self.total is None:
+            self.total = gradient.detach().clone()
+        else:
+            self.total.add_(gradient.detach())
+
+    def read(self) -> Tensor | None:
+        return self.total
+
+    def collected(self) -> Tensor:
+        """The collected gradient, or zeros in the stored tensor's dtype and device when none was collected."""
+        if self.total is not None:
+            return self.total
+        stored = stored_tensor(self.module, self.name)
+        assert stored is not None
+        return stored.new_zeros(self.shape)
+
+    def write(self, value: Tensor) -> None:
+        """The trained parameters' gradients become the vector-Jacobian product of the parametrization with `value`
+        (those without a gradient are left alone, as a plain parameter's None gradient is)."""
+        trained = [p for p in self._trained() if p.grad is not None]
+        if not trained:
+            return
+        self._writing = True
+        try:
+            with torch.enable_grad(), _evaluating(self.parametrization):
+                computed = self.parametrization()
+            parts = torch.autograd.grad(
+                computed, trained, value.reshape(computed.shape).to(computed.dtype), allow_unused=True
+            )
+        finally:
+            self._writing = False
+        for parameter, part in zip(trained, parts):
+            assert parameter.grad is not None
+            if part is None:  # a parameter the computed tensor does not depend on here
+                parameter.grad.zero_()
+            else:
+                parameter.grad.copy_(part)
+
+    def clear(self) -> None:
+        self.total = None
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+@contextlib.contextmanager
+def _evaluating(module: nn.Module) -> Iterator[None]:
+    """The module in eval mode for the block, each submodule's mode restored after: spectral norm then computes its
+    weight from the power-iteration vectors its last forward pass left, without advancing them, which is the weight
+    (and the Jacobian) that pass used."""
+    modes = [(part, part.training) for part in module.modules()]
+    module.train(False)
+    try:
+        yield
+    finally:
+        for part, mode in modes:
+            part.training = mode
+
+
+def _tensor_gradient(module: nn.Module, name: str, trained: bool, shape: tuple[int, ...]) -> _Gradient | None:
+    if not trained:
+        return None
+    if parametrization_of(module, name) is not None:
+        return _ParametrizedGradient(module, name, shape)
+    return _Gradient(module, name)
+
+
+def _layer_gradients(layer: FactorLayer) -> tuple[_Gradient | None, _Gradient | None]:
+    """The layer's weight and bias gradients, None for a frozen (or absent) one."""
+    spec = layer.spec
+    return (
+        _tensor_gradient(layer.module, "weight", layer.trains_weight, _weight_shape(spec)),
+        _tensor_gradient(layer.module, "bias", layer.trains_bias, (spec.groups * spec.out_channels,)),
+    )
+
+
 # --- gradients as [g, out, in] matrices ------------------------------------------------------------------------------
 
 
-def _gradient_matrix(layer: FactorLayer) -> Tensor | None:
-    """The weight's gradient as [g, out, in] (a transpose convolution's weight is [(g c), d, k...]), with the bias's
-    gradient as a last column; None when the weight has no gradient."""
-    spec, weight, bias = layer.spec, weight_of(layer.module), bias_of(layer.module)
-    if weight.grad is None:
-        return None
-    matrix = _weight_matrix(spec, weight.grad)
+def _gradient_matrix(spec: LayerSpec, weight: _Gradient | None, bias: _Gradient | None) -> Tensor | None:
+    """The trained weight's gradient as [g, out, in] (a transpose convolution's weight is [(g c), d, k...]), with a
+    trained bias's gradient as a last column (zeros if it has none); None when the weight has no gradient (or, for a
+    layer that trains its bias alone, the bias has none)."""
+    columns: list[Tensor] = []
+    if weight is not None:
+        gradient = weight.read()
+        if gradient is None:
+            return None
+        columns.append(_weight_matrix(spec, gradient))
     if bias is not None:
-        column = bias.grad if bias.grad is not None else torch.zeros_like(bias)
-        matrix = torch.cat([matrix, column.reshape(spec.groups, spec.out_channels, 1)], dim=2)
-    return matrix
+        column = bias.read()
+        if column is None and not columns:
+            return None
+        shape = (spec.groups, spec.out_channels, 1)
+        columns.append(column.reshape(shape) if column is not None else columns[0].new_zeros(shape))
+    return torch.cat(columns, dim=2) if len(columns) > 1 else columns[0]
 
 
 def _weight_matrix(spec: LayerSpec, weight: Tensor) -> Tensor:
@@ -302,14 +473,22 @@ def _weight_matrix(spec: LayerSpec, weight: Tensor) -> Tensor:
     return weight.reshape(g, d, -1)
 
 
-def _write_gradient(layer: FactorLayer, matrix: Tensor) -> None:
-    spec, weight, bias = layer.spec, weight_of(layer.module), bias_of(layer.module)
+def _write_gradient(spec: LayerSpec, weight: _Gradient | None, bias: _Gradient | None, matrix: Tensor) -> None:
+    """The inverse of `_gradient_matrix`: the columns back into the trained tensors' gradients."""
     if bias is not None:
         matrix, column = matrix[:, :, :-1], matrix[:, :, -1]
-        if bias.grad is not None:
-            bias.grad.copy_(column.reshape(bias.shape))
-    assert weight.grad is not None
+        bias.write(column.reshape(-1))
+    if weight is None:
+        return
     if spec.kind == "transpose":
         g, c, d = spec.groups, spec.in_channels, spec.out_channels
         matrix = matrix.reshape(g, d, c, -1).transpose(1, 2)
-    weight.grad.copy_(matrix.reshape(weight.shape))
+    weight.write(matrix.reshape(_weight_shape(spec)))
+
+
+def _weight_shape(spec: LayerSpec) -> tuple[int, ...]:
+    """PyTorch's layout of the weight: [d, c], [(g d), c, k...] or a transpose convolution's [(g c), d, k...]."""
+    g, c, d = spec.groups, spec.in_channels, spec.out_channels
+    if spec.kind == "linear":
+        return (d, c)
+    return ((g * c, d) if spec.kind == "transpose" else (g * d, c)) + spec.kernel
