@@ -13,10 +13,11 @@ import threading
 import types
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 import sympy
 
+import tncompiler
 from tncompiler.api import build_program, read_source
 from tncompiler.dot import diagram_dot
 from tncompiler.driver import Compilation
@@ -113,11 +114,20 @@ def _dot(args: argparse.Namespace) -> int:
     text = "".join(texts)
     if args.output is None:
         sys.stdout.write(text)
-    elif args.output.suffix.lower() in _PICTURES:
-        write_files([(args.output, _render(text, args.output))], source=args.file)
+        return 0
+    output = _dot_output(args.output, f"{args.diagram or Path(args.file).stem}.{args.stage}.dot")
+    if output.suffix.lower() in _PICTURES:
+        write_files([(output, _render(text, output))], source=args.file)
     else:
-        write_files([(args.output, text)], source=args.file)
+        write_files([(output, text)], source=args.file)
     return 0
+
+
+def _dot_output(given: str, name: str) -> Path:
+    """`-o DIR/` writes DIR/NAME, checked as `tnc compile -o DIR/` is (the folder must exist); any other path is the
+    file itself, so `-o pictures` naming a folder is refused as docs/errors.md shows rather than written into."""
+    as_folder = given.endswith(os.sep) or bool(os.altsep and given.endswith(os.altsep))
+    return output_path(given, name) if as_folder else Path(given)
 
 
 _PICTURES = (".svg", ".png", ".pdf")
@@ -150,13 +160,14 @@ def _cache_clear(args: argparse.Namespace) -> int:
     from tncompiler.model.cache import cache_dir, clear_cache  # the model package imports torch: only when asked
 
     removed, folder = clear_cache(), cache_dir()
-    where = f" from {folder}" if folder is not None else " (the disk cache is off: TNC_CACHE_DIR=off)"
+    where = f" from {escape_name(folder)}" if folder is not None else " (the disk cache is off: TNC_CACHE_DIR=off)"
     print(f"removed {removed} cache entr{'y' if removed == 1 else 'ies'}{where}")
     return 0
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tnc", description="Compile tensor-network diagrams (.tnd) to PyTorch.")
+    parser.add_argument("--version", action=_VersionAction, help="print tnc's version and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     compile_ = commands.add_parser("compile", help="write the Python module of a .tnd file")
     compile_.add_argument("file", type=Path, metavar="FILE.tnd")
@@ -177,7 +188,12 @@ def _parser() -> argparse.ArgumentParser:
     dot.add_argument("file", type=Path, metavar="FILE.tnd")
     dot.add_argument("diagram", nargs="?", help="one diagram (default: all)")
     dot.add_argument("--stage", default="built", help="rewrite stage to draw (default: built)")
-    dot.add_argument("-o", "--output", type=Path, help="write here instead of printing; .svg/.png/.pdf renders")
+    dot.add_argument(  # a string: Path() would drop the trailing `/` that marks a folder
+        "-o",
+        "--output",
+        help="write here instead of printing; .svg/.png/.pdf renders; DIR/ writes DIR/DIAGRAM.STAGE.dot, "
+        "or DIR/FILE.STAGE.dot for all diagrams",
+    )
     dot.set_defaults(run=_dot)
     cache = commands.add_parser("cache", help="manage the disk cache of compiled layers ($TNC_CACHE_DIR)")
     cache_commands = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
@@ -194,14 +210,30 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run `tnc`; errors in the input are reported as FILE:LINE:COL with exit status 1."""
+    """Run `tnc`; errors in the input are reported as FILE:LINE:COL with exit status 1.
+
+    A reader that stops early (`tnc check FILE | head -1`) ends tnc quietly with status 141, 128 + SIGPIPE, the
+    status a shell reports for grep or cat that SIGPIPE ended; nothing is printed about it.
+    """
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, where it is handled, rather than at exit (status 120)
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         with _termination_unwinds():
             status: int = args.run(args)
         return status
+    except BrokenPipeError:  # stdout or stderr closed: not an error to report (there is no one to report it to)
+        raise
     except TncError as error:  # one not about a line of the file (an output, Graphviz) is reported at the file
-        print(error.located(str(args.file), ""), file=sys.stderr)
+        print(error.located(_subject(args), ""), file=sys.stderr)
         return 1
     except OSError as error:
         print(f"tnc: error: {escape_text(str(error))}", file=sys.stderr)
@@ -219,6 +251,59 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _subject(args: argparse.Namespace) -> str:
+    """What an error is reported at: the input file, or `tnc` for a command that reads none (`tnc cache clear`)."""
+    file = getattr(args, "file", None)
+    return "tnc" if file is None else str(file)
+
+
+def _reader_gone() -> int:
+    """The status for a closed stdout or stderr, after pointing the closed one at /dev/null: what it still buffers
+    would fail again when Python flushes it at exit, printing `Exception ignored` and exiting with status 120."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a stream closed, or without a descriptor: no flush at exit
+            _silence_if_closed(stream)
+    return 128 + int(getattr(signal, "SIGPIPE", 13))  # SIGPIPE is 13 where it exists; Windows has none
+
+
+def _silence_if_closed(stream: TextIO) -> None:
+    try:
+        stream.flush()  # the only way to tell the closed stream: the other flushes fine
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, stream.fileno())
+        finally:
+            os.close(devnull)
+
+
+def _version() -> str:
+    """The installed distribution's version; the package's own where tnc runs from a source tree not installed."""
+    from importlib.metadata import PackageNotFoundError, version  # only for --version: it scans sys.path
+
+    try:
+        return version("tncompiler")
+    except PackageNotFoundError:
+        return tncompiler.__version__
+
+
+class _VersionAction(argparse.Action):
+    """`--version`: prints `tnc VERSION` on stdout and exits 0; the version is looked up only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[object] | None,
+        option_string: str | None = None,
+    ) -> None:
+        print(f"tnc {_version()}")
+        parser.exit()
 
 
 @contextlib.contextmanager
