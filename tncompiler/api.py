@@ -14,6 +14,8 @@ from tncompiler.driver import Compilation
 from tncompiler.errors import Span, TncError, escape_name
 from tncompiler.frontend.parse import parse, require_definitions
 from tncompiler.frontend.resolve import resolve
+from tncompiler.generated import GeneratedModule, make_module
+from tncompiler.generated import module_name as generated_name
 from tncompiler.ir.network import Program
 from tncompiler.output import file_kind
 
@@ -137,12 +139,10 @@ def compile_file(path: str | Path, rewrite: bool = True) -> str:
     return compile_source(read_source(path), str(path), rewrite)
 
 
-class TncModule(types.ModuleType):
+class TncModule(GeneratedModule):
     """The module of a compiled `.tnd` file; a notebook shows it as its diagrams, drawn as built (`_repr_svg_`)."""
 
-    def __init__(self, name: str, program: Program) -> None:
-        super().__init__(name)
-        self.__tnc_program__ = program
+    __tnc_program__: Program
 
     def _repr_svg_(self) -> str:
         return program_svg(self.__tnc_program__.diagrams, self.__name__)
@@ -151,13 +151,15 @@ class TncModule(types.ModuleType):
 def load_source(
     source: str, filename: str = "<string>", module_name: str | None = None, rewrite: bool = True
 ) -> types.ModuleType:
-    """Compile `.tnd` text and import the result as a fresh module."""
+    """Compile `.tnd` text and import the result as a module named `tnc_<stem>_<hash>` (the stem: `module_name`, else
+    the file's name), registered in `sys.modules` so that torch.compile and pickle find it by that name."""
     program = build_program(source, filename)
     code = compile_program(program, source, rewrite)
-    name = module_name or Path(filename).stem.replace("-", "_") or "tnc_module"
-    module = TncModule(name, program)
-    module.__file__ = f"<tnc:{filename}>"
-    exec(compile(code, module.__file__, "exec"), module.__dict__)  # the compiler's own output, never user text
+    stem = module_name or Path(filename).stem
+    name = generated_name(stem, code)  # equal code, equal name
+    recipe = (load_source, (source, filename, module_name, rewrite))
+    module = make_module(code, name, f"<tnc:{filename}>", recipe, TncModule)
+    module.__tnc_program__ = program  # type: ignore[attr-defined]
     return module
 
 

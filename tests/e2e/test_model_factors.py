@@ -218,7 +218,7 @@ def test_factors_never_unfold(monkeypatch: pytest.MonkeyPatch) -> None:
     """The factors come from kfac_expand / kfac_reduce / unfold_sum, never from the unfolded input."""
     model = conv2d_net()
     for _, module in layers.supported_layers(model):
-        monkeypatch.setattr(layers.compile_layer(module), "unfold", _refuse)
+        monkeypatch.setattr(layers.layer_functions(module), "unfold", _refuse)
     for approx in ("expand", "reduce"):
         ours(model, "ce-mean", batches("ce-mean", (2, 8, 8)), approx, "empirical")
 

@@ -2,6 +2,7 @@
 sampled (tensor-dropout) weight gradients, on one process or many.
 
     layers.py          the text of nn.Linear / nn.Conv*d / nn.ConvTranspose*d, compiled and cached
+    calls.py           compile_layer: the compiled functions, y called as the module is
     cache.py           compiled modules in memory and on disk
     losses.py          the loss's output cotangents for each Fisher type
     factors.py         kfac_factors: the factors of a model over a data set
@@ -10,8 +11,9 @@ sampled (tensor-dropout) weight gradients, on one process or many.
     distributed.py     sums and counts across processes
 """
 
+from tncompiler.model.calls import compile_layer
 from tncompiler.model.factors import kfac_factors
-from tncompiler.model.layers import compile_layer, layer_source
+from tncompiler.model.layers import layer_source
 from tncompiler.model.preconditioner import KFAC
 from tncompiler.model.sampling import sampled
 

@@ -33,6 +33,7 @@ import types
 from pathlib import Path
 
 import tncompiler
+from tncompiler.generated import make_module, module_name
 from tncompiler.guard import parse_size
 
 __all__ = ["cache_dir", "clear_cache", "clear_memory", "compiler_fingerprint", "load_compiled", "max_bytes"]
@@ -136,14 +137,14 @@ def _load(source: str, name: str, key: str) -> types.ModuleType:
         text = _read_entry(path, key)
         if text is not None:
             try:
-                return _module(text, name, str(path))
+                return _module(text, name, str(path), source, key)
             except (SyntaxError, ValueError):
                 _unlink(path)  # verified, yet not Python: a compiler's bug, which compiling again will show
     code = tncompiler.compile_source(source, f"{name}.tnd")
     text = _header(key, code) + code  # executed with its header too, so tracebacks' line numbers are the file's
     if path is not None:
         _store(path, text, bound)
-    return _module(text, name, str(path) if path is not None else f"<tnc:{name}>")
+    return _module(text, name, str(path) if path is not None else f"<tnc:{name}>", source, key)
 
 
 def _folder(create: bool) -> Path | None:
@@ -274,8 +275,6 @@ def _unlink(path: Path) -> bool:
     return True
 
 
-def _module(code: str, name: str, filename: str) -> types.ModuleType:
-    module = types.ModuleType(name)
-    module.__file__ = filename
-    exec(compile(code, filename, "exec"), module.__dict__)  # the compiler's own output, verified as such
-    return module
+def _module(code: str, name: str, filename: str, source: str, key: str) -> types.ModuleType:
+    """The entry's code as module `tnc_<name>_<hash>` in `sys.modules`; it pickles as `load_compiled(source, name)`."""
+    return make_module(code, module_name(name, key), filename, (load_compiled, (source, name)))

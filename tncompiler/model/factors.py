@@ -40,7 +40,7 @@ from tncompiler.model.distributed import all_reduce_sums, process_group_of, unwr
 from tncompiler.model.layers import (
     SUPPORTED,
     LayerSpec,
-    compile_layer,
+    layer_functions,
     spec_of,
     stored_tensor,
     trainable,
@@ -62,7 +62,7 @@ class FactorLayer:
     def __init__(self, name: str, module: nn.Module) -> None:
         self.name, self.module = name, module
         self.spec: LayerSpec = spec_of(module, name)
-        self.functions = compile_layer(self.spec)
+        self.functions = layer_functions(self.spec)
         self.trains_weight = trainable(module, "weight")
         self.trains_bias = self.spec.bias and trainable(module, "bias")
 

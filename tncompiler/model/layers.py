@@ -32,9 +32,9 @@ __all__ = [
     "bias_of",
     "weight_of",
     "SUPPORTED",
-    "compile_layer",
     "compile_sampled",
     "describe",
+    "layer_functions",
     "layer_source",
     "parametrization_of",
     "sampled_source",
@@ -43,6 +43,7 @@ __all__ = [
     "stored_tensor",
     "supported_layers",
     "trainable",
+    "transpose_padding",
     "with_sizes",
 ]
 
@@ -211,7 +212,10 @@ def _pad_text(module: nn.modules.conv._ConvNd, j: int, label: str) -> str:
     left = int(padding[j])
     if not isinstance(module, _TRANSPOSES):
         return str(left)
-    extra, stride = int(module.output_padding[j]), int(module.stride[j])
+    return _transpose_text(left, int(module.output_padding[j]), int(module.stride[j]), j, label)
+
+
+def _transpose_text(left: int, extra: int, stride: int, j: int, label: str) -> str:
     right = min(left, left - extra + stride - 1)
     if right < 0:
         raise ValueError(
@@ -219,6 +223,13 @@ def _pad_text(module: nn.modules.conv._ConvNd, j: int, label: str) -> str:
             f"dimension {j + 1}: no zero padding of a convolution's windows gives that output size"
         )
     return str(left) if right == left else f"({left}, {right})"
+
+
+def transpose_padding(spec: LayerSpec, j: int, extra: int) -> str:
+    """The padding text of a transpose convolution's dimension j for output padding `extra` (see `_pad_text`)."""
+    if spec.padding[j] in ("same", "valid"):
+        return spec.padding[j]
+    return _transpose_text(spec.symmetric_padding[j], extra, spec.stride[j], j, spec.title)
 
 
 # --- the text ------------------------------------------------------------------------------------------------------
@@ -354,23 +365,30 @@ def _module_name(spec: LayerSpec) -> str:
     return f"conv{'transpose' if spec.kind == 'transpose' else ''}{spec.dims}d"
 
 
-def compile_layer(module: nn.Module | LayerSpec) -> types.ModuleType:
-    """The compiled module of `layer_source(module)`, cached in memory and on disk (`tncompiler.model.cache`)."""
+def layer_functions(module: nn.Module | LayerSpec) -> types.ModuleType:
+    """The generated module of `layer_source(module)`, cached in memory and on disk (`tncompiler.model.cache`); the
+    public `compile_layer` (model/calls.py) adds a `y` called as the module is."""
     spec = _spec(module)
     return load_compiled(layer_source(spec), _module_name(spec))
 
 
 def compile_sampled(module: nn.Module | LayerSpec, over: Over) -> types.ModuleType:
-    """The compiled module of `sampled_source(module, over)`, cached as compile_layer's is."""
+    """The compiled module of `sampled_source(module, over)`, cached as layer_functions' is."""
     spec = _spec(module)
     return load_compiled(sampled_source(spec, over), _module_name(spec) + "_sampled")
 
 
-@functools.cache
+_KEYWORDS: dict[Callable[..., object], frozenset[str]] = {}  # a plain dict: torch.compile warns of functools caches
+
+
 def _keywords(function: Callable[..., object]) -> frozenset[str]:
     """The keyword-only size arguments a generated function takes."""
-    parameters = inspect.signature(function).parameters.values()
-    return frozenset(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "generator")
+    found = _KEYWORDS.get(function)
+    if found is None:
+        parameters = inspect.signature(function).parameters.values()
+        kinds = (p for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
+        found = _KEYWORDS[function] = frozenset(p.name for p in kinds if p.name not in ("generator", "dtype", "device"))
+    return found
 
 
 def size_keywords(function: Callable[..., object], sizes: dict[str, int]) -> dict[str, int]:
