@@ -342,10 +342,26 @@ def factor_layers(model: nn.Module) -> list[FactorLayer]:
     ]
 
 
+def no_layers(function: str, model: nn.Module) -> str:
+    """The message for a model that has no layer to compute factors for."""
+    supported = ", ".join(f"nn.{cls.__name__}" for cls in SUPPORTED)
+    return (
+        f"tncompiler.{function}: model {type(model).__name__} has no supported layer that trains its weight or bias "
+        f"(supported: {supported}), so there are no factors to compute"
+    )
+
+
+def batches(data: Iterable[tuple[Any, Tensor]] | tuple[Any, Tensor]) -> Iterable[tuple[Any, Tensor]]:
+    """The (x, y) pairs of `data`: an iterable of pairs, or one pair `(x, y)` of tensors."""
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(part, Tensor) for part in data):
+        return [(data[0], data[1])]
+    return data  # type: ignore[return-value]
+
+
 def kfac_factors(
     model: nn.Module,
     loss_func: nn.Module,
-    data: Iterable[tuple[Any, Tensor]],
+    data: Iterable[tuple[Any, Tensor]] | tuple[Tensor, Tensor],
     *,
     approx: Approx = "expand",
     fisher: Fisher = "empirical",
@@ -360,15 +376,17 @@ def kfac_factors(
     A = [[1]]. A parametrized weight has the factors of the weight its parametrization computes (the module
     docstring says why, and how curvlinops differs). A grouped layer has blocks [g, in, in] and [g, out, out]. With a
     process group (or a DistributedDataParallel model), each rank passes its share of the data and all get the
-    factors of all of it. `generator` draws the mc labels."""
+    factors of all of it. `data` is an iterable of (x, y) pairs or one pair. `generator` draws the mc labels."""
     check_options(approx, fisher, mc_samples)
     spec = loss_spec(loss_func)
     group = process_group_of(model, process_group)
     inner = unwrap(model)  # a DDP forward without a backward to the parameters would leave its reducer waiting
     layers = factor_layers(inner)
+    if not layers:
+        raise ValueError(no_layers("kfac_factors", inner))
     sums = Sums()
     with Recorder(layers) as recorder, torch.enable_grad():
-        for inputs, target in data:
+        for inputs, target in batches(data):
             recorder.calls.clear()
             output = inner(inputs)
             if output.shape[0] == 0:

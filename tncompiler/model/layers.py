@@ -153,9 +153,16 @@ def _comment(text: str) -> str:
 def spec_of(module: nn.Module, name: str | None = None) -> LayerSpec:
     """The spec of a supported layer; a `TypeError` or `ValueError` that names the module for anything else."""
     label = f"{name!r} ({module!r})" if name else repr(module)
-    if not isinstance(module, SUPPORTED) or type(module).forward is not _base_forward(module):
+    if not isinstance(module, SUPPORTED):
         supported = ", ".join(f"nn.{cls.__name__}" for cls in SUPPORTED)
         raise TypeError(f"tncompiler: module {label} is not a layer tnc can write; supported: {supported}")
+    if type(module).forward is not _base_forward(module):
+        base = next(cls for cls in SUPPORTED if isinstance(module, cls)).__name__
+        raise TypeError(
+            f"tncompiler: module {label} is a {type(module).__name__}, a subclass of nn.{base} that overrides "
+            f"forward, so tnc cannot know what it computes; give it nn.{base}'s own forward, or freeze its "
+            "parameters (requires_grad_(False)) to leave it out"
+        )
     if isinstance(module, nn.Linear):
         return LayerSpec(
             "linear", module.in_features, module.out_features, 1, (), (), (), (), (), (), module.bias is not None,

@@ -36,7 +36,16 @@ from torch.autograd.graph import get_gradient_edge
 from torch.utils.hooks import RemovableHandle
 
 from tncompiler.model.distributed import all_reduce_sums, process_group_of, unwrap
-from tncompiler.model.factors import Approx, FactorLayer, LayerCall, Sums, backpropagate, check_options, factor_layers
+from tncompiler.model.factors import (
+    Approx,
+    FactorLayer,
+    LayerCall,
+    Sums,
+    backpropagate,
+    check_options,
+    factor_layers,
+    no_layers,
+)
 from tncompiler.model.layers import LayerSpec, parametrization_of, stored_tensor
 from tncompiler.model.losses import Fisher, cotangents, loss_spec
 
@@ -102,6 +111,8 @@ class KFAC:
         self.loss = loss_spec(loss_func)
         self.process_group = process_group_of(model, process_group)
         self.layers = factor_layers(unwrap(model))
+        if not self.layers:
+            raise ValueError(no_layers("KFAC", unwrap(model)))
         self.steps = 0
         self.running: dict[str, tuple[Tensor, Tensor]] = {}  # with group axes
         self._inverses: dict[str, tuple[Tensor, ...]] = {}
