@@ -353,9 +353,9 @@ def no_layers(function: str, model: nn.Module) -> str:
 
 def batches(data: Iterable[tuple[Any, Tensor]] | tuple[Any, Tensor]) -> Iterable[tuple[Any, Tensor]]:
     """The (x, y) pairs of `data`: an iterable of pairs, or one pair `(x, y)` of tensors."""
-    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(part, Tensor) for part in data):
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor) and isinstance(data[1], Tensor):
         return [(data[0], data[1])]
-    return data  # type: ignore[return-value]
+    return data
 
 
 def kfac_factors(
