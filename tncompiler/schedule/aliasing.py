@@ -96,11 +96,13 @@ class _State:
 
 
 def _reads_after(
-    ops: tuple[Op, ...], position: int, after: frozenset[str], symbols: Mapping[sympy.Symbol, str]
-) -> set[str]:
-    found = set(after)
-    for op in ops[position + 1 :]:
-        found |= reads(op, symbols)
+    ops: tuple[Op, ...], after: frozenset[str], symbols: Mapping[sympy.Symbol, str]
+) -> list[frozenset[str]]:
+    """For each position, the names read after it (in the block, then after the block): one pass from the end."""
+    found, later = [frozenset(after)] * len(ops), frozenset(after)
+    for position in range(len(ops) - 1, -1, -1):
+        found[position] = later
+        later = later | reads(ops[position], symbols)
     return found
 
 
@@ -138,15 +140,15 @@ def _block(
     ops: tuple[Op, ...], state: _State, after: frozenset[str], symbols: Mapping[sympy.Symbol, str]
 ) -> tuple[Op, ...]:
     result: list[Op] = []
+    suffixes = _reads_after(ops, after, symbols)
     for position, op in enumerate(ops):
         if isinstance(op, Branch):
-            later = frozenset(_reads_after(ops, position, after, symbols))
-            op = _branch(op, state, later, symbols)
+            op = _branch(op, state, suffixes[position], symbols)
             result.append(op)
             continue
         targets = writes(op)
         if targets:
-            later = frozenset(_reads_after(ops, position, after, symbols))
+            later = suffixes[position]
             for name in sorted(targets):
                 if not _allowed(name, state, later):
                     op = _out_of_place(op, name)

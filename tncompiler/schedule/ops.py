@@ -40,6 +40,7 @@ __all__ = [
     "Chooser",
     "names_in",
     "reads",
+    "forget_reads",
     "walk",
     "call",
     "method",
@@ -267,15 +268,27 @@ def names_in(expr: Expr | None, symbols: Mapping[sympy.Symbol, str]) -> set[str]
     return found
 
 
-def reads(op: Op, symbols: Mapping[sympy.Symbol, str]) -> set[str]:
+# reads() by op identity: the peephole rules ask for the same ops' reads again after every rewrite. An entry holds
+# its op, so an id is never reused while cached; `forget_reads` empties it after each function.
+_READS: dict[int, tuple[Op, Mapping[sympy.Symbol, str], frozenset[str]]] = {}
+
+
+def reads(op: Op, symbols: Mapping[sympy.Symbol, str]) -> frozenset[str]:
     """The names an op reads (a branch: its tests and its arms)."""
+    hit = _READS.get(id(op))
+    if hit is not None and hit[0] is op and hit[1] is symbols:
+        return hit[2]
+    found: set[str] = set()
     if isinstance(op, Assign | Effect | Return):
-        return names_in(op.value, symbols)
-    if isinstance(op, Branch):
-        found: set[str] = set()
+        found = names_in(op.value, symbols)
+    elif isinstance(op, Branch):
         for test, body in op.arms:
             found |= names_in(test, symbols)
             for inner in body:
                 found |= reads(inner, symbols)
-        return found
-    return set()
+    result = _READS[id(op)] = (op, symbols, frozenset(found))
+    return result[2]
+
+
+def forget_reads() -> None:
+    _READS.clear()

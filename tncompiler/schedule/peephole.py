@@ -23,6 +23,7 @@ from tncompiler.schedule.ops import (
     Name,
     Op,
     SizeOf,
+    forget_reads,
     names_in,
     reads,
 )
@@ -199,4 +200,7 @@ def tidy(function: Function) -> Function:
     """The function with the peephole rules applied everywhere, then the aliasing rule on its in-place writes."""
     body = function.body
     scope = Scope(frozenset(), function.symbols, _assigned(body), frozenset(function.params), written(body))
-    return settle(replace(function, body=_block(body, scope)))
+    try:
+        return settle(replace(function, body=_block(body, scope)))
+    finally:
+        forget_reads()
