@@ -4,12 +4,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo demo-models test test-fast lint format golden docs bench clean
+.PHONY: setup demo demo-models test test-all lint format golden docs bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	@# BackPACK and laplace-torch pull in torchvision, whose PyPI wheel is built for CUDA torch and fails to load
+	@# beside the CPU build ("operator torchvision::nms does not exist"); nothing tested needs it, and without it
+	@# torchmetrics (imported by laplace) leaves its image metrics out.
+	$(PY) -m pip uninstall -q -y torchvision
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv with torch (CPU), the compiler and the test tools
@@ -20,11 +24,12 @@ demo: setup  ## compile every example and check it against PyTorch
 demo-models: setup  ## train a CNN on scikit-learn's digits with tncompiler.KFAC + SGD, SGD and Adam (README, "Whole models")
 	$(PY) examples/train_kfac_digits.py
 
-test: setup  ## the whole test suite
-	$(PY) -m pytest -q
-
-test-fast: setup  ## the suite without the slow tests
+test: setup  ## the test suite, without the slow fuzzing and sweeps (at most 5 minutes on 2 cores)
 	$(PY) -m pytest -q -m "not slow"
+
+test-all: setup  ## everything: the suite, then the slow tests (fuzzing, sweeps, inductor, subprocesses)
+	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m slow
 
 lint: setup  ## ruff and mypy (strict on the package)
 	$(PY) -m ruff check tncompiler tests examples bench
