@@ -31,6 +31,7 @@ class CompiledLayer(GeneratedModule):
     """A layer's compiled functions (those of `layer_source(module)`), with `y` called as the module is."""
 
     spec: LayerSpec
+    functions: types.ModuleType  # the generated module it wraps
 
 
 _layers: dict[LayerSpec, CompiledLayer] = {}
@@ -41,20 +42,20 @@ def compile_layer(module: nn.Module | LayerSpec) -> types.ModuleType:
     """The compiled functions of a layer (cached per hyper-parameters, in memory and on disk); `y(x, w, b=None, *,
     output_size=None)` equals the module's forward for the same weight and bias."""
     spec = module if isinstance(module, LayerSpec) else spec_of(module)
+    functions = layer_functions(spec)  # from the module caches, which decide when to compile again
     with _lock:
         layer = _layers.get(spec)
-        if layer is None:
-            layer = _layers[spec] = _layer(spec)
+        if layer is None or layer.functions is not functions:
+            layer = _layers[spec] = _layer(spec, functions)
     return layer
 
 
-def _layer(spec: LayerSpec) -> CompiledLayer:
-    functions = layer_functions(spec)
+def _layer(spec: LayerSpec, functions: types.ModuleType) -> CompiledLayer:
     layer = CompiledLayer("tnc_layer_" + functions.__name__.removeprefix("tnc_"))  # the generated module's hash
     sys.modules[layer.__name__] = layer  # importable by its name, as every generated module is
     layer.__dict__.update({k: v for k, v in vars(functions).items() if not k.startswith("__")})
     layer.__doc__ = functions.__doc__
-    layer.spec = spec
+    layer.spec, layer.functions = spec, functions
     layer.__tnc_recipe__ = (compile_layer, (spec,))
     layer.y = _forward(spec, _y(functions))  # type: ignore[attr-defined]
     return layer
