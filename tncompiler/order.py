@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -118,9 +119,13 @@ def plan_network(
     middle = regimes.middle(symbols, expected)
     # operand order within a step is decided at the middle regime, so that one path stays one plan
     typical = {name: max(evaluate(size, middle), 1) for name, size in network.sizes.items()}
+    searched: set[tuple[int, ...]] = set()
     for regime in REGIMES:
         at = regimes.at(regime, symbols, expected)
         sizes = {name: max(evaluate(size, at), 1) for name, size in network.sizes.items()}
+        if tuple(sizes.values()) in searched:  # the same sizes (all known in the file): the same path again
+            continue
+        searched.add(tuple(sizes.values()))
         steps = _steps(network, _path(inputs, network.outputs, sizes), typical)
         if steps not in plans:
             plans[steps] = _costed(network, steps)
@@ -150,6 +155,10 @@ def _steps(network: Network, path: list[tuple[int, ...]], sizes: Mapping[str, in
     """Turn cotengra's linear path (positions in a shrinking list) into steps over operand ids."""
     alive = list(range(len(network.factors)))
     legs = {k: f.legs for k, f in enumerate(network.factors)}
+    # how many live operands carry each leg: a step keeps the legs that outputs or other live operands need,
+    # found in time proportional to the step (recounting every live operand per step was quadratic in the factors)
+    carried = Counter(leg for k in alive for leg in set(legs[k]))
+    outputs = set(network.outputs)
     steps = []
     for position, contraction in enumerate(path):
         ids = tuple(alive[p] for p in contraction)
@@ -157,9 +166,10 @@ def _steps(network: Network, path: list[tuple[int, ...]], sizes: Mapping[str, in
             ids = ids[::-1]
         for p in sorted(contraction, reverse=True):
             del alive[p]
-        needed = set(network.outputs).union(*(legs[k] for k in alive))
+        carried.subtract(leg for k in ids for leg in set(legs[k]))
         new_id = len(legs)
-        legs[new_id] = tuple(dict.fromkeys(leg for k in ids for leg in legs[k] if leg in needed))
+        legs[new_id] = tuple(dict.fromkeys(leg for k in ids for leg in legs[k] if leg in outputs or carried[leg] > 0))
+        carried.update(legs[new_id])
         alive.append(new_id)
         steps.append(Step(ids, legs[new_id]))
     return tuple(steps)

@@ -127,7 +127,7 @@ def test_signatures_follow_the_file() -> None:
     """Derived functions take the inputs they still use, in file order, then the new argument."""
     _, module, _, _ = _setup("1d-stride2-pad1-dil2")
     expected = {"gx": "w, grad_y", "gw": "x, grad_y", "gb": "grad_y", "tx": "w, tangent_x",
-                "tw": "x, tangent_w", "tb": "tangent_b", "Jx": "w", "Jw": "x", "Jb": ""}
+                "tw": "x, tangent_w", "tb": "tangent_b", "Jx": "w", "Jw": "x", "Jb": "dtype, device"}
     for name, parameters in expected.items():
         assert ", ".join(inspect.signature(getattr(module, name)).parameters) == parameters, name
 

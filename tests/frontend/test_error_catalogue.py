@@ -34,6 +34,11 @@ class Entry:
     width: int = 1
 
 
+# Three definitions of ten factors each, nested: c[n] stands for 1000 factors of x (the product limit's edge).
+_LARGE = "index n\ninput x[n]\n" + "".join(
+    f"{a}[n] = " + " * ".join([f"{b}[n]"] * 10) + "\n" for a, b in zip("abc", "xab")
+)
+
 CATALOGUE = [
     # -- brackets ---------------------------------------------------------------------------------------------
     Entry("missing-bracket", "index n\ninput x[n\ninput w[n]\ny[n] = x[n] * w[n]\n", 2, 8,
@@ -130,6 +135,14 @@ CATALOGUE = [
     Entry("over-memory-limit", "index n = 100000, c = 100000, d = 100000\ninput x[n, c]\ninput w[c, d]\n"
           "y[n, c, d] = x[n, c] * w[c, d]\n", 4, 1, "diagram 'y' needs about 7.1 PiB",
           "make the sizes smaller, or raise the limit with --max-memory", 30),
+    # -- size limits --------------------------------------------------------------------------------------------
+    Entry("product-too-large", _LARGE + "y[n] = c[n] * x[n]\n", 6, 15, "this product passes 1000 factors here",
+          "does not help", 4),
+    Entry("sum-too-large", _LARGE + "y[n] = " + " + ".join(["c[n]"] * 11) + "\n", 6, 78,
+          "this sum passes 10000 factors here", "add what they return in Python", 4),
+    Entry("expansion-too-large", "index n\ninput u[n]\ninput v[n]\ns[n] = u[n] + v[n]\ny[n] = "
+          + " * ".join(["s[n]"] * 11) + "\n", 5, 78, "expanding this product passes 1024 terms here",
+          "multiply fewer sums", 4),
     # -- whole files ------------------------------------------------------------------------------------------
     Entry("empty-file", "", 1, 1, "no definitions: the file is empty", "write at least one definition"),
     Entry("only-comments", "# to do\n\n", 1, 1, "no definitions: the file is empty", "write at least one definition"),

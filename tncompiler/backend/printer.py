@@ -117,10 +117,17 @@ class _Printer:
 
     def binop(self, expr: BinOp) -> Printed:
         strength = _BINARY[expr.op]
-        # left-associative: the right operand binds tighter than the operator, so `a - (b - c)` keeps its brackets
-        left = self.wrapped(expr.left, strength)
-        right = self.wrapped(expr.right, strength + 1)
-        return f"{left} {expr.op} {right}", strength
+        if strength == _COMPARE:
+            # Python chains comparisons (`a == b == c` is not `(a == b) == c`): a comparison operand keeps brackets
+            return (
+                f"{self.wrapped(expr.left, strength + 1)} {expr.op} {self.wrapped(expr.right, strength + 1)}",
+                strength,
+            )
+        # left-associative: a right operand binds tighter than the operator, so `a - (b - c)` keeps its brackets
+        operands = _operands(expr)
+        parts = [self.wrapped(operands[0][1], strength)]
+        parts += [f"{op} {self.wrapped(operand, strength + 1)}" for op, operand in operands[1:]]
+        return " ".join(parts), strength
 
     def unary(self, expr: Unary) -> Printed:
         if expr.op == "not":
@@ -191,10 +198,32 @@ def _line(indent: str, prefix: str, value: Expr, suffix: str, symbols: Mapping[s
 def _clauses(value: Expr) -> list[tuple[str, Expr]]:
     """The operands of a chain of `and` (or of `or`), left to right, each with the operator before it."""
     if isinstance(value, BinOp) and value.op in ("and", "or"):
-        left = _clauses(value.left)
-        if all(op in ("", value.op) for op, _ in left):
-            return left + [(value.op, value.right)]
+        return _operands(value)
     return [("", value)]
+
+
+# Operators whose grouping never changes the result: `a and (b and c)` prints as `a and b and c`. Not `+` or `*`,
+# which round differently on floats when regrouped.
+_ASSOCIATIVE = frozenset({"and", "or", "|"})
+
+
+def _operands(expr: BinOp) -> list[tuple[str, Expr]]:
+    """The operands of a chain of operators as strong as `expr`'s, left to right, each with the operator before it
+    ("" for the first). Found with a stack, not recursion: a chain can be thousands of operators long (a sum of
+    many terms, the checks of hundreds of arguments)."""
+    strength = _BINARY[expr.op]
+    found: list[tuple[str, Expr]] = []
+    # (operator before, node, whether its own operators join the chain): a left operand always does (the chain
+    # is left-associative); a right operand only under an associative operator.
+    stack: list[tuple[str, Expr, bool]] = [("", expr, True)]
+    while stack:
+        before, node, joins = stack.pop()
+        if joins and isinstance(node, BinOp) and _BINARY[node.op] == strength:
+            stack.append((node.op, node.right, node.op in _ASSOCIATIVE))
+            stack.append((before, node.left, True))
+        else:
+            found.append((before, node))
+    return found
 
 
 def _assign(op: Assign, symbols: Mapping[sympy.Symbol, str], indent: str) -> list[str]:
@@ -242,7 +271,10 @@ def function_text(function: Function) -> str:
     keywords = [name if default is None else f"{name}={expr_text(default, {})}" for name, default in function.keywords]
     if keywords:
         params += ["*", *keywords]
-    lines = [f"def {function.name}({', '.join(params)}):", docstring(function.doc, "    ")]
+    head = f"def {function.name}({', '.join(params)}):"
+    if len(head) > WIDTH:  # a function of many arguments: one parameter per line
+        head = "\n".join([f"def {function.name}(", *(f"    {param}," for param in params), "):"])
+    lines = [head, docstring(function.doc, "    ")]
     for op in function.body:
         lines += op_lines(op, function.symbols)
     return "\n".join(lines)

@@ -13,10 +13,17 @@ from tncompiler.ir.network import Diagram, Network
 from tncompiler.ir.slices import normalise
 from tncompiler.ir.values import Factor, Layout, Select, Size
 
-__all__ = ["define", "MAX_TERMS"]
+__all__ = ["define", "MAX_TERMS", "MAX_FACTORS", "MAX_SUM_FACTORS"]
 
-# Products of sums expand into sums of products; past this many terms a file is rejected.
-MAX_TERMS = 256
+# Limits that keep a compile to seconds (docs/errors.md lists them; past one, the file is refused where it passes it).
+# Products of sums expand into sums of products: at most this many terms from one product.
+MAX_TERMS = 1024
+# A product (with the definitions it uses inlined) is planned and simplified whole, and the rewrites that remove
+# copy tensors and slices take time that grows with the square of its factors: at most this many in one product.
+MAX_FACTORS = 1000
+# The rest of the compile takes time in proportion to the factors of all terms (a term without any counts as one):
+# at most this many in one sum.
+MAX_SUM_FACTORS = 10000
 
 
 @dataclass
@@ -67,11 +74,15 @@ def _check_free_indices(term: _Expanded, layout: Layout, decl: ast.Definition) -
 
 def _sum(scope: Scope, body: ast.Sum, owner: str) -> list[_Expanded]:
     result: list[_Expanded] = []
+    total = 0
     for term in body.terms:
         for expanded in _term(scope, term, owner):
             if term.negative:
                 expanded.coefficient = -expanded.coefficient
             result.append(expanded)
+            total += max(len(expanded.factors), 1)
+        if total > MAX_SUM_FACTORS:
+            raise _too_large_sum(term)
     return result
 
 
@@ -84,8 +95,37 @@ def _term(scope: Scope, term: ast.Term, owner: str) -> list[_Expanded]:
             continue
         products = [_Expanded(p.coefficient * o.coefficient, p.factors + o.factors) for p in products for o in options]
         if len(products) > MAX_TERMS:
-            raise TncError(f"expanding this product gives more than {MAX_TERMS} terms", term.span)
+            raise _too_many_terms(factor)
+        if any(len(p.factors) > MAX_FACTORS for p in products):
+            raise _too_many_factors(factor)
     return products
+
+
+def _too_large_sum(term: ast.Term) -> TncError:
+    return TncError(
+        f"this sum passes {MAX_SUM_FACTORS} factors here (all its terms together, with the definitions they use "
+        "inlined)",
+        term.span,
+        "split the sum into several definitions and add what they return in Python (a definition that uses "
+        "them inlines them, and counts their factors)",
+    )
+
+
+def _too_many_terms(factor: ast.Factor) -> TncError:
+    return TncError(
+        f"expanding this product passes {MAX_TERMS} terms here",
+        factor.span,
+        "each sum in a product multiplies the terms by its own; multiply fewer sums in one product",
+    )
+
+
+def _too_many_factors(factor: ast.Factor) -> TncError:
+    return TncError(
+        f"this product passes {MAX_FACTORS} factors here (with the definitions it uses inlined)",
+        factor.span,
+        "tnc compiles a product whole, with the definitions it uses inlined, so splitting it into definitions does "
+        "not help: write fewer factors",
+    )
 
 
 def _divisor(options: list[_Expanded], factor: ast.Factor) -> sympy.Expr:

@@ -52,21 +52,26 @@ def checks(ctx: Context) -> None:
 
 
 def _all(conditions: list[Expr]) -> Expr:
-    result = conditions[0]
-    for condition in conditions[1:]:
-        result = BinOp("and", result, condition)
-    return result
+    return _balanced("and", conditions)
 
 
 def _any(conditions: list[Expr]) -> Expr:
-    result = conditions[0]
-    for condition in conditions[1:]:
-        result = BinOp("or", result, condition)
-    return result
+    return _balanced("or", conditions)
+
+
+def _balanced(op: str, conditions: list[Expr]) -> Expr:
+    """`c0 op c1 op ...` as a tree of depth log2(n), not a chain of depth n: a function of hundreds of arguments has
+    thousands of conditions, and the walks over expressions recurse (`and`/`or` are associative, so the grouping
+    changes nothing; the printer writes the operands flat, left to right)."""
+    if len(conditions) == 1:
+        return conditions[0]
+    middle = len(conditions) // 2
+    return BinOp(op, _balanced(op, conditions[:middle]), _balanced(op, conditions[middle:]))
 
 
 def _arguments(ctx: Context) -> None:
-    """Type, rank, one real floating dtype, one device: tested in one condition, diagnosed by `_check_arguments`."""
+    """Type, rank, a dense layout, one real floating dtype, one device: tested in one condition, diagnosed by
+    `_check_arguments`."""
     arguments = ctx.diagram.arguments
     if not arguments:
         return
@@ -74,6 +79,8 @@ def _arguments(ctx: Context) -> None:
     first = params[0]
     conditions: list[Expr] = [call("isinstance", p, Attr(Name("torch"), "Tensor")) for p in params]
     conditions += [BinOp("==", method(p, "dim"), Lit(len(a.layout.axes))) for p, a in zip(params, arguments)]
+    # a sparse tensor passes every other test and fails inside a kernel
+    conditions += [BinOp("==", Attr(p, "layout"), Attr(Name("torch"), "strided")) for p in params]
     conditions.append(method(first, "is_floating_point"))
     for p in params[1:]:
         conditions += [
@@ -195,12 +202,12 @@ def _divisors(ctx: Context) -> list[sympy.Symbol]:
 
 
 def device_and_dtype(ctx: Context) -> None:
-    """`device` and `dtype`: those of the first argument (the defaults for a function without arguments); the
-    peephole pass drops them where nothing uses them."""
+    """`device` and `dtype`: those of the first argument, or of the keywords of a function without arguments (torch's
+    defaults where they are None); the peephole pass drops the first argument's where nothing uses them."""
     if ctx.diagram.arguments:
         first = Name(ctx.args[ctx.diagram.arguments[0].name])
         ctx.emit(Assign("device", Attr(first, "device"), "device"))
         ctx.emit(Assign("dtype", Attr(first, "dtype"), "device"))
-    else:
-        ctx.emit(Assign("device", call("torch.device", Lit("cpu")), "device"))
-        ctx.emit(Assign("dtype", call("torch.get_default_dtype"), "device"))
+    else:  # the caller's choice, as for torch.zeros: keywords `dtype=` and `device=` (see the scheduler)
+        ctx.emit(Assign("device", call(ctx.helper("_device_keyword"), Lit(ctx.name), Name("device")), "check"))
+        ctx.emit(Assign("dtype", call(ctx.helper("_dtype_keyword"), Lit(ctx.name), Name("dtype")), "check"))
