@@ -44,7 +44,10 @@ def _check_arguments(function, arguments):
     first = None
     for name, value, layout in arguments:
         if not isinstance(value, torch.Tensor):
-            raise ValueError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+            raise TypeError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+        if value.layout != torch.strided:
+            raise TypeError(f"{function}(): argument {name!r} must be a dense (strided) tensor, got layout "
+                            f"{value.layout}; call .to_dense() first")
         if value.dim() != len(layout):
             raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
                              f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
@@ -97,6 +100,8 @@ def y(x, w):
         and isinstance(w, torch.Tensor)
         and x.dim() == 4
         and w.dim() == 4
+        and x.layout == torch.strided
+        and w.layout == torch.strided
         and x.is_floating_point()
         and w.dtype == x.dtype
         and w.device == x.device
@@ -129,7 +134,7 @@ def J(x):
         lower: p1(i1, o1, k1) -> a strided window view of the tensor on i1
         lower: p2(i2, o2, k2) -> a strided window view of the tensor on i2
     """
-    if not (isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_floating_point()):
+    if not (isinstance(x, torch.Tensor) and x.dim() == 4 and x.layout == torch.strided and x.is_floating_point()):
         _check_arguments('J', (('x', x, ('n', 'c', 'i1', 'i2')),))
     n = x.shape[0]  # index n, bound at call time
     if x.shape != (n, 2, 8, 6):
@@ -162,7 +167,7 @@ def diag(x):
         lower: p1(i1~2, o1, k1) -> a strided window view of the tensor on i1~2
         lower: p2(i2~3, o2, k2) -> a strided window view of the tensor on i2~3
     """
-    if not (isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_floating_point()):
+    if not (isinstance(x, torch.Tensor) and x.dim() == 4 and x.layout == torch.strided and x.is_floating_point()):
         _check_arguments('diag', (('x', x, ('n', 'c', 'i1', 'i2')),))
     n = x.shape[0]  # index n, bound at call time
     if x.shape != (n, 2, 8, 6):
@@ -200,6 +205,8 @@ def gn(x, grad_y):
         and isinstance(grad_y, torch.Tensor)
         and x.dim() == 4
         and grad_y.dim() == 4
+        and x.layout == torch.strided
+        and grad_y.layout == torch.strided
         and x.is_floating_point()
         and grad_y.dtype == x.dtype
         and grad_y.device == x.device
@@ -246,6 +253,8 @@ def G(x, grad_y):
         and isinstance(grad_y, torch.Tensor)
         and x.dim() == 4
         and grad_y.dim() == 4
+        and x.layout == torch.strided
+        and grad_y.layout == torch.strided
         and x.is_floating_point()
         and grad_y.dtype == x.dtype
         and grad_y.device == x.device

@@ -12,7 +12,10 @@ def _check_arguments(function, arguments):
     first = None
     for name, value, layout in arguments:
         if not isinstance(value, torch.Tensor):
-            raise ValueError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+            raise TypeError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+        if value.layout != torch.strided:
+            raise TypeError(f"{function}(): argument {name!r} must be a dense (strided) tensor, got layout "
+                            f"{value.layout}; call .to_dense() first")
         if value.dim() != len(layout):
             raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
                              f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
@@ -68,6 +71,9 @@ def y(x, w, b):
         and x.dim() == 4
         and w.dim() == 4
         and b.dim() == 1
+        and x.layout == torch.strided
+        and w.layout == torch.strided
+        and b.layout == torch.strided
         and x.is_floating_point()
         and w.dtype == x.dtype
         and w.device == x.device
@@ -115,6 +121,8 @@ def tx(w, tangent_x):
         and isinstance(tangent_x, torch.Tensor)
         and w.dim() == 4
         and tangent_x.dim() == 4
+        and w.layout == torch.strided
+        and tangent_x.layout == torch.strided
         and w.is_floating_point()
         and tangent_x.dtype == w.dtype
         and tangent_x.device == w.device
@@ -159,6 +167,8 @@ def tw(x, tangent_w):
         and isinstance(tangent_w, torch.Tensor)
         and x.dim() == 4
         and tangent_w.dim() == 4
+        and x.layout == torch.strided
+        and tangent_w.layout == torch.strided
         and x.is_floating_point()
         and tangent_w.dtype == x.dtype
         and tangent_w.device == x.device
@@ -210,6 +220,10 @@ def t(x, w, tangent_x, tangent_w):
         and w.dim() == 4
         and tangent_x.dim() == 4
         and tangent_w.dim() == 4
+        and x.layout == torch.strided
+        and w.layout == torch.strided
+        and tangent_x.layout == torch.strided
+        and tangent_w.layout == torch.strided
         and x.is_floating_point()
         and w.dtype == x.dtype
         and w.device == x.device

@@ -49,7 +49,10 @@ def _check_arguments(function, arguments):
     first = None
     for name, value, layout in arguments:
         if not isinstance(value, torch.Tensor):
-            raise ValueError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+            raise TypeError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+        if value.layout != torch.strided:
+            raise TypeError(f"{function}(): argument {name!r} must be a dense (strided) tensor, got layout "
+                            f"{value.layout}; call .to_dense() first")
         if value.dim() != len(layout):
             raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
                              f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
@@ -112,6 +115,9 @@ def y(x, w, b):
         and x.dim() == 4
         and w.dim() == 4
         and b.dim() == 1
+        and x.layout == torch.strided
+        and w.layout == torch.strided
+        and b.layout == torch.strided
         and x.is_floating_point()
         and w.dtype == x.dtype
         and w.device == x.device
@@ -152,7 +158,7 @@ def A(x):
         lower: p1(i1', o1, k1') -> a strided window view of the tensor on i1'
         lower: p2(i2', o2, k2') -> a strided window view of the tensor on i2'
     """
-    if not (isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_floating_point()):
+    if not (isinstance(x, torch.Tensor) and x.dim() == 4 and x.layout == torch.strided and x.is_floating_point()):
         _check_arguments('A', (('x', x, ('n', 'c', 'i1', 'i2')),))
     n = x.shape[0]  # index n, bound at call time
     if x.shape != (n, 2, 6, 7):
@@ -184,7 +190,7 @@ def Ar(x):
         fuse: p1(i1', o1', k1') -> one constant over (i1', k1'), built once
         fuse: p2(i2', o2', k2') -> one constant over (i2', k2'), built once
     """
-    if not (isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_floating_point()):
+    if not (isinstance(x, torch.Tensor) and x.dim() == 4 and x.layout == torch.strided and x.is_floating_point()):
         _check_arguments('Ar', (('x', x, ('n', 'c', 'i1', 'i2')),))
     n = x.shape[0]  # index n, bound at call time
     if x.shape != (n, 2, 6, 7):
@@ -224,7 +230,12 @@ def B(grad_y):
     Rewrites applied:
         merge: o1 and o2 always travel together -> one leg o1.o2
     """
-    if not (isinstance(grad_y, torch.Tensor) and grad_y.dim() == 4 and grad_y.is_floating_point()):
+    if not (
+        isinstance(grad_y, torch.Tensor)
+        and grad_y.dim() == 4
+        and grad_y.layout == torch.strided
+        and grad_y.is_floating_point()
+    ):
         _check_arguments('B', (('grad_y', grad_y, ('n', 'd', 'o1', 'o2')),))
     n = grad_y.shape[0]  # index n, bound at call time
     if grad_y.shape != (n, 3, 3, 5):
@@ -253,7 +264,12 @@ def Br(grad_y):
         merge: o1 and o2 always travel together -> one leg o1.o2
         merge: o1' and o2' always travel together -> one leg o1'.o2'
     """
-    if not (isinstance(grad_y, torch.Tensor) and grad_y.dim() == 4 and grad_y.is_floating_point()):
+    if not (
+        isinstance(grad_y, torch.Tensor)
+        and grad_y.dim() == 4
+        and grad_y.layout == torch.strided
+        and grad_y.is_floating_point()
+    ):
         _check_arguments('Br', (('grad_y', grad_y, ('n', 'd', 'o1', 'o2')),))
     n = grad_y.shape[0]  # index n, bound at call time
     if grad_y.shape != (n, 3, 3, 5):

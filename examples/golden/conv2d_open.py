@@ -81,7 +81,10 @@ def _check_arguments(function, arguments):
     first = None
     for name, value, layout in arguments:
         if not isinstance(value, torch.Tensor):
-            raise ValueError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+            raise TypeError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+        if value.layout != torch.strided:
+            raise TypeError(f"{function}(): argument {name!r} must be a dense (strided) tensor, got layout "
+                            f"{value.layout}; call .to_dense() first")
         if value.dim() != len(layout):
             raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
                              f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
@@ -120,7 +123,7 @@ def _nonzero(function, index, size):
 def _size_keyword(function, name, value):
     """A size given as a keyword argument: a positive int."""
     if isinstance(value, (bool, torch.Tensor)) or not hasattr(value, "__index__"):
-        raise ValueError(f"{function}(): keyword {name}= is the size of index {name} and must be an int, "
+        raise TypeError(f"{function}(): keyword {name}= is the size of index {name} and must be an int, "
                          f"got {type(value).__name__}")
     if value < 1:
         raise ValueError(f"{function}(): keyword {name}= is the size of index {name} and must be at least 1, "
@@ -174,6 +177,9 @@ def y(x, w, b):
         and x.dim() == 4
         and w.dim() == 4
         and b.dim() == 1
+        and x.layout == torch.strided
+        and w.layout == torch.strided
+        and b.layout == torch.strided
         and x.is_floating_point()
         and w.dtype == x.dtype
         and w.device == x.device
@@ -222,6 +228,8 @@ def gx(w, grad_y, *, i1, i2):
         and isinstance(grad_y, torch.Tensor)
         and w.dim() == 4
         and grad_y.dim() == 4
+        and w.layout == torch.strided
+        and grad_y.layout == torch.strided
         and w.is_floating_point()
         and grad_y.dtype == w.dtype
         and grad_y.device == w.device
@@ -280,6 +288,8 @@ def gw(x, grad_y):
         and isinstance(grad_y, torch.Tensor)
         and x.dim() == 4
         and grad_y.dim() == 4
+        and x.layout == torch.strided
+        and grad_y.layout == torch.strided
         and x.is_floating_point()
         and grad_y.dtype == x.dtype
         and grad_y.device == x.device
@@ -326,7 +336,7 @@ def Ar(x):
         fuse: p1(i1', o1', k1') -> one constant over (i1', k1'), built once
         fuse: p2(i2', o2', k2') -> one constant over (i2', k2'), built once
     """
-    if not (isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_floating_point()):
+    if not (isinstance(x, torch.Tensor) and x.dim() == 4 and x.layout == torch.strided and x.is_floating_point()):
         _check_arguments('Ar', (('x', x, ('n', 'c', 'i1', 'i2')),))
     n = x.shape[0]  # index n, bound at call time
     c = x.shape[1]  # index c, bound at call time

@@ -18,7 +18,7 @@ def _keep(size, p, generator):
 def _keep_probability(function, name, p):
     """A keep-probability given per call: a number in (0, 1]."""
     if isinstance(p, (bool, torch.Tensor)) or not isinstance(p, (int, float)):
-        raise ValueError(f"{function}(): keyword {name}= is the probability to keep each entry and must be a number, "
+        raise TypeError(f"{function}(): keyword {name}= is the probability to keep each entry and must be a number, "
                          f"got {type(p).__name__}")
     if not 0 < p <= 1:
         raise ValueError(f"{function}(): keyword {name}= is the probability to keep each entry and must be in (0, 1], "
@@ -31,7 +31,10 @@ def _check_arguments(function, arguments):
     first = None
     for name, value, layout in arguments:
         if not isinstance(value, torch.Tensor):
-            raise ValueError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+            raise TypeError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+        if value.layout != torch.strided:
+            raise TypeError(f"{function}(): argument {name!r} must be a dense (strided) tensor, got layout "
+                            f"{value.layout}; call .to_dense() first")
         if value.dim() != len(layout):
             raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
                              f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
@@ -58,6 +61,14 @@ def _check_shapes(function, arguments):
             if actual != size:
                 raise ValueError(f"{function}(): argument {name!r} axis {axis} ({index}) has size {actual}, "
                                  f"expected {size}")
+
+
+def _generator_keyword(function, generator):
+    """The generator= of a sampled function: None (torch's default CPU generator) or a torch.Generator."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{function}(): keyword generator= must be a torch.Generator or None, "
+                        f"got {type(generator).__name__}")
+    return generator
 
 
 def y(x, w, b):
@@ -87,6 +98,9 @@ def y(x, w, b):
         and x.dim() == 4
         and w.dim() == 4
         and b.dim() == 1
+        and x.layout == torch.strided
+        and w.layout == torch.strided
+        and b.layout == torch.strided
         and x.is_floating_point()
         and w.dtype == x.dtype
         and w.device == x.device
@@ -136,6 +150,8 @@ def gw(x, grad_y, *, p=0.5, generator=None):
         and isinstance(grad_y, torch.Tensor)
         and x.dim() == 4
         and grad_y.dim() == 4
+        and x.layout == torch.strided
+        and grad_y.layout == torch.strided
         and x.is_floating_point()
         and grad_y.dtype == x.dtype
         and grad_y.device == x.device
@@ -151,6 +167,7 @@ def gw(x, grad_y, *, p=0.5, generator=None):
             ),
         )
     device = x.device
+    generator = _generator_keyword('gw', generator)
     p = _keep_probability('gw', 'p', p)
     drawn_o1 = _keep(10, p, generator)  # each entry of o1 kept with probability p, drawn on the host
     o1_kept = drawn_o1.numel()
@@ -197,6 +214,8 @@ def gw_batch(x, grad_y, *, p=0.25, generator=None):
         and isinstance(grad_y, torch.Tensor)
         and x.dim() == 4
         and grad_y.dim() == 4
+        and x.layout == torch.strided
+        and grad_y.layout == torch.strided
         and x.is_floating_point()
         and grad_y.dtype == x.dtype
         and grad_y.device == x.device
@@ -212,6 +231,7 @@ def gw_batch(x, grad_y, *, p=0.25, generator=None):
             ),
         )
     device = x.device
+    generator = _generator_keyword('gw_batch', generator)
     p = _keep_probability('gw_batch', 'p', p)
     drawn_n = _keep(n, p, generator)  # each entry of n kept with probability p, drawn on the host
     n_kept = drawn_n.numel()
@@ -249,6 +269,8 @@ def _y_vjp_x(w, grad_y):
         and isinstance(grad_y, torch.Tensor)
         and w.dim() == 4
         and grad_y.dim() == 4
+        and w.layout == torch.strided
+        and grad_y.layout == torch.strided
         and w.is_floating_point()
         and grad_y.dtype == w.dtype
         and grad_y.device == w.device
@@ -280,7 +302,12 @@ def _y_vjp_b(grad_y):
     Rewrites applied:
         merge: o1 and o2 always travel together -> one leg o1.o2
     """
-    if not (isinstance(grad_y, torch.Tensor) and grad_y.dim() == 4 and grad_y.is_floating_point()):
+    if not (
+        isinstance(grad_y, torch.Tensor)
+        and grad_y.dim() == 4
+        and grad_y.layout == torch.strided
+        and grad_y.is_floating_point()
+    ):
         _check_arguments('_y_vjp_b', (('grad_y', grad_y, ('n', 'd', 'o1', 'o2')),))
     n = grad_y.shape[0]  # index n, bound at call time
     if grad_y.shape != (n, 4, 10, 8):

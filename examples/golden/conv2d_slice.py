@@ -64,7 +64,10 @@ def _check_arguments(function, arguments):
     first = None
     for name, value, layout in arguments:
         if not isinstance(value, torch.Tensor):
-            raise ValueError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+            raise TypeError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+        if value.layout != torch.strided:
+            raise TypeError(f"{function}(): argument {name!r} must be a dense (strided) tensor, got layout "
+                            f"{value.layout}; call .to_dense() first")
         if value.dim() != len(layout):
             raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
                              f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
@@ -121,6 +124,9 @@ def y(x, w, b):
         and x.dim() == 4
         and w.dim() == 4
         and b.dim() == 1
+        and x.layout == torch.strided
+        and w.layout == torch.strided
+        and b.layout == torch.strided
         and x.is_floating_point()
         and w.dtype == x.dtype
         and w.device == x.device
@@ -178,6 +184,9 @@ def top(x, w, b):
         and x.dim() == 4
         and w.dim() == 4
         and b.dim() == 1
+        and x.layout == torch.strided
+        and w.layout == torch.strided
+        and b.layout == torch.strided
         and x.is_floating_point()
         and w.dtype == x.dtype
         and w.device == x.device
@@ -238,6 +247,9 @@ def even(x, w, b):
         and x.dim() == 4
         and w.dim() == 4
         and b.dim() == 1
+        and x.layout == torch.strided
+        and w.layout == torch.strided
+        and b.layout == torch.strided
         and x.is_floating_point()
         and w.dtype == x.dtype
         and w.device == x.device
@@ -305,6 +317,9 @@ def last(x, w, b):
         and x.dim() == 4
         and w.dim() == 4
         and b.dim() == 1
+        and x.layout == torch.strided
+        and w.layout == torch.strided
+        and b.layout == torch.strided
         and x.is_floating_point()
         and w.dtype == x.dtype
         and w.device == x.device
@@ -368,6 +383,8 @@ def gw(x, grad_y):
         and isinstance(grad_y, torch.Tensor)
         and x.dim() == 4
         and grad_y.dim() == 4
+        and x.layout == torch.strided
+        and grad_y.layout == torch.strided
         and x.is_floating_point()
         and grad_y.dtype == x.dtype
         and grad_y.device == x.device
@@ -414,6 +431,8 @@ def gw_rows(x, grad_y):
         and isinstance(grad_y, torch.Tensor)
         and x.dim() == 4
         and grad_y.dim() == 4
+        and x.layout == torch.strided
+        and grad_y.layout == torch.strided
         and x.is_floating_point()
         and grad_y.dtype == x.dtype
         and grad_y.device == x.device
@@ -466,6 +485,8 @@ def gx(w, grad_y):
         and isinstance(grad_y, torch.Tensor)
         and w.dim() == 4
         and grad_y.dim() == 4
+        and w.layout == torch.strided
+        and grad_y.layout == torch.strided
         and w.is_floating_point()
         and grad_y.dtype == w.dtype
         and grad_y.device == w.device
@@ -518,6 +539,8 @@ def gx_crop(w, grad_y):
         and isinstance(grad_y, torch.Tensor)
         and w.dim() == 4
         and grad_y.dim() == 4
+        and w.layout == torch.strided
+        and grad_y.layout == torch.strided
         and w.is_floating_point()
         and grad_y.dtype == w.dtype
         and grad_y.device == w.device
@@ -572,6 +595,8 @@ def masked(x, w):
         and isinstance(w, torch.Tensor)
         and x.dim() == 4
         and w.dim() == 4
+        and x.layout == torch.strided
+        and w.layout == torch.strided
         and x.is_floating_point()
         and w.dtype == x.dtype
         and w.device == x.device

@@ -12,7 +12,10 @@ def _check_arguments(function, arguments):
     first = None
     for name, value, layout in arguments:
         if not isinstance(value, torch.Tensor):
-            raise ValueError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+            raise TypeError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+        if value.layout != torch.strided:
+            raise TypeError(f"{function}(): argument {name!r} must be a dense (strided) tensor, got layout "
+                            f"{value.layout}; call .to_dense() first")
         if value.dim() != len(layout):
             raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
                              f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
@@ -68,6 +71,9 @@ def y(x, w, b):
         and x.dim() == 4
         and w.dim() == 4
         and b.dim() == 1
+        and x.layout == torch.strided
+        and w.layout == torch.strided
+        and b.layout == torch.strided
         and x.is_floating_point()
         and w.dtype == x.dtype
         and w.device == x.device
@@ -115,6 +121,8 @@ def gx(w, grad_y):
         and isinstance(grad_y, torch.Tensor)
         and w.dim() == 4
         and grad_y.dim() == 4
+        and w.layout == torch.strided
+        and grad_y.layout == torch.strided
         and w.is_floating_point()
         and grad_y.dtype == w.dtype
         and grad_y.device == w.device
@@ -156,6 +164,8 @@ def gw(x, grad_y):
         and isinstance(grad_y, torch.Tensor)
         and x.dim() == 4
         and grad_y.dim() == 4
+        and x.layout == torch.strided
+        and grad_y.layout == torch.strided
         and x.is_floating_point()
         and grad_y.dtype == x.dtype
         and grad_y.device == x.device
@@ -187,7 +197,12 @@ def gb(grad_y):
     Rewrites applied:
         merge: o1 and o2 always travel together -> one leg o1.o2
     """
-    if not (isinstance(grad_y, torch.Tensor) and grad_y.dim() == 4 and grad_y.is_floating_point()):
+    if not (
+        isinstance(grad_y, torch.Tensor)
+        and grad_y.dim() == 4
+        and grad_y.layout == torch.strided
+        and grad_y.is_floating_point()
+    ):
         _check_arguments('gb', (('grad_y', grad_y, ('n', 'd', 'o1', 'o2')),))
     n = grad_y.shape[0]  # index n, bound at call time
     if grad_y.shape != (n, 4, 4, 3):

@@ -12,7 +12,10 @@ def _check_arguments(function, arguments):
     first = None
     for name, value, layout in arguments:
         if not isinstance(value, torch.Tensor):
-            raise ValueError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+            raise TypeError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+        if value.layout != torch.strided:
+            raise TypeError(f"{function}(): argument {name!r} must be a dense (strided) tensor, got layout "
+                            f"{value.layout}; call .to_dense() first")
         if value.dim() != len(layout):
             raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
                              f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
@@ -68,6 +71,9 @@ def y(x, w, b):
         and x.dim() == 2
         and w.dim() == 2
         and b.dim() == 1
+        and x.layout == torch.strided
+        and w.layout == torch.strided
+        and b.layout == torch.strided
         and x.is_floating_point()
         and w.dtype == x.dtype
         and w.device == x.device
@@ -104,6 +110,8 @@ def gx(w, grad_y):
         and isinstance(grad_y, torch.Tensor)
         and w.dim() == 2
         and grad_y.dim() == 2
+        and w.layout == torch.strided
+        and grad_y.layout == torch.strided
         and w.is_floating_point()
         and grad_y.dtype == w.dtype
         and grad_y.device == w.device
@@ -134,6 +142,8 @@ def gw(x, grad_y):
         and isinstance(grad_y, torch.Tensor)
         and x.dim() == 2
         and grad_y.dim() == 2
+        and x.layout == torch.strided
+        and grad_y.layout == torch.strided
         and x.is_floating_point()
         and grad_y.dtype == x.dtype
         and grad_y.device == x.device
@@ -158,7 +168,12 @@ def gb(grad_y):
     Returns:
         [d], sizes [3]
     """
-    if not (isinstance(grad_y, torch.Tensor) and grad_y.dim() == 2 and grad_y.is_floating_point()):
+    if not (
+        isinstance(grad_y, torch.Tensor)
+        and grad_y.dim() == 2
+        and grad_y.layout == torch.strided
+        and grad_y.is_floating_point()
+    ):
         _check_arguments('gb', (('grad_y', grad_y, ('n', 'd')),))
     n = grad_y.shape[0]  # index n, bound at call time
     if grad_y.shape != (n, 3):
@@ -179,7 +194,7 @@ def A(x):
     Returns:
         [c, c'], sizes [5, 5]
     """
-    if not (isinstance(x, torch.Tensor) and x.dim() == 2 and x.is_floating_point()):
+    if not (isinstance(x, torch.Tensor) and x.dim() == 2 and x.layout == torch.strided and x.is_floating_point()):
         _check_arguments('A', (('x', x, ('n', 'c')),))
     n = x.shape[0]  # index n, bound at call time
     if x.shape != (n, 5):
@@ -203,7 +218,7 @@ def Ar(x):
     Returns:
         [c, c'], sizes [5, 5]
     """
-    if not (isinstance(x, torch.Tensor) and x.dim() == 2 and x.is_floating_point()):
+    if not (isinstance(x, torch.Tensor) and x.dim() == 2 and x.layout == torch.strided and x.is_floating_point()):
         _check_arguments('Ar', (('x', x, ('n', 'c')),))
     n = x.shape[0]  # index n, bound at call time
     if x.shape != (n, 5):
@@ -227,7 +242,12 @@ def B(grad_y):
     Returns:
         [d, d'], sizes [3, 3]
     """
-    if not (isinstance(grad_y, torch.Tensor) and grad_y.dim() == 2 and grad_y.is_floating_point()):
+    if not (
+        isinstance(grad_y, torch.Tensor)
+        and grad_y.dim() == 2
+        and grad_y.layout == torch.strided
+        and grad_y.is_floating_point()
+    ):
         _check_arguments('B', (('grad_y', grad_y, ('n', 'd')),))
     n = grad_y.shape[0]  # index n, bound at call time
     if grad_y.shape != (n, 3):
@@ -251,7 +271,12 @@ def Br(grad_y):
     Returns:
         [d, d'], sizes [3, 3]
     """
-    if not (isinstance(grad_y, torch.Tensor) and grad_y.dim() == 2 and grad_y.is_floating_point()):
+    if not (
+        isinstance(grad_y, torch.Tensor)
+        and grad_y.dim() == 2
+        and grad_y.layout == torch.strided
+        and grad_y.is_floating_point()
+    ):
         _check_arguments('Br', (('grad_y', grad_y, ('n', 'd')),))
     n = grad_y.shape[0]  # index n, bound at call time
     if grad_y.shape != (n, 3):

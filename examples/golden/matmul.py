@@ -12,7 +12,10 @@ def _check_arguments(function, arguments):
     first = None
     for name, value, layout in arguments:
         if not isinstance(value, torch.Tensor):
-            raise ValueError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+            raise TypeError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+        if value.layout != torch.strided:
+            raise TypeError(f"{function}(): argument {name!r} must be a dense (strided) tensor, got layout "
+                            f"{value.layout}; call .to_dense() first")
         if value.dim() != len(layout):
             raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
                              f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
@@ -58,6 +61,8 @@ def c(a, b):
         and isinstance(b, torch.Tensor)
         and a.dim() == 2
         and b.dim() == 2
+        and a.layout == torch.strided
+        and b.layout == torch.strided
         and a.is_floating_point()
         and b.dtype == a.dtype
         and b.device == a.device
@@ -87,6 +92,8 @@ def bc(u, v):
         and isinstance(v, torch.Tensor)
         and u.dim() == 3
         and v.dim() == 3
+        and u.layout == torch.strided
+        and v.layout == torch.strided
         and u.is_floating_point()
         and v.dtype == u.dtype
         and v.device == u.device

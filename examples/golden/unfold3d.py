@@ -12,7 +12,10 @@ def _check_arguments(function, arguments):
     first = None
     for name, value, layout in arguments:
         if not isinstance(value, torch.Tensor):
-            raise ValueError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+            raise TypeError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+        if value.layout != torch.strided:
+            raise TypeError(f"{function}(): argument {name!r} must be a dense (strided) tensor, got layout "
+                            f"{value.layout}; call .to_dense() first")
         if value.dim() != len(layout):
             raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
                              f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
@@ -57,7 +60,7 @@ def u(x):
         lower: p2(i2, o2, k2) -> a strided window view of the tensor on i2
         lower: p3(i3, o3, k3) -> a strided window view of the tensor on i3
     """
-    if not (isinstance(x, torch.Tensor) and x.dim() == 5 and x.is_floating_point()):
+    if not (isinstance(x, torch.Tensor) and x.dim() == 5 and x.layout == torch.strided and x.is_floating_point()):
         _check_arguments('u', (('x', x, ('n', 'c', 'i1', 'i2', 'i3')),))
     n = x.shape[0]  # index n, bound at call time
     if x.shape != (n, 2, 4, 6, 7):

@@ -196,6 +196,7 @@ def test_a_wrong_count_is_a_located_error(line: str, column: int, message: str) 
 def test_a_wrong_count_per_call_names_the_function_and_the_index(
     module: types.ModuleType, arguments: dict[str, Tensor], count: object, fragment: str
 ) -> None:
-    with pytest.raises(ValueError, match=r"^w_n\(\): ") as info:
+    error = TypeError if isinstance(count, float) else ValueError
+    with pytest.raises(error, match=r"^w_n\(\): ") as info:
         call(module, "w_n", arguments, count=count)
     assert fragment in str(info.value)

@@ -1,4 +1,5 @@
-"""A wrong argument raises a ValueError that names the function, the argument and the index or axis."""
+"""A wrong argument raises a ValueError (a wrong value or shape) or a TypeError (a wrong type) that names the
+function, the argument and the index or axis."""
 
 from __future__ import annotations
 
@@ -44,10 +45,12 @@ def shared_arguments(**changes: object) -> dict[str, object]:
     return arguments
 
 
-def raises_naming(call: object, arguments: dict[str, object], *fragments: str) -> str:
-    """Call with `arguments` (positionally, in file order); the ValueError's message holds every fragment."""
+def raises_naming(
+    call: object, arguments: dict[str, object], *fragments: str, error: type[Exception] = ValueError
+) -> str:
+    """Call with `arguments` (positionally, in file order); the error's message holds every fragment."""
     assert callable(call)
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(error) as caught:
         call(*arguments.values())
     message = str(caught.value)
     for fragment in fragments:
@@ -128,4 +131,41 @@ NON_TENSORS = {"list": [[0.0] * 5] * 6, "float": 1.0, "none": None, "string": "x
 @pytest.mark.parametrize("argument", ["x", "w", "b"])
 def test_non_tensor(argument: str, value: object) -> None:
     raises_naming(cases.load(CONV).z, conv_arguments(**{argument: value}), "z()", f"'{argument}'", "torch.Tensor",
-                  type(value).__name__)
+                  type(value).__name__, error=TypeError)
+
+
+@pytest.mark.parametrize("argument", ["x", "w", "b"])
+def test_a_sparse_tensor_is_a_type_error_naming_the_argument(argument: str) -> None:
+    """A sparse argument passed every check and failed inside a kernel with an untyped RuntimeError."""
+    sparse = conv_arguments()[argument].to_sparse()  # type: ignore[union-attr]
+    raises_naming(cases.load(CONV).z, conv_arguments(**{argument: sparse}), "z()", f"'{argument}'", "dense",
+                  "sparse_coo", error=TypeError)
+
+
+JACOBIAN = "index a = 3\ninput x[a]\ny[a] = 2 * x[a]\nj = jacobian(y, x)\n"
+
+
+def test_a_function_without_tensor_arguments_takes_dtype_and_device() -> None:
+    """It returned float32 on the CPU whatever the caller wanted."""
+    j = cases.load(JACOBIAN).j
+    assert j().dtype == torch.get_default_dtype()
+    torch.testing.assert_close(j(dtype=torch.float64), 2 * torch.eye(3, dtype=torch.float64), rtol=0, atol=0)
+    on_meta = j(dtype=torch.float16, device="meta")
+    assert (on_meta.dtype, on_meta.device.type, on_meta.shape) == (torch.float16, "meta", (3, 3))
+
+
+@pytest.mark.parametrize(
+    ("keywords", "error", "fragment"),
+    [
+        ({"dtype": "float64"}, TypeError, "keyword dtype= must be a torch.dtype, got str"),
+        ({"dtype": torch.int64}, ValueError, "real floating dtype"),
+        ({"device": 1.5}, TypeError, "keyword device= must be"),
+        ({"device": "nowhere"}, ValueError, "keyword device='nowhere' is not a device"),
+    ],
+)
+def test_wrong_dtype_or_device_keywords_name_the_function(
+    keywords: dict[str, object], error: type[Exception], fragment: str
+) -> None:
+    with pytest.raises(error, match=r"^j\(\): ") as caught:
+        cases.load(JACOBIAN).j(**keywords)
+    assert fragment in str(caught.value)

@@ -143,10 +143,11 @@ def test_the_file_value_is_the_default(module: types.ModuleType, arguments: dict
 def test_a_wrong_p_names_the_function_and_the_argument(
     module: types.ModuleType, arguments: dict[str, Tensor], value: object, fragment: str
 ) -> None:
-    with pytest.raises(ValueError, match=r"^gw\(\): keyword p= is the probability to keep each entry") as info:
+    error = ValueError if isinstance(value, int | float) and not isinstance(value, bool) else TypeError
+    with pytest.raises(error, match=r"^gw\(\): keyword p= is the probability to keep each entry") as info:
         module.gw(arguments["x"], arguments["grad_y"], p=value)
     assert fragment in str(info.value)
-    with pytest.raises(ValueError, match=r"^gw_both\(\): keyword p_n="):
+    with pytest.raises(error, match=r"^gw_both\(\): keyword p_n="):
         module.gw_both(arguments["x"], arguments["grad_y"], p_n=value)
 
 
@@ -179,3 +180,12 @@ def test_an_open_index_named_p_that_is_a_keyword_size_is_refused() -> None:
     with pytest.raises(tncompiler.TncError, match="'p' cannot be one") as info:
         tncompiler.compile_source(text, "f.tnd")
     assert str(info.value).startswith("f.tnd:6:")
+
+
+@pytest.mark.parametrize("generator", ["seed", 3, torch.randn(2)])
+def test_a_wrong_generator_is_a_type_error_naming_the_function(
+    module: types.ModuleType, arguments: dict[str, Tensor], generator: object
+) -> None:
+    """generator="seed" reached torch's draw and raised an AttributeError."""
+    with pytest.raises(TypeError, match=r"^gw\(\): keyword generator= must be a torch.Generator or None, got "):
+        module.gw(arguments["x"], arguments["grad_y"], generator=generator)

@@ -80,7 +80,7 @@ _KEEP_PROBABILITY = '''
 def _keep_probability(function, name, p):
     """A keep-probability given per call: a number in (0, 1]."""
     if isinstance(p, (bool, torch.Tensor)) or not isinstance(p, (int, float)):
-        raise ValueError(f"{function}(): keyword {name}= is the probability to keep each entry and must be a number, "
+        raise TypeError(f"{function}(): keyword {name}= is the probability to keep each entry and must be a number, "
                          f"got {type(p).__name__}")
     if not 0 < p <= 1:
         raise ValueError(f"{function}(): keyword {name}= is the probability to keep each entry and must be in (0, 1], "
@@ -92,7 +92,7 @@ _KEEP_COUNT = '''
 def _keep_count(function, name, count, index, size):
     """A number of entries to keep given per call: a whole number from 1 to the size of the sampled index."""
     if isinstance(count, (bool, torch.Tensor)) or not hasattr(count, "__index__"):
-        raise ValueError(f"{function}(): keyword {name}= is the number of entries of index {index} to keep and must be "
+        raise TypeError(f"{function}(): keyword {name}= is the number of entries of index {index} to keep and must be "
                          f"an int, got {type(count).__name__}")
     if not 1 <= count <= size:
         raise ValueError(f"{function}(): keyword {name}={count}, but index {index} has {size} entries: "
@@ -173,7 +173,10 @@ def _check_arguments(function, arguments):
     first = None
     for name, value, layout in arguments:
         if not isinstance(value, torch.Tensor):
-            raise ValueError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+            raise TypeError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+        if value.layout != torch.strided:
+            raise TypeError(f"{function}(): argument {name!r} must be a dense (strided) tensor, got layout "
+                            f"{value.layout}; call .to_dense() first")
         if value.dim() != len(layout):
             raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
                              f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
@@ -232,7 +235,7 @@ _SIZE_KEYWORD = '''
 def _size_keyword(function, name, value):
     """A size given as a keyword argument: a positive int."""
     if isinstance(value, (bool, torch.Tensor)) or not hasattr(value, "__index__"):
-        raise ValueError(f"{function}(): keyword {name}= is the size of index {name} and must be an int, "
+        raise TypeError(f"{function}(): keyword {name}= is the size of index {name} and must be an int, "
                          f"got {type(value).__name__}")
     if value < 1:
         raise ValueError(f"{function}(): keyword {name}= is the size of index {name} and must be at least 1, "
@@ -271,6 +274,43 @@ def _check_out_size(function, where_o, O, where_i, I, pattern, K, stride, pad_le
                          f"{max(expected, 0)} windows over {where_i} of size {I}")
 '''
 
+_DEVICE_KEYWORD = '''
+def _device_keyword(function, device):
+    """The device= of a function without tensor arguments: torch's default device where None."""
+    if device is None:
+        return torch.empty(0).device
+    if not isinstance(device, (str, int, torch.device)) or isinstance(device, bool):
+        raise TypeError(f"{function}(): keyword device= must be a torch.device, a str or an int, "
+                        f"got {type(device).__name__}")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"{function}(): keyword device={device!r} is not a device torch knows (e.g. 'cpu', "
+                         f"'cuda:0')") from None
+'''
+
+_DTYPE_KEYWORD = '''
+def _dtype_keyword(function, dtype):
+    """The dtype= of a function without tensor arguments: a real floating dtype, torch's default where None."""
+    if dtype is None:
+        return torch.get_default_dtype()
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"{function}(): keyword dtype= must be a torch.dtype, got {type(dtype).__name__}")
+    if not dtype.is_floating_point:
+        raise ValueError(f"{function}(): keyword dtype= must be a real floating dtype (float16, bfloat16, float32 or "
+                         f"float64), got {dtype}")
+    return dtype
+'''
+
+_GENERATOR_KEYWORD = '''
+def _generator_keyword(function, generator):
+    """The generator= of a sampled function: None (torch's default CPU generator) or a torch.Generator."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{function}(): keyword generator= must be a torch.Generator or None, "
+                        f"got {type(generator).__name__}")
+    return generator
+'''
+
 HELPERS = {
     "_CONSTANTS": _CONSTANTS,
     "_conv_pattern": _CONV_PATTERN,
@@ -293,6 +333,9 @@ HELPERS = {
     "_out_size": _OUT_SIZE,
     "_in_size": _IN_SIZE,
     "_check_out_size": _CHECK_OUT_SIZE,
+    "_device_keyword": _DEVICE_KEYWORD,
+    "_dtype_keyword": _DTYPE_KEYWORD,
+    "_generator_keyword": _GENERATOR_KEYWORD,
 }
 _NEEDS = {
     "_conv_pattern": ("_CONSTANTS",),

@@ -77,6 +77,7 @@ class _Scheduler:
         keywords: list[tuple[str, Expr | None]] = [(ctx.symbols[s], None) for s in ctx.binding.keywords]
         keywords += [(ctx.rates[s.index], Lit(s.p if s.count is None else s.count)) for s in self.diagram.samplers]
         keywords += [("generator", Lit(None))] if self.diagram.samplers else []
+        keywords += [] if self.diagram.arguments else [("dtype", Lit(None)), ("device", Lit(None))]
         params = tuple(ctx.args[a.name] for a in self.diagram.arguments)
         return Function(
             self.name, params, tuple(keywords), self._doc(), tuple(ctx.ops), dict(ctx.symbols), tuple(self.choosers),
@@ -86,6 +87,9 @@ class _Scheduler:
     def _draws(self) -> None:
         """Tensor dropout: the kept entries of each sampled index, drawn once per call on the host (or on the
         generator's device), so nothing waits for the arguments' device, then moved there without waiting."""
+        if self.diagram.samplers:
+            checked = call(self.ctx.helper("_generator_keyword"), Lit(self.ctx.name), Name("generator"))
+            self.ctx.emit(Assign("generator", checked, "check"))
         for sampler in self.diagram.samplers:
             host = self._draw(sampler)
             moved = method(Name(host), "to", Name("device"), non_blocking=Lit(True))
@@ -225,6 +229,9 @@ class _Scheduler:
         args += [_rate_doc(ctx.rates[s.index], s) for s in d.samplers]
         if d.samplers:
             args.append("    generator: keyword-only torch.Generator or None (torch's default CPU one), for the draws")
+        if not d.arguments:
+            args.append("    dtype: keyword-only torch.dtype or None (torch's default), of the result")
+            args.append("    device: keyword-only torch.device or None (torch's default), of the result")
         lines += ["Args:", *args] if args else []
         lines += ["", "Returns:", f"    {layout.text()}, sizes {_shape_text(d, d.layout)}"]
         if self.rewrites:
