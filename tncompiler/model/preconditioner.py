@@ -19,12 +19,19 @@ vector-Jacobian product at the current originals) into the gradients of its trai
 preconditioning that gives back their own gradients. The collection starts afresh at a forward pass that finds
 their gradients None (`zero_grad()`'s default), and after each step; with a process group it is averaged over the
 ranks, as DistributedDataParallel averages the parameters' gradients.
+
+Inverting never stops a run: a float32 eigendecomposition or Cholesky factorisation that fails or gives non-finite
+values (a rank-deficient factor, from constant input channels or a batch smaller than the factor, can make LAPACK's
+eigh fail to converge) is redone in float64, then in float64 with a jitter of 1e-6 · trace/size growing ×10 up to
+1e-3 · trace/size (eigh takes it back off the eigenvalues), and as a last resort the factor is taken as the identity
+times trace/size, damped as usual. The first fallback of a KFAC warns, naming the layers and what was done.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -49,10 +56,15 @@ from tncompiler.model.factors import (
 from tncompiler.model.layers import LayerSpec, parametrization_of, stored_tensor
 from tncompiler.model.losses import Fisher, cotangents, loss_spec
 
-__all__ = ["KFAC", "Inverse"]
+__all__ = ["KFAC", "Damping", "Inverse"]
 
 Inverse = Literal["eigh", "cholesky"]
+Damping = float | Literal["adaptive"] | tuple[Literal["adaptive"], float]
 Tensor = torch.Tensor
+
+DEFAULT_DAMPING = 1e-3  # λ of damping="adaptive"
+LINALG_ERROR: type[Exception] = torch.linalg.LinAlgError  # type: ignore[attr-defined]  # not in torch's stubs
+JITTERS = (1e-6, 1e-5, 1e-4, 1e-3)  # × trace/size, added in float64 when a plain float64 decomposition fails too
 
 
 @dataclass
@@ -72,13 +84,16 @@ class KFAC:
         model: the model (or its DistributedDataParallel wrapper, whose process group is then used).
         loss_func: nn.CrossEntropyLoss, nn.MSELoss or nn.BCEWithLogitsLoss, the loss whose gradient is backpropagated
             (with the empirical Fisher, its output gradients are those of `loss_func(model(x), y)`).
-        damping: λ: the eigh inverse applies (A ⊗ B + λ I)⁻¹; cholesky applies (A + π√λ I)⁻¹ ⊗ (B + √λ/π I)⁻¹
-            with π² = (tr A / dim A) / (tr B / dim B) (Martens & Grosse's factored Tikhonov damping).
+        damping: a number λ: the eigh inverse applies (A ⊗ B + λ I)⁻¹; cholesky applies (A + π√λ I)⁻¹ ⊗
+            (B + √λ/π I)⁻¹ with π² = (tr A / dim A) / (tr B / dim B) (Martens & Grosse's factored Tikhonov, or π-,
+            damping). "adaptive" (λ = 1e-3) or ("adaptive", λ): π-damping with λ for either inverse (cholesky
+            always damps this way).
         factor_decay: the running factors are decay · old + (1 - decay) · the batch's (the first batch's as they are).
         update_every, invert_every: in steps; the first step does both.
         approx, fisher, mc_samples: as for `kfac_factors`; "mc" and "type-2" cost extra backward passes to the
             layers' outputs (not to the parameters), done in the forward pass of update steps.
-        inverse: "eigh" (eigendecompositions) or "cholesky".
+        inverse: "eigh" (eigendecompositions) or "cholesky". Either falls back when float32 fails (the module
+            docstring) and warns once; `fallbacks` holds, per layer, what the latest inversion did instead.
         kl_clip, lr: when kl_clip is set, the preconditioned gradients Δ are scaled by
             min(1, sqrt(kl_clip / (lr² Σ Δ·g))) as in KFAC-pytorch; lr is the optimizer's learning rate.
         process_group: a torch.distributed group whose ranks each see a share of every batch.
@@ -90,7 +105,7 @@ class KFAC:
         model: nn.Module,
         loss_func: nn.Module,
         *,
-        damping: float = 1e-3,
+        damping: Damping = DEFAULT_DAMPING,
         factor_decay: float = 0.95,
         update_every: int = 10,
         invert_every: int = 100,
@@ -104,8 +119,9 @@ class KFAC:
         generator: torch.Generator | None = None,
     ) -> None:
         check_options(approx, fisher, mc_samples)
-        _check_settings(damping, factor_decay, update_every, invert_every, inverse, kl_clip, lr)
-        self.damping, self.factor_decay, self.kl_clip, self.lr = damping, factor_decay, kl_clip, lr
+        self.damping, self.adaptive = _damping(damping)
+        _check_settings(factor_decay, update_every, invert_every, inverse, kl_clip, lr)
+        self.factor_decay, self.kl_clip, self.lr = factor_decay, kl_clip, lr
         self.update_every, self.invert_every, self.inverse = update_every, invert_every, inverse
         self.approx, self.fisher, self.mc_samples, self.generator = approx, fisher, mc_samples, generator
         self.loss = loss_spec(loss_func)
@@ -116,6 +132,8 @@ class KFAC:
         self.steps = 0
         self.running: dict[str, tuple[Tensor, Tensor]] = {}  # with group axes
         self._inverses: dict[str, tuple[Tensor, ...]] = {}
+        self.fallbacks: dict[str, str] = {}  # layer -> what its latest inversion did instead of float32's own
+        self._warned = False
         self._forwards: list[_Forward] = []
         self._current: _Forward | None = None
         self._handles = [layer.module.register_forward_hook(self._layer_hook(layer)) for layer in self.layers]
@@ -217,7 +235,14 @@ class KFAC:
 
     def _invert(self) -> None:
         invert = _eigh if self.inverse == "eigh" else _cholesky
-        self._inverses = {name: invert(a, b, self.damping) for name, (a, b) in self.running.items()}
+        self._inverses, self.fallbacks = {}, {}
+        for name, (a, b) in self.running.items():
+            self._inverses[name], notes = invert(a, b, self.damping, self.adaptive)
+            if notes:
+                self.fallbacks[name] = "; ".join(notes)
+        if self.fallbacks and not self._warned:
+            self._warned = True  # once per KFAC: a factor that fails keeps failing, at every inversion
+            warnings.warn(_fallback_message(self.inverse, self.fallbacks), RuntimeWarning, stacklevel=3)
 
     def _precondition(self) -> None:
         updates: list[tuple[FactorLayer, Tensor, Tensor]] = []
@@ -227,7 +252,7 @@ class KFAC:
                 continue
             inverse = self._inverses[layer.name]
             solve = _apply_eigh if self.inverse == "eigh" else _apply_cholesky
-            updates.append((layer, gradient, solve(inverse, gradient.to(inverse[0].dtype), self.damping)))
+            updates.append((layer, gradient, solve(inverse, gradient.to(inverse[0].dtype))))
         nu = self._kl_scale(updates)
         for layer, _, delta in updates:
             _write_gradient(layer.spec, *self._tensors[layer.name], delta * nu)
@@ -263,8 +288,22 @@ class KFAC:
             tensor.remove()
 
 
+def _damping(damping: Damping) -> tuple[float, bool]:
+    """λ, and whether it is π-damped, from the `damping` argument."""
+    if isinstance(damping, str) and damping == "adaptive":
+        return DEFAULT_DAMPING, True
+    value: object = damping
+    adaptive = isinstance(damping, tuple) and len(damping) == 2 and damping[0] == "adaptive"
+    if isinstance(damping, tuple) and adaptive:
+        value = damping[1]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:  # NaN fails too
+        raise ValueError(
+            f"tncompiler.KFAC: damping must be a number ≥ 0, 'adaptive' or ('adaptive', λ ≥ 0), got {damping!r}"
+        )
+    return float(value), adaptive
+
+
 def _check_settings(
-    damping: float,
     factor_decay: float,
     update_every: int,
     invert_every: int,
@@ -272,10 +311,8 @@ def _check_settings(
     kl_clip: float | None,
     lr: float | None,
 ) -> None:
-    if damping < 0 or not 0 <= factor_decay < 1:
-        raise ValueError(
-            f"tncompiler.KFAC: damping must be ≥ 0 and factor_decay in [0, 1), got {damping}, {factor_decay}"
-        )
+    if not 0 <= factor_decay < 1:
+        raise ValueError(f"tncompiler.KFAC: factor_decay must be in [0, 1), got {factor_decay}")
     if update_every < 1 or invert_every < 1:
         raise ValueError("tncompiler.KFAC: update_every and invert_every must be positive")
     if inverse not in ("eigh", "cholesky"):
@@ -291,37 +328,127 @@ def _solver_dtype(factor: Tensor) -> torch.dtype:
     return torch.float32 if factor.dtype in (torch.float16, torch.bfloat16) else factor.dtype
 
 
-def _eigh(a: Tensor, b: Tensor, damping: float) -> tuple[Tensor, ...]:
-    values_a, vectors_a = torch.linalg.eigh(a.to(_solver_dtype(a)))
-    values_b, vectors_b = torch.linalg.eigh(b.to(_solver_dtype(b)))
-    return vectors_a, values_a.clamp(min=0), vectors_b, values_b.clamp(min=0)
-
-
-def _apply_eigh(inverse: tuple[Tensor, ...], gradient: Tensor, damping: float) -> Tensor:
-    """(A ⊗ B + λ I)⁻¹ applied to G [g, out, in]: in the eigenbases, a division by λ_B λ_Aᵀ + λ."""
-    vectors_a, values_a, vectors_b, values_b = inverse
-    rotated = vectors_b.transpose(1, 2) @ gradient @ vectors_a
-    rotated = rotated / (values_b.unsqueeze(2) * values_a.unsqueeze(1) + damping)
-    return vectors_b @ rotated @ vectors_a.transpose(1, 2)
-
-
-def _cholesky(a: Tensor, b: Tensor, damping: float) -> tuple[Tensor, ...]:
-    a, b = a.to(_solver_dtype(a)), b.to(_solver_dtype(b))
+def _pi(a: Tensor, b: Tensor) -> Tensor:
+    """π per group: sqrt((tr A / dim A) / (tr B / dim B)), 1 where either mean is not positive and finite."""
     mean_a = a.diagonal(dim1=1, dim2=2).mean(1)
     mean_b = b.diagonal(dim1=1, dim2=2).mean(1)
-    pi = torch.where((mean_a > 0) & (mean_b > 0), (mean_a / mean_b.clamp(min=1e-30)).sqrt(), torch.ones_like(mean_a))
-    root = math.sqrt(damping)
-    return _spd_inverse(a, pi * root), _spd_inverse(b, root / pi)
+    usable = (mean_a > 0) & (mean_b > 0) & mean_a.isfinite() & mean_b.isfinite()
+    return torch.where(usable, (mean_a / mean_b.clamp(min=1e-30)).sqrt(), torch.ones_like(mean_a))
 
 
-def _spd_inverse(matrix: Tensor, shift: Tensor) -> Tensor:
-    eye = torch.eye(matrix.shape[1], dtype=matrix.dtype, device=matrix.device)
-    return torch.cholesky_inverse(torch.linalg.cholesky(matrix + shift.view(-1, 1, 1) * eye))
+def _eigh(a: Tensor, b: Tensor, damping: float, adaptive: bool) -> tuple[tuple[Tensor, ...], list[str]]:
+    """The eigenbases of A and B and the divisors of the rotated gradient, [g, out, in]; the fallbacks taken."""
+    a, b = a.to(_solver_dtype(a)), b.to(_solver_dtype(b))
+    values_a, vectors_a, note_a = _decompose(a)
+    values_b, vectors_b, note_b = _decompose(b)
+    if adaptive:  # (A + π√λ I) ⊗ (B + √λ/π I), in the eigenbases
+        pi, root = _pi(a, b).unsqueeze(1), math.sqrt(damping)
+        divisors = (values_b + root / pi).unsqueeze(2) * (values_a + pi * root).unsqueeze(1)
+    else:  # A ⊗ B + λ I
+        divisors = values_b.unsqueeze(2) * values_a.unsqueeze(1) + damping
+    return (vectors_a, vectors_b, divisors), _notes(note_a, note_b)
 
 
-def _apply_cholesky(inverse: tuple[Tensor, ...], gradient: Tensor, damping: float) -> Tensor:
+def _apply_eigh(inverse: tuple[Tensor, ...], gradient: Tensor) -> Tensor:
+    """The damped inverse applied to G [g, out, in]: in the eigenbases, a division."""
+    vectors_a, vectors_b, divisors = inverse
+    rotated = vectors_b.transpose(1, 2) @ gradient @ vectors_a
+    return vectors_b @ (rotated / divisors) @ vectors_a.transpose(1, 2)
+
+
+def _cholesky(a: Tensor, b: Tensor, damping: float, adaptive: bool) -> tuple[tuple[Tensor, ...], list[str]]:
+    """(A + π√λ I)⁻¹ and (B + √λ/π I)⁻¹ (π-damped whether or not `adaptive`); the fallbacks taken."""
+    a, b = a.to(_solver_dtype(a)), b.to(_solver_dtype(b))
+    pi, root = _pi(a, b), math.sqrt(damping)
+    inverse_a, note_a = _spd_inverse(a, pi * root)
+    inverse_b, note_b = _spd_inverse(b, root / pi)
+    return (inverse_a, inverse_b), _notes(note_a, note_b)
+
+
+def _apply_cholesky(inverse: tuple[Tensor, ...], gradient: Tensor) -> Tensor:
     inverse_a, inverse_b = inverse
     return inverse_b @ gradient @ inverse_a
+
+
+def _notes(note_a: str | None, note_b: str | None) -> list[str]:
+    return [f"{factor}: {note}" for factor, note in (("A", note_a), ("B", note_b)) if note is not None]
+
+
+def _fallback_message(inverse: str, fallbacks: dict[str, str]) -> str:
+    layers = ", ".join(f"layer {name!r} ({notes})" for name, notes in fallbacks.items())
+    return (
+        f"tncompiler.KFAC: the {inverse} of a factor failed or was not finite (rank-deficient or "
+        f"ill-conditioned); it fell back to: {layers}. This KFAC warns only once: its `fallbacks` attribute says "
+        "what its latest inversion did."
+    )
+
+
+# --- falling back: float64, then a jitter, then the identity times trace/size ----------------------------------------
+
+
+def _mean_eigenvalue(matrix: Tensor) -> Tensor:
+    """tr / size per group, [g]; 1 where that is not finite (a factor with inf or NaN entries)."""
+    mean = matrix.diagonal(dim1=1, dim2=2).mean(1)
+    return torch.where(mean.isfinite(), mean, torch.ones_like(mean))
+
+
+def _eye(matrix: Tensor) -> Tensor:
+    return torch.eye(matrix.shape[1], dtype=matrix.dtype, device=matrix.device)
+
+
+def _attempts(matrix: Tensor) -> Iterator[tuple[str | None, Tensor, Tensor]]:
+    """(what is tried, the matrix to decompose, the jitter added, [g, 1]): the factor in its solver dtype, in
+    float64, then in float64 with growing jitters (not for a non-finite factor, which no jitter helps)."""
+    zero = matrix.new_zeros(matrix.shape[0], 1)
+    yield None, matrix, zero
+    double = matrix.double()
+    if matrix.dtype != torch.float64:
+        yield "float64", double, zero.double()
+    if not bool(double.isfinite().all()):
+        return
+    scale = _mean_eigenvalue(double).abs().clamp(min=1e-30).unsqueeze(1)
+    for factor in JITTERS:
+        jitter = factor * scale
+        yield f"float64 with a jitter of {factor:g}·trace/size", double + jitter.unsqueeze(2) * _eye(double), jitter
+
+
+def _decompose(matrix: Tensor) -> tuple[Tensor, Tensor, str | None]:
+    """Eigenvalues (clamped at 0) and eigenvectors of the symmetric factors [g, n, n], in the matrix's dtype, and
+    the fallback that gave them (None: the first try). A jitter shifts the eigenvalues alone: it is taken off."""
+    for note, candidate, jitter in _attempts(matrix):
+        pair = _try_eigh(candidate)
+        if pair is not None:
+            values, vectors = pair
+            return (values - jitter).clamp(min=0).to(matrix.dtype), vectors.to(matrix.dtype), note
+    values = _mean_eigenvalue(matrix).clamp(min=0).unsqueeze(1).expand(-1, matrix.shape[1])
+    return values.contiguous(), _eye(matrix).expand_as(matrix).contiguous(), "the identity times trace/size"
+
+
+def _try_eigh(matrix: Tensor) -> tuple[Tensor, Tensor] | None:
+    try:
+        values, vectors = torch.linalg.eigh(matrix)
+    except LINALG_ERROR:
+        return None
+    return (values, vectors) if bool(values.isfinite().all() & vectors.isfinite().all()) else None
+
+
+def _spd_inverse(matrix: Tensor, shift: Tensor) -> tuple[Tensor, str | None]:
+    """(M + shift I)⁻¹ per group by Cholesky, in the matrix's dtype, and the fallback that gave it (None: the
+    first try); the last resort is the inverse of (trace/size + shift) I."""
+    for note, candidate, _ in _attempts(matrix):
+        inverse = _try_spd_inverse(candidate + shift.view(-1, 1, 1).to(candidate.dtype) * _eye(candidate))
+        if inverse is not None and bool(inverse.to(matrix.dtype).isfinite().all()):  # float64's may overflow float32
+            return inverse.to(matrix.dtype), note
+    scale = 1 / (_mean_eigenvalue(matrix).clamp(min=0) + shift)
+    return scale.view(-1, 1, 1) * _eye(matrix), "the identity times trace/size"
+
+
+def _try_spd_inverse(matrix: Tensor) -> Tensor | None:
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    if bool((info != 0).any()):
+        return None
+    inverse = torch.cholesky_inverse(factor)
+    return inverse if bool(inverse.isfinite().all()) else None
 
 
 # --- the gradients of a layer's tensors ------------------------------------------------------------------------------
