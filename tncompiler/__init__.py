@@ -8,10 +8,11 @@ from tncompiler.api import build_program, compile_file, compile_source, load, lo
 from tncompiler.errors import TncError
 
 if TYPE_CHECKING:
-    from tncompiler.model import KFAC, compile_layer, kfac_factors, layer_source, sampled
+    from tncompiler.model import KFAC, KFACOperator, compile_layer, kfac_factors, layer_source, sampled
 
 __all__ = [
     "KFAC",
+    "KFACOperator",
     "TncError",
     "build_program",
     "compile_file",
@@ -26,7 +27,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 # Whole models (tncompiler.model) import torch; the compiler and the `tnc` command do not, so they load on first use.
-_MODEL_API = frozenset({"KFAC", "compile_layer", "kfac_factors", "layer_source", "sampled"})
+_MODEL_API = frozenset({"KFAC", "KFACOperator", "compile_layer", "kfac_factors", "layer_source", "sampled"})
 
 
 def __getattr__(name: str) -> Any:

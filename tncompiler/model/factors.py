@@ -100,6 +100,8 @@ class FactorLayer:
             sizes: dict[str, int] = {}
         else:
             positions, sizes = math.prod(output_shape[2:]), self.spec.sizes(x)
+            if self.spec.kind == "transpose":  # the sizes of this call: m(x, output_size=...) may change them
+                sizes = {f"i{j + 1}": int(size) for j, size in enumerate(output_shape[2:])}
         if approx == "expand":  # kfac_expand divides by the rows it is given: n, or n·positions for a linear layer
             function, inputs, scale = with_sizes(self.functions.kfac_expand, sizes), x, x.shape[0] / positions
         elif self.spec.kind == "linear":  # reduce: the positions are summed first, here by hand
