@@ -25,11 +25,11 @@ demo-models: setup  ## train a CNN on scikit-learn's digits with tncompiler.KFAC
 	$(PY) examples/train_kfac_digits.py
 
 test: setup  ## the test suite, without the slow fuzzing and sweeps (at most 5 minutes on 2 cores)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n auto -m "not slow"
 
 test-all: setup  ## everything: the suite, then the slow tests (fuzzing, sweeps, inductor, subprocesses)
-	$(PY) -m pytest -q -m "not slow"
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -n auto -m "not slow"
+	$(PY) -m pytest -q -n auto -m slow
 
 lint: setup  ## ruff and mypy (strict on the package)
 	$(PY) -m ruff check tncompiler tests examples bench

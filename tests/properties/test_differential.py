@@ -15,8 +15,8 @@ import torch
 from tests import cases
 from tests.cases import Conv, conv
 
-QUICK = range(300)
-SLOW = range(300, 3300)
+QUICK = range(100)
+SLOW = range(100, 3300)
 
 
 def _dim(rng: random.Random) -> dict[str, object]:
