@@ -1,348 +1,52 @@
-"""Helper functions copied into generated modules, only those a module uses. They need only torch."""
+"""Which runtime helpers a generated module may carry, what each needs, and their source text: copied from
+`helpers.py` (a real module, linted and type-checked) so that a module carries only the helpers it uses. The copies
+leave the type hints out, as the rest of the generated code has none; everything else, comments included, is copied
+as written. Reading the source here, rather than importing the module, keeps torch out of the compiler."""
 
 from __future__ import annotations
 
+import ast
+import functools
+import importlib.resources
+
 __all__ = ["HELPERS", "helper_source"]
 
-_CONSTANTS = '''
-# Index patterns, copy tensors and fused constants, built once per shape, device and dtype, then reused. The cache
-# keeps the most recently used of them that fit in _CONSTANTS_LIMIT bytes (change it to keep more or fewer); the
-# least recently used go first, and a constant larger than the limit is built anew at each call that needs it.
-_CONSTANTS = {}  # key -> tensor, the least recently used first
-_CONSTANTS_LIMIT = 256 * 2**20
-
-
-def _constant(key, build):
-    """The cached constant of `key`, or build() (kept if it fits, the least recently used making room)."""
-    value = _CONSTANTS.pop(key, None)
-    if value is None:
-        value = build()
-        if value.nbytes > _CONSTANTS_LIMIT:
-            return value
-        held = value.nbytes + sum(t.nbytes for t in list(_CONSTANTS.values()))
-        while held > _CONSTANTS_LIMIT and _CONSTANTS:
-            oldest = _CONSTANTS.pop(next(iter(_CONSTANTS), None), None)
-            held -= 0 if oldest is None else oldest.nbytes
-    _CONSTANTS[key] = value  # the most recently used last
-    return value
-'''
-
-_CONV_PATTERN = '''
-def _conv_pattern(I, O, K, stride, pad_left, dilation, device, dtype):
-    """Pi[i, o, k] = 1 iff i = o*stride + k*dilation - pad_left, as a dense (I, O, K) tensor (cached)."""
-    def build():
-        o = torch.arange(O, device=device).view(1, O, 1)
-        k = torch.arange(K, device=device).view(1, 1, K)
-        i = torch.arange(I, device=device).view(I, 1, 1)
-        return (i == o * stride + k * dilation - pad_left).to(dtype)
-    return _constant(("conv", I, O, K, stride, pad_left, dilation, device, dtype), build)
-'''
-
-_DELTA = '''
-def _delta(size, legs, device, dtype):
-    """The copy tensor: 1 where all of its `legs` indices (each of `size` entries) are equal (cached)."""
-    def build():
-        delta = torch.zeros((size,) * legs, device=device, dtype=dtype)
-        diagonal = torch.arange(size, device=device)
-        delta[(diagonal,) * legs] = 1
-        return delta
-    return _constant(("delta", size, legs, device, dtype), build)
-'''
-
-_SELECT = '''
-def _select(I, J, start, step, device, dtype):
-    """S[i, j] = 1 iff i = start + j*step: a strided window of an index as a dense (I, J) tensor (cached)."""
-    def build():
-        i = torch.arange(I, device=device).view(I, 1)
-        j = torch.arange(J, device=device).view(1, J)
-        return (i == start + j * step).to(dtype)
-    return _constant(("select", I, J, start, step, device, dtype), build)
-'''
-
-_KEEP = '''
-def _keep(size, p, generator):
-    """Tensor dropout: the indices of the entries kept, each independently with probability p. Drawn on the host (or
-    on the generator's device): the same seed keeps the same entries whatever the arguments' device, and the call
-    never waits for that device."""
-    where = "cpu" if generator is None else generator.device
-    return torch.nonzero(torch.rand(size, generator=generator, device=where) < p).flatten()
-'''
-
-_CHOOSE = '''
-def _choose(size, count, generator):
-    """Tensor dropout with a fixed budget: `count` distinct indices out of `size`, drawn uniformly without
-    replacement, in increasing order; drawn where _keep draws."""
-    where = "cpu" if generator is None else generator.device
-    return torch.randperm(size, generator=generator, device=where)[:count].sort().values
-'''
-
-_KEEP_PROBABILITY = '''
-def _keep_probability(function, name, p):
-    """A keep-probability given per call: a number in (0, 1]."""
-    if isinstance(p, (bool, torch.Tensor)) or not isinstance(p, (int, float)):
-        raise TypeError(f"{function}(): keyword {name}= is the probability to keep each entry and must be a number, "
-                         f"got {type(p).__name__}")
-    if not 0 < p <= 1:
-        raise ValueError(f"{function}(): keyword {name}= is the probability to keep each entry and must be in (0, 1], "
-                         f"got {p}")
-    return p
-'''
-
-_KEEP_COUNT = '''
-def _keep_count(function, name, count, index, size):
-    """A number of entries to keep given per call: a whole number from 1 to the size of the sampled index."""
-    if isinstance(count, (bool, torch.Tensor)) or not hasattr(count, "__index__"):
-        raise TypeError(f"{function}(): keyword {name}= is the number of entries of index {index} to keep and must be "
-                         f"an int, got {type(count).__name__}")
-    if not 1 <= count <= size:
-        raise ValueError(f"{function}(): keyword {name}={count}, but index {index} has {size} entries: "
-                         f"keep from 1 to {size} of them")
-    return count
-'''
-
-_WINDOW_SUM = '''
-def _window_sum(t, axis, I, O, K, stride, pad_left, dilation):
-    """sum_o t[.., o*stride + k*dilation - pad_left, ..] for each k (indices outside 0..I-1 read zero): axis i of t
-    goes and axis k comes last, as in a tensordot with the (I, K) matrix sum_o Pi. One strided sum per residue of
-    i mod stride, minus the few entries outside each k's windows."""
-    def part(start, stop):  # t[.., start:stop:stride, ..], summed over the axis
-        return t[(slice(None),) * axis + (slice(start, stop, stride),)].sum(axis)
-    totals, sums = {}, []
-    for k in range(K):
-        first = k * dilation - pad_left
-        lo = first if first >= 0 else first + (-first + stride - 1) // stride * stride
-        hi = min(first + (O - 1) * stride, first + (I - 1 - first) // stride * stride)
-        if lo > hi:
-            sums.append(t.narrow(axis, 0, 1).sum(axis) * 0)
-            continue
-        kept = (hi - lo) // stride + 1
-        residue = lo % stride
-        if 2 * kept <= (I - residue + stride - 1) // stride:  # few windows: sum them directly
-            sums.append(part(lo, hi + 1))
-            continue
-        if residue not in totals:
-            totals[residue] = part(residue, I)
-        value = totals[residue]
-        if lo > residue:
-            value = value - part(residue, lo)
-        if hi + stride < I:
-            value = value - part(hi + stride, I)
-        sums.append(value)
-    return torch.stack(sums, -1)
-'''
-
-_PAD = '''
-def _pad(t, pads):
-    """F.pad for amounts known at call time only: pads lists (left, right) per axis, the last axis first; a negative
-    amount crops, also more entries than there are (the rest is zeros), and nothing is copied where nothing changes."""
-    if all(amount == 0 for amount in pads):
-        return t
-    if all(amount >= 0 for amount in pads):
-        return torch.nn.functional.pad(t, pads)
-    shape, kept, positive = list(t.shape), [], []
-    for k in range(len(pads) // 2):
-        axis, left, right = t.dim() - 1 - k, pads[2 * k], pads[2 * k + 1]
-        size = shape[axis]
-        kept.append((axis, max(0, -left), min(size, size + right)))  # the entries that stay
-        shape[axis] = size + left + right
-        positive += [max(left, 0), max(right, 0)]
-    if any(hi <= lo for _, lo, hi in kept) or min(shape) <= 0:  # nothing stays: zeros
-        return t.new_zeros([max(0, size) for size in shape])
-    for axis, lo, hi in kept:
-        t = t.narrow(axis, lo, hi - lo)
-    return torch.nn.functional.pad(t, positive) if any(positive) else t
-'''
-
-_TAKE = '''
-def _take(t, axis, index):
-    """t.index_select(axis, index); on the last axis torch.gather, which copies single entries 4x faster."""
-    if axis < t.dim() - 1:
-        return t.index_select(axis, index)
-    return torch.gather(t, axis, index.expand(*t.shape[:-1], -1))
-'''
-
-_CACHED = '''
-def _cached(key, build):
-    """A constant built once per key (function, position, device, dtype), then reused while the cache keeps it."""
-    return _constant(key, build)
-'''
-
-_CHECK_ARGUMENTS = '''
-def _check_arguments(function, arguments):
-    """Each argument is a tensor of the declared rank; all share one floating dtype and one device."""
-    first = None
-    for name, value, layout in arguments:
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"{function}(): argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
-        if value.layout != torch.strided:
-            raise TypeError(f"{function}(): argument {name!r} must be a dense (strided) tensor, got layout "
-                            f"{value.layout}; call .to_dense() first")
-        if value.dim() != len(layout):
-            raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
-                             f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
-        if not value.is_floating_point():
-            raise ValueError(f"{function}(): argument {name!r} must have a real floating dtype (float16, bfloat16, "
-                             f"float32 or float64), got {value.dtype}"
-                             + ("; complex arguments are not supported (a VJP here is the plain transpose, not "
-                                "PyTorch's conjugate one)" if value.is_complex() else ""))
-        if first is None:
-            first = (name, value)
-        elif value.dtype != first[1].dtype:
-            raise ValueError(f"{function}(): argument {name!r} has dtype {value.dtype}, "
-                             f"but {first[0]!r} has {first[1].dtype}")
-        elif value.device != first[1].device:
-            raise ValueError(f"{function}(): argument {name!r} is on {value.device}, "
-                             f"but {first[0]!r} is on {first[1].device}")
-'''
-
-_NONZERO = '''
-def _nonzero(function, index, size):
-    """A size the result is divided by (a KFAC factor's 1/|n|, a file's / size(n)) must not be 0."""
-    if size == 0:
-        raise ValueError(f"{function}(): index {index} has size 0 (an empty batch?), and the result is divided by it")
-    return size
-'''
-
-_CHECK_SHAPES = '''
-def _check_shapes(function, arguments):
-    """Each axis has the size the file gives its index (or that an earlier argument bound): the first that does not
-    is named."""
-    for name, value, layout, expected in arguments:
-        for axis, (index, actual, size) in enumerate(zip(layout, value.shape, expected)):
-            if actual != size:
-                raise ValueError(f"{function}(): argument {name!r} axis {axis} ({index}) has size {actual}, "
-                                 f"expected {size}")
-'''
-
-_CHECK_SIZE = '''
-def _check_size(function, argument, axis, index, actual, expected):
-    """An axis has the size the file gives its index (or that an earlier argument bound)."""
-    if actual != expected:
-        raise ValueError(f"{function}(): argument {argument!r} axis {axis} ({index}) has size {actual}, "
-                         f"expected {expected}")
-'''
-
-_BIND_SIZE = '''
-def _bind_size(function, argument, axis, index, actual, known):
-    """The size of the one call-time index in an axis whose other indices hold `known` entries."""
-    if actual % known:
-        raise ValueError(f"{function}(): argument {argument!r} axis {axis} ({index}) has size {actual}, "
-                         f"which is not a multiple of {known}")
-    return actual // known
-'''
-
-_SIZE_KEYWORD = '''
-def _size_keyword(function, name, value):
-    """A size given as a keyword argument: a positive int."""
-    if isinstance(value, (bool, torch.Tensor)) or not hasattr(value, "__index__"):
-        raise TypeError(f"{function}(): keyword {name}= is the size of index {name} and must be an int, "
-                         f"got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{function}(): keyword {name}= is the size of index {name} and must be at least 1, "
-                         f"got {value}")
-    return value
-'''
-
-_OUT_SIZE = '''
-def _out_size(function, where, I, pattern, K, stride, pad_left, pad_right, dilation):
-    """A pattern's output size O = (I + P_left + P_right - D*(K - 1) - 1) // S + 1 for its input size I."""
-    extent = dilation * (K - 1) + 1
-    O = (I + pad_left + pad_right - extent) // stride + 1
-    if O < 1:
-        raise ValueError(f"{function}(): {where} has size {I}, too small for pattern {pattern!r}: its windows span "
-                         f"{extent} entries and the padding adds {pad_left + pad_right}, so no window fits "
-                         f"(the size must be at least {extent - pad_left - pad_right})")
-    return O
-'''
-
-_IN_SIZE = '''
-def _in_size(function, where, O, pattern, K, stride, pad_left, pad_right, dilation):
-    """A stride-1 pattern's input size I = O - 1 + D*(K - 1) + 1 - P_left - P_right for its output size O."""
-    I = O - 1 + dilation * (K - 1) + 1 - pad_left - pad_right
-    if I < 1:
-        raise ValueError(f"{function}(): {where} has size {O}, but pattern {pattern!r} has at most "
-                         f"{pad_left + pad_right - dilation * (K - 1)} windows over no input")
-    return I
-'''
-
-_CHECK_OUT_SIZE = '''
-def _check_out_size(function, where_o, O, where_i, I, pattern, K, stride, pad_left, pad_right, dilation):
-    """A pattern's output size agrees with its input size: O = (I + P_left + P_right - D*(K - 1) - 1) // S + 1."""
-    expected = (I + pad_left + pad_right - dilation * (K - 1) - 1) // stride + 1
-    if O != expected:
-        raise ValueError(f"{function}(): {where_o} has size {O}, but pattern {pattern!r} gives "
-                         f"{max(expected, 0)} windows over {where_i} of size {I}")
-'''
-
-_DEVICE_KEYWORD = '''
-def _device_keyword(function, device):
-    """The device= of a function without tensor arguments: torch's default device where None."""
-    if device is None:
-        return torch.empty(0).device
-    if not isinstance(device, (str, int, torch.device)) or isinstance(device, bool):
-        raise TypeError(f"{function}(): keyword device= must be a torch.device, a str or an int, "
-                        f"got {type(device).__name__}")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"{function}(): keyword device={device!r} is not a device torch knows (e.g. 'cpu', "
-                         f"'cuda:0')") from None
-'''
-
-_DTYPE_KEYWORD = '''
-def _dtype_keyword(function, dtype):
-    """The dtype= of a function without tensor arguments: a real floating dtype, torch's default where None."""
-    if dtype is None:
-        return torch.get_default_dtype()
-    if not isinstance(dtype, torch.dtype):
-        raise TypeError(f"{function}(): keyword dtype= must be a torch.dtype, got {type(dtype).__name__}")
-    if not dtype.is_floating_point:
-        raise ValueError(f"{function}(): keyword dtype= must be a real floating dtype (float16, bfloat16, float32 or "
-                         f"float64), got {dtype}")
-    return dtype
-'''
-
-_GENERATOR_KEYWORD = '''
-def _generator_keyword(function, generator):
-    """The generator= of a sampled function: None (torch's default CPU generator) or a torch.Generator."""
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"{function}(): keyword generator= must be a torch.Generator or None, "
-                        f"got {type(generator).__name__}")
-    return generator
-'''
-
-HELPERS = {
-    "_CONSTANTS": _CONSTANTS,
-    "_conv_pattern": _CONV_PATTERN,
-    "_delta": _DELTA,
-    "_select": _SELECT,
-    "_keep": _KEEP,
-    "_choose": _CHOOSE,
-    "_keep_probability": _KEEP_PROBABILITY,
-    "_keep_count": _KEEP_COUNT,
-    "_window_sum": _WINDOW_SUM,
-    "_take": _TAKE,
-    "_pad": _PAD,
-    "_cached": _CACHED,
-    "_check_arguments": _CHECK_ARGUMENTS,
-    "_check_size": _CHECK_SIZE,
-    "_check_shapes": _CHECK_SHAPES,
-    "_nonzero": _NONZERO,
-    "_bind_size": _BIND_SIZE,
-    "_size_keyword": _SIZE_KEYWORD,
-    "_out_size": _OUT_SIZE,
-    "_in_size": _IN_SIZE,
-    "_check_out_size": _CHECK_OUT_SIZE,
-    "_device_keyword": _DEVICE_KEYWORD,
-    "_dtype_keyword": _DTYPE_KEYWORD,
-    "_generator_keyword": _GENERATOR_KEYWORD,
-}
+# The helpers, in the order a module carries them.
+HELPERS = (
+    "_CONSTANTS",
+    "_conv_pattern",
+    "_delta",
+    "_select",
+    "_keep",
+    "_choose",
+    "_keep_probability",
+    "_keep_count",
+    "_window_sum",
+    "_take",
+    "_pad",
+    "_cached",
+    "_check_arguments",
+    "_check_size",
+    "_check_shapes",
+    "_nonzero",
+    "_bind_size",
+    "_size_keyword",
+    "_out_size",
+    "_in_size",
+    "_check_out_size",
+    "_device_keyword",
+    "_dtype_keyword",
+    "_generator_keyword",
+)
+# The consecutive definitions in helpers.py a helper copies, where not just its own (with the comments right above).
+_PARTS = {"_CONSTANTS": ("_CONSTANTS", "_CONSTANTS_LIMIT", "_constant")}  # the cache and the function that fills it
 _NEEDS = {
     "_conv_pattern": ("_CONSTANTS",),
     "_delta": ("_CONSTANTS",),
     "_select": ("_CONSTANTS",),
     "_cached": ("_CONSTANTS",),
 }
+_SOURCE = "tncompiler/backend/helpers.py"  # for messages
 
 
 def _closure(used: set[str]) -> set[str]:
@@ -358,5 +62,94 @@ def _closure(used: set[str]) -> set[str]:
 
 def helper_source(used: set[str]) -> list[str]:
     """Source blocks of the used helpers and what they need, in a fixed order."""
+    unknown = used - set(HELPERS)
+    if unknown:
+        raise ValueError(f"no runtime helper {', '.join(sorted(unknown))}: {_SOURCE} has {', '.join(HELPERS)}")
     closure = _closure(used)
-    return [HELPERS[name].strip("\n") for name in HELPERS if name in closure]
+    blocks = _blocks()
+    return [blocks[name] for name in HELPERS if name in closure]
+
+
+@functools.cache
+def _blocks() -> dict[str, str]:
+    """Each helper's source text, hints left out."""
+    source = importlib.resources.files("tncompiler.backend").joinpath("helpers.py").read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    # ast counts lines at "\n" only (read_text made every line end one), where splitlines() also splits at "\f" etc.
+    lines = _without_hints(source.split("\n"), tree)
+    where = {name: position for position, node in enumerate(tree.body) for name in _defined(node)}
+    return {name: _block(lines, tree, where, _PARTS.get(name, (name,))) for name in HELPERS}
+
+
+def _defined(node: ast.stmt) -> tuple[str, ...]:
+    """The name a top-level statement defines, if it is a function or an assignment to one name."""
+    if isinstance(node, ast.FunctionDef):
+        return (node.name,)
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+    return (targets[0].id,) if len(targets) == 1 and isinstance(targets[0], ast.Name) else ()
+
+
+def _block(lines: list[str | None], tree: ast.Module, where: dict[str, int], parts: tuple[str, ...]) -> str:
+    """The text of consecutive top-level definitions and of the comment lines right above the first."""
+    missing = [part for part in parts if part not in where]
+    if missing:
+        raise LookupError(f"{_SOURCE} defines no {', '.join(missing)}, which runtime.py copies")
+    positions = [where[part] for part in parts]
+    if positions != list(range(positions[0], positions[0] + len(parts))):
+        raise LookupError(f"{_SOURCE}: {', '.join(parts)} must follow one another, as they are copied together")
+    start, end = tree.body[positions[0]].lineno, tree.body[positions[-1]].end_lineno or 0
+    while start > 1 and (lines[start - 2] or "").startswith("#"):
+        start -= 1
+    return "\n".join(line for line in lines[start - 1 : end] if line is not None)
+
+
+def _without_hints(lines: list[str], tree: ast.Module) -> list[str | None]:
+    """The source lines with the type hints left out: each def's header on one line as `def name(a, b):` (lines it
+    no longer needs become None) and `name: hint = value` as `name = value`."""
+    edited: list[str | None] = list(lines)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.AsyncFunctionDef):
+            raise ValueError(f"{_SOURCE} line {node.lineno}: async def {node.name}() cannot be copied without hints")
+        if isinstance(node, ast.FunctionDef):
+            header = _header(lines, node)
+            edited[node.lineno - 1 : node.lineno - 1 + len(header)] = header
+        elif isinstance(node, ast.AnnAssign):
+            edited[node.lineno - 1] = _assignment(lines[node.lineno - 1], node)
+    return edited
+
+
+def _header(lines: list[str], node: ast.FunctionDef) -> list[str | None]:
+    """The def's header on one line without hints, then None for each further line the header spanned."""
+    arguments = node.args
+    if (
+        node.decorator_list
+        or arguments.posonlyargs
+        or arguments.vararg
+        or arguments.kwonlyargs
+        or arguments.kwarg
+        or arguments.defaults
+    ):
+        raise ValueError(
+            f"{_SOURCE} line {node.lineno}: {node.name}() may take only plain positional parameters (no defaults, "
+            "* or ** parameters, or decorators): its copy rebuilds the header from their names"
+        )
+    # The header ends with the return hint, which every helper has (mypy --strict); then come ":" and any comment.
+    hint = node.returns
+    if hint is None or hint.end_lineno is None or hint.end_col_offset is None:
+        raise ValueError(f"{_SOURCE} line {node.lineno}: {node.name}() needs a return hint, where its header ends")
+    last = lines[hint.end_lineno - 1].encode()  # ast columns count UTF-8 bytes
+    signature = lines[node.lineno - 1 : hint.end_lineno - 1] + [last[: hint.end_col_offset].decode()]
+    if any("#" in line for line in signature):
+        raise ValueError(f"{_SOURCE} line {node.lineno}: a comment inside {node.name}()'s header would be lost")
+    indent = signature[0][: len(signature[0]) - len(signature[0].lstrip())]
+    names = ", ".join(argument.arg for argument in arguments.args)
+    return [f"{indent}def {node.name}({names}){last[hint.end_col_offset :].decode()}"] + [None] * (len(signature) - 1)
+
+
+def _assignment(line: str, node: ast.AnnAssign) -> str:
+    """`name: hint = value` as `name = value` (ast columns count UTF-8 bytes)."""
+    hint = node.annotation
+    if node.value is None or hint.end_col_offset is None or hint.end_lineno != node.target.lineno:
+        raise ValueError(f"{_SOURCE} line {node.lineno}: only `name: hint = value` on one line can lose its hint")
+    encoded = line.encode()
+    return (encoded[: node.target.end_col_offset] + encoded[hint.end_col_offset :]).decode()
