@@ -107,6 +107,8 @@ def _window(net: Network, position: int) -> Network | None:
     if not isinstance(p, ConvPattern) or not _only_gathers_on_o(factor):
         return None
     i = factor.legs[0]
+    if factor.legs.count(i) != 1:
+        return None  # Π(i, o, i) once a delta(i, k) went: the window's k leg would be i, which the window removes
     carriers = [k for k in net.tensors_on(i) if k != position]
     if i in net.outputs or len(carriers) != 1 or net.factors[carriers[0]].legs.count(i) != 1:
         return None

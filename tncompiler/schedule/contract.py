@@ -211,8 +211,10 @@ def _gram(
     free = [j for j in range(len(a)) if a[j] != b[j]]
     batch = [j for j in shared if a[j] in result]
     summed = [j for j in shared if a[j] not in result]
-    if not free or not summed or len(set(a)) != len(a):
+    if not free or not summed or len(set(a)) != len(a) or len(set(b)) != len(b):
         return ""
+    if any(b[j] in a for j in free):
+        return ""  # v[c, a, d] * v[d, a, c]: the copy's legs are the same indices swapped, a diagonal, no outer product
     if set(result) != {a[j] for j in batch + free} | {b[j] for j in free}:
         return ""
     # Lay the (small) operand out in the order the (large) result wants, so the product needs no permute.
