@@ -8,7 +8,7 @@ from tncompiler.api import build_program, compile_file, compile_source, load, lo
 from tncompiler.errors import TncError
 
 if TYPE_CHECKING:
-    from tncompiler.model import KFAC, KFACOperator, compile_layer, kfac_factors, layer_source, sampled
+    from tncompiler.model import KFAC, KFACOperator, compile_layer, curvature, kfac_factors, layer_source, sampled
 
 __all__ = [
     "KFAC",
@@ -18,6 +18,7 @@ __all__ = [
     "compile_file",
     "compile_layer",
     "compile_source",
+    "curvature",
     "kfac_factors",
     "layer_source",
     "load",
@@ -27,7 +28,9 @@ __all__ = [
 __version__ = "0.1.0"
 
 # Whole models (tncompiler.model) import torch; the compiler and the `tnc` command do not, so they load on first use.
-_MODEL_API = frozenset({"KFAC", "KFACOperator", "compile_layer", "kfac_factors", "layer_source", "sampled"})
+_MODEL_API = frozenset(
+    {"KFAC", "KFACOperator", "compile_layer", "curvature", "kfac_factors", "layer_source", "sampled"}
+)
 
 
 def __getattr__(name: str) -> Any:

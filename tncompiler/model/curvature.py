@@ -38,7 +38,7 @@ from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from tncompiler.model.curvature_loss import exact_columns, sampled_columns
 from tncompiler.model.curvature_parts import GGN, Counts, LayerCall, Parts, Plan, add_func_columns, plan
-from tncompiler.model.distributed import all_reduce_sums, process_group_of, unwrap
+from tncompiler.model.distributed import all_reduce_sums, process_group_of, uncompiled, unwrap
 from tncompiler.model.layers import SUPPORTED, LayerSpec, spec_of
 from tncompiler.model.losses import LossSpec, loss_spec
 
@@ -114,6 +114,7 @@ def curvature(
     if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
         raise ValueError(f"tncompiler.curvature: mc_samples must be a positive integer, got {mc_samples!r}")
     spec = loss_spec(loss_func)
+    model = uncompiled(model)  # named as the model it compiles; its eager forward records the layers' calls
     group = process_group_of(model, process_group)
     inner = unwrap(model)
     _refuse_mixing(inner)

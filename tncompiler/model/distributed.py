@@ -9,9 +9,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["all_reduce_sums", "process_group_of", "unwrap"]
+__all__ = ["all_reduce_sums", "process_group_of", "uncompiled", "unwrap"]
 
 Tensor = torch.Tensor
+
+
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module `torch.compile` wrapped (its parameters keep their own names), or the model itself: the model-level
+    API records layer calls with hooks and differentiates per example, which the eager module serves."""
+    while type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        model = model._orig_mod
+    return model
 
 
 def unwrap(model: nn.Module) -> nn.Module:
