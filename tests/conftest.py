@@ -8,7 +8,6 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core: one torch thread each
     torch.set_num_threads(1)
 

@@ -8,7 +8,8 @@ from tncompiler.api import build_program, compile_file, compile_source, load, lo
 from tncompiler.errors import TncError
 
 if TYPE_CHECKING:
-    from tncompiler.model import KFAC, KFACOperator, compile_layer, curvature, kfac_factors, layer_source, sampled
+    from tncompiler.model import KFAC, KFACOperator, compile_layer, kfac_factors, layer_source, sampled
+    from tncompiler.model.curvature import curvature
 
 __all__ = [
     "KFAC",

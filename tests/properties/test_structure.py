@@ -27,8 +27,8 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("binding", ("binding",)),
     ("schedule", ("schedule",)),
     ("backend", ("backend",)),
-    ("drivers", ("driver", "api", "generated", "cli", "__main__", "", "explain", "dot", "render", "stages", "output", "model",
-                 "integrations")),
+    ("drivers", ("driver", "api", "generated", "cli", "__main__", "", "explain", "dot", "render", "stages", "output",
+                 "model", "integrations")),
 )
 RANK = {stage: rank for rank, (stage, _) in enumerate(STAGES)}
 

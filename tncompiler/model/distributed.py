@@ -17,8 +17,9 @@ Tensor = torch.Tensor
 def uncompiled(model: nn.Module) -> nn.Module:
     """The module `torch.compile` wrapped (its parameters keep their own names), or the model itself: the model-level
     API records layer calls with hooks and differentiates per example, which the eager module serves."""
-    while type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
-        model = model._orig_mod
+    inner = getattr(model, "_orig_mod", None)
+    while type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module):
+        model, inner = inner, getattr(inner, "_orig_mod", None)
     return model
 
 

@@ -38,6 +38,7 @@ class _Copies:
 # than a dozen; past this many, a product is left unshared (a 4,000-factor chain then compiles in 2 s, not minutes).
 SHARE_UP_TO = 64
 
+
 def share_common(diagram: Diagram, lint: bool) -> tuple[Diagram, tuple[str, ...]]:
     """Each term's repeated sub-networks, computed once where that costs no more (equal ones across terms once)."""
     regimes = Regimes(diagram.size_rules)
