@@ -21,8 +21,11 @@ setup: $(STAMP)  ## create .venv with torch (CPU), the compiler and the test too
 demo: setup  ## compile every example and check it against PyTorch
 	$(PY) examples/demo.py
 
-demo-models: setup  ## train a CNN on scikit-learn's digits with tncompiler.KFAC + SGD, SGD and Adam (README, "Whole models")
+demo-models: setup  ## digits CNN: KFAC + SGD vs SGD and Adam, its curvature quantities, sampled backprop, DP-SGD
 	$(PY) examples/train_kfac_digits.py
+	$(PY) examples/curvature_digits.py
+	$(PY) examples/train_sampled_digits.py
+	$(PY) examples/dp_sgd_digits.py
 
 test: setup  ## the test suite, without the slow fuzzing and sweeps (at most 5 minutes on 2 cores)
 	$(PY) -m pytest -q -n auto -m "not slow"
