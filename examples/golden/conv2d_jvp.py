@@ -257,10 +257,10 @@ def t(x, w, tangent_x, tangent_w):
                 ('tangent_w', tangent_w, ('d', 'c', 'k1', 'k2'), (4, 3, 3, 2)),
             ),
         )
-    # term 1 of 2: tangent_x[n, c~0, i1~1, i2~2] * p1(i1~1, o1, k1~3) * p2(i2~2, o2, k2~4) * w[d, c~0, k1~3, k2~4]
+    # term 1 of 2: tangent_x[n, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[d, c, k1, k2]
     # native conv2d
     term1 = torch.nn.functional.conv2d(tangent_x, w, stride=(2, 1), padding=(1, 0), dilation=(1, 2))
-    # term 2 of 2: x[n, c~5, i1~6, i2~7] * p1(i1~6, o1, k1~8) * p2(i2~7, o2, k2~9) * tangent_w[d, c~5, k1~8, k2~9]
+    # term 2 of 2: x[n, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * tangent_w[d, c, k1, k2]
     # native conv2d
     term2 = torch.nn.functional.conv2d(x, tangent_w, stride=(2, 1), padding=(1, 0), dilation=(1, 2))
     result = term1 + term2

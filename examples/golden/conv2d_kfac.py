@@ -166,8 +166,8 @@ def A(x):
     _nonzero('A', 'n', n)
     # 1/n * x[n, c, o1, k1, o2, k2] * x[n, c', o1, k1', o2, k2']
     x_view = torch.nn.functional.pad(x, (0, 0, 1, 0)).unfold(2, 3, 2).movedim(-1, 3).unfold(4, 3, 1)[..., ::2].movedim(-1, 5)  # [n, c, o1, k1, o2, k2]
-    result_rows = x_view.permute(1, 3, 5, 0, 2, 4).reshape(1, 12, 15 * n)  # laid out once
-    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(2, 3, 2, 2, 3, 2)  # [c, k1, k2, c', k1', k2']
+    result_rows = x_view.permute(1, 3, 5, 0, 2, 4).reshape(12, 15 * n)  # laid out once
+    result = (result_rows @ result_rows.T).reshape(2, 3, 2, 2, 3, 2)  # [c, k1, k2, c', k1', k2']
     result.mul_(1 / n)
     result = result.reshape(12, 12)  # [(c k1 k2), (c' k1' k2')]
     return result
@@ -209,8 +209,8 @@ def Ar(x):
     )  # p2(i2, o2, k2), contracted once per shape
     t1 = torch.tensordot(fused_2, x, dims=((0,), (3,)))  # [k2, n, c, i1]
     t2 = torch.tensordot(fused, t1, dims=((0,), (3,)))  # [k1, k2, n, c]
-    result_rows = t2.permute(3, 0, 1, 2).reshape(1, 12, n)  # laid out once
-    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(2, 3, 2, 2, 3, 2)  # [c, k1, k2, c', k1', k2']
+    result_rows = t2.permute(3, 0, 1, 2).reshape(12, n)  # laid out once
+    result = (result_rows @ result_rows.T).reshape(2, 3, 2, 2, 3, 2)  # [c, k1, k2, c', k1', k2']
     result.mul_(1 / (225 * n))
     result = result.reshape(12, 12)  # [(c k1 k2), (c' k1' k2')]
     return result
@@ -241,10 +241,10 @@ def B(grad_y):
     if grad_y.shape != (n, 3, 3, 5):
         _check_shapes('B', (('grad_y', grad_y, ('n', 'd', 'o1', 'o2'), (n, 3, 3, 5)),))
     _nonzero('B', 'n', n)
-    # 1/n * grad_y[n, d, o1.o2] * grad_y[n, d', o1.o2]
-    grad_y_view = grad_y.reshape(n, 3, 15)  # [n, d, o1.o2]
-    result_rows = grad_y_view.permute(1, 0, 2).reshape(1, 3, 15 * n)  # laid out once
-    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(3, 3)  # [d, d']
+    # 1/n * grad_y[n, d, (o1 o2)] * grad_y[n, d', (o1 o2)]
+    grad_y_view = grad_y.reshape(n, 3, 15)  # [n, d, (o1 o2)]
+    result_rows = grad_y_view.permute(1, 0, 2).reshape(3, 15 * n)  # laid out once
+    result = result_rows @ result_rows.T  # [d, d']
     result.mul_(1 / n)
     return result
 
@@ -275,10 +275,8 @@ def Br(grad_y):
     if grad_y.shape != (n, 3, 3, 5):
         _check_shapes('Br', (('grad_y', grad_y, ('n', 'd', 'o1', 'o2'), (n, 3, 3, 5)),))
     _nonzero('Br', 'n', n)
-    # 1/n * grad_y[n, d, o1.o2] * grad_y[n, d', o1'.o2']
-    grad_y_view = grad_y.reshape(n, 3, 15)  # [n, d, o1.o2]
-    t1 = grad_y_view.sum(2)  # [n, d]
-    result_rows = t1.permute(1, 0).reshape(1, 3, n)  # laid out once
-    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(3, 3)  # [d, d']
+    # 1/n * grad_y[n, d, (o1 o2)] * grad_y[n, d', (o1' o2')]
+    t1 = grad_y.sum((2, 3))  # [n, d]
+    result = t1.T @ t1  # [d, d']
     result.mul_(1 / n)
     return result

@@ -361,11 +361,11 @@ def Ar(x):
     if _Ar_plan1(c, i1, i2, n) == 0:  # plan 1: 81*c**2*n + 6*c*i1*i2*n + 18*c*i1*n multiply-adds
         t1 = _window_sum(x, 3, i2, o2, 3, 2, 1, 1).permute(3, 0, 1, 2) if i2 >= 56 else torch.tensordot(fused_2, x, dims=((0,), (3,)))  # [k2, n, c, i1]
         t2 = _window_sum(t1, 3, i1, o1, 3, 2, 1, 1).permute(3, 0, 1, 2) if i1 >= 56 else torch.tensordot(fused, t1, dims=((0,), (3,)))  # [k1, k2, n, c]
-        result_rows = t2.permute(3, 0, 1, 2).reshape(1, 9 * c, n)  # laid out once
-        result = torch.bmm(result_rows * (1 / (n * o1 ** 2 * o2 ** 2)), result_rows.transpose(1, 2)).reshape(c, 3, 3, c, 3, 3)  # [c, k1, k2, c', k1', k2']
+        result_rows = t2.permute(3, 0, 1, 2).reshape(9 * c, n)  # laid out once
+        result = ((result_rows * (1 / (n * o1 ** 2 * o2 ** 2))) @ result_rows.T).reshape(c, 3, 3, c, 3, 3)  # [c, k1, k2, c', k1', k2']
     else:  # plan 2: c**2*i1**2*i2**2*n + 3*c**2*i1**2*i2**2 + 9*c**2*i1*i2**2 + 81*c**2*i1*i2 + 9*i1*i2 multiply-adds
-        t1_2_rows = x.permute(1, 2, 3, 0).reshape(1, c * i1 * i2, n)  # laid out once
-        t1_2 = torch.bmm(t1_2_rows, t1_2_rows.transpose(1, 2)).reshape(c, i1, i2, c, i1, i2)  # [c, i1, i2, c', i1', i2']
+        t1_2_rows = x.reshape(n, c * i1 * i2)  # laid out once
+        t1_2 = (t1_2_rows.T @ t1_2_rows).reshape(c, i1, i2, c, i1, i2)  # [c, i1, i2, c', i1', i2']
         t2_2 = _window_sum(t1_2, 1, i1, o1, 3, 2, 1, 1).permute(5, 0, 1, 2, 3, 4) if i1 >= 56 else torch.tensordot(fused, t1_2, dims=((0,), (1,)))  # [k1, c, i2, c', i1', i2']
         t3 = torch.tensordot(fused_2, fused, dims=((), ()))  # [i2, k2, i1', k1']
         t4 = _window_sum(t2_2, 5, i2, o2, 3, 2, 1, 1).permute(5, 0, 1, 2, 3, 4) if i2 >= 56 else torch.tensordot(fused_2, t2_2, dims=((0,), (5,)))  # [k2', k1, c, i2, c', i1']

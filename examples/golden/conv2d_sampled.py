@@ -312,9 +312,8 @@ def _y_vjp_b(grad_y):
     n = grad_y.shape[0]  # index n, bound at call time
     if grad_y.shape != (n, 4, 10, 8):
         _check_shapes('_y_vjp_b', (('grad_y', grad_y, ('n', 'd', 'o1', 'o2'), (n, 4, 10, 8)),))
-    # grad_y[n, d, o1.o2]
-    grad_y_view = grad_y.reshape(n, 4, 80)  # [n, d, o1.o2]
-    result = grad_y_view.sum(0).sum(1)  # [d]
+    # grad_y[n, d, (o1 o2)]
+    result = grad_y.sum((0, 2, 3))  # [d]
     return result
 
 

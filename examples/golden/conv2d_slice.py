@@ -207,10 +207,10 @@ def top(x, w, b):
                 ('b', b, ('(g d)',), (8,)),
             ),
         )
-    # term 1 of 2: x[n, g, c, i1~, i2] * p1(i1~, o1', k1) * p2(i2, o2, k2) * w[g, d, c, k1, k2] + bias
+    # term 1 of 2: x[n, g, c, i1, i2] * p1(i1, o1', k1) * p2(i2, o2, k2) * w[g, d, c, k1, k2] + bias
     # native conv2d
     x_legs = x.reshape(n, 2, 3, 12, 10)
-    x_view = x_legs[:, :, :, 0:6]  # [n, g, c, i1~, i2]
+    x_view = x_legs[:, :, :, 0:6]  # [n, g, c, i1, i2]
     result_in = x_view.reshape(n, 6, 6, 10)
     result = torch.nn.functional.conv2d(result_in, w, b, stride=(2, 1), padding=1, groups=2)
     return result
@@ -558,10 +558,10 @@ def gx_crop(w, grad_y):
                 ('grad_y', grad_y, ('n', '(g d)', 'o1', 'o2'), (n, 8, 6, 10)),
             ),
         )
-    # p1(i1', o1~, k1) * p2(i2', o2~, k2) * w[g, d, c, k1, k2] * grad_y[n, g, d, o1~, o2~]
+    # p1(i1', o1, k1) * p2(i2', o2, k2) * w[g, d, c, k1, k2] * grad_y[n, g, d, o1, o2]
     # native conv_transpose2d
     grad_y_legs = grad_y.reshape(n, 2, 4, 6, 10)
-    grad_y_view = grad_y_legs[:, :, :, 1:6][:, :, :, :, 1:9]  # [n, g, d, o1~, o2~]
+    grad_y_view = grad_y_legs[:, :, :, 1:6][:, :, :, :, 1:9]  # [n, g, d, o1, o2]
     result_in = grad_y_view.reshape(n, 8, 5, 8)
     result = torch.nn.functional.conv_transpose2d(result_in, w, stride=(2, 1), groups=2)
     result = _pad(result, (-2, -2, -1, -2))  # cropped to I
@@ -608,10 +608,10 @@ def masked(x, w):
             'masked',
             (('x', x, ('n', '(g c)', 'i1', 'i2'), (n, 6, 12, 10)), ('w', w, ('(g d)', 'c', 'k1', 'k2'), (8, 3, 3, 3))),
         )
-    # x[n, g, c, i1~1, i2] * p1(i1~1, o1, k1) * p2(i2, o2, k2) * w[g, d, c, k1, k2]
+    # x[n, g, c, i1, i2] * p1(i1, o1, k1) * p2(i2, o2, k2) * w[g, d, c, k1, k2]
     # native conv2d
     x_legs = x.reshape(n, 2, 3, 12, 10)
-    x_view = x_legs[:, :, :, 0:8]  # [n, g, c, i1~1, i2]
+    x_view = x_legs[:, :, :, 0:8]  # [n, g, c, i1, i2]
     result_in = x_view.reshape(n, 6, 8, 10)
     result_in_2 = torch.nn.functional.pad(result_in, (1, 1, 1, 4))  # padded
     result = torch.nn.functional.conv2d(result_in_2, w, stride=(2, 1), groups=2)

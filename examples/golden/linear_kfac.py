@@ -201,8 +201,7 @@ def A(x):
         _check_shapes('A', (('x', x, ('n', 'c'), (n, 5)),))
     _nonzero('A', 'n', n)
     # 1/n * x[n, c] * x[n, c']
-    result_rows = x.permute(1, 0).reshape(1, 5, n)  # laid out once
-    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(5, 5)  # [c, c']
+    result = x.T @ x  # [c, c']
     result.mul_(1 / n)
     return result
 
@@ -225,8 +224,7 @@ def Ar(x):
         _check_shapes('Ar', (('x', x, ('n', 'c'), (n, 5)),))
     _nonzero('Ar', 'n', n)
     # 1/n * x[n, c] * x[n, c']
-    result_rows = x.permute(1, 0).reshape(1, 5, n)  # laid out once
-    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(5, 5)  # [c, c']
+    result = x.T @ x  # [c, c']
     result.mul_(1 / n)
     return result
 
@@ -254,8 +252,7 @@ def B(grad_y):
         _check_shapes('B', (('grad_y', grad_y, ('n', 'd'), (n, 3)),))
     _nonzero('B', 'n', n)
     # 1/n * grad_y[n, d] * grad_y[n, d']
-    result_rows = grad_y.permute(1, 0).reshape(1, 3, n)  # laid out once
-    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(3, 3)  # [d, d']
+    result = grad_y.T @ grad_y  # [d, d']
     result.mul_(1 / n)
     return result
 
@@ -283,7 +280,6 @@ def Br(grad_y):
         _check_shapes('Br', (('grad_y', grad_y, ('n', 'd'), (n, 3)),))
     _nonzero('Br', 'n', n)
     # 1/n * grad_y[n, d] * grad_y[n, d']
-    result_rows = grad_y.permute(1, 0).reshape(1, 3, n)  # laid out once
-    result = torch.bmm(result_rows, result_rows.transpose(1, 2)).reshape(3, 3)  # [d, d']
+    result = grad_y.T @ grad_y  # [d, d']
     result.mul_(1 / n)
     return result

@@ -213,7 +213,9 @@ def test_the_sweep_is_large_enough() -> None:
 @pytest.mark.parametrize(("file", "name"), SWEEP, ids=[f"{file}.{name}" for file, name in SWEEP])
 def test_the_estimate_is_within_a_factor_of_3_of_the_measured_peak(file: str, name: str) -> None:
     estimate, measured = _measured(file, name)
-    assert measured >= MIB, f"{file}.{name} allocates {measured} B: too little to compare"
+    if measured < MIB:  # a bias gradient, one sum((0, 2, 3)) into its result: the estimate must say it is small too
+        assert estimate < MIB, f"{file}.{name} allocates {measured} B, estimated {estimate / MIB:.2f} MiB"
+        return
     assert measured / FACTOR <= estimate <= FACTOR * measured, (
         f"{file}.{name}: estimate {estimate / MIB:.2f} MiB, measured {measured / MIB:.2f} MiB"
     )

@@ -54,12 +54,14 @@ _BINARY = {
     "+": 10,
     "-": 10,
     "*": MUL,
+    "@": MUL,
     "/": MUL,
     "//": MUL,
     "%": MUL,
 }
 
 Printed = tuple[str, int]
+_MATMUL = {op: op == "@" for op in _BINARY}  # `@` and `*` bind alike; a chain mixing them is printed bracketed
 
 
 def expr_text(expr: Expr, symbols: Mapping[sympy.Symbol, str]) -> str:
@@ -125,7 +127,9 @@ class _Printer:
             )
         # left-associative: a right operand binds tighter than the operator, so `a - (b - c)` keeps its brackets
         operands = _operands(expr)
-        parts = [self.wrapped(operands[0][1], strength)]
+        first = operands[0][1]
+        apart = isinstance(first, BinOp) and _BINARY[first.op] == strength  # out of the chain: `(a * s) @ b`
+        parts = [self.wrapped(first, strength + 1 if apart else strength)]
         parts += [f"{op} {self.wrapped(operand, strength + 1)}" for op, operand in operands[1:]]
         return " ".join(parts), strength
 
@@ -218,7 +222,7 @@ def _operands(expr: BinOp) -> list[tuple[str, Expr]]:
     stack: list[tuple[str, Expr, bool]] = [("", expr, True)]
     while stack:
         before, node, joins = stack.pop()
-        if joins and isinstance(node, BinOp) and _BINARY[node.op] == strength:
+        if joins and isinstance(node, BinOp) and _BINARY[node.op] == strength and _MATMUL[node.op] == _MATMUL[expr.op]:
             stack.append((node.op, node.right, node.op in _ASSOCIATIVE))
             stack.append((before, node.left, True))
         else:

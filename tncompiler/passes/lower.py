@@ -9,13 +9,26 @@ from dataclasses import replace
 
 import sympy
 
-from tncompiler.ir.network import Lowering, Network
-from tncompiler.ir.values import ConvPattern, Factor, GatherOp, NativeConv, Role, View, ViewOp, WindowOp, is_kept
+from tncompiler.ir.network import Diagram, Lowering, Network
+from tncompiler.ir.values import (
+    ConvPattern,
+    Factor,
+    GatherOp,
+    MergeOp,
+    NativeConv,
+    Role,
+    SplitOp,
+    SqueezeOp,
+    View,
+    ViewOp,
+    WindowOp,
+    is_kept,
+)
 from tncompiler.order import WITHOUT_RULES, Regimes, evaluate, plan_network, symbols_of
 from tncompiler.passes.simplify import factor_kinds
 from tncompiler.rewrite import Rewrite, Rule, fixpoint
 
-__all__ = ["NativeConv", "lower_network", "match_native", "native_flops", "lowered_cost"]
+__all__ = ["NativeConv", "folded_bias", "lower_network", "lowered_cost", "match_native", "native_flops"]
 
 _ROLE_OF_OPEN_LEG = {0: "transpose", 1: "forward", 2: "weight"}  # which pattern leg (i, o, k) is open
 
@@ -202,14 +215,30 @@ def _kernel_wins(
     work (a slice that drops windows). Otherwise the kernel wins: one call of PyTorch's, where the rewritten
     convolution, weight gradient or transpose convolution (patchify: reshapes and a matrix product) copies its
     operands for the product as well; but not on sampled positions where the rewrite needs no constant (a 1x1
-    kernel: a strided slice, a gather and a product, measured faster than the kernel on gathered windows)."""
+    kernel: a strided slice, a gather and a product, measured faster than the kernel on gathered windows), nor for
+    a 1x1 kernel's weight gradient per example (a strided slice and one batched product)."""
     if set(rewritten.outputs) - set(written.outputs):
         return False  # an open leg split: the result is laid out otherwise (a unit leg that went is broadcast)
     if native is not None:
         return not _fewer(native_flops(rewritten, native), native_flops(written, kernel), regimes)
-    if kernel.tiled:  # sampled positions of a 1x1 kernel: a gather and a product beat the kernel on gathered windows
+    if kernel.tiled or _per_example_products(written, kernel):
         return any(f.kind in ("pattern", "select", "delta", "fused") for f in rewritten.factors)
     return True
+
+
+def _per_example_products(net: Network, kernel: NativeConv) -> bool:
+    """A weight gradient of a 1x1 kernel kept per example (J of the GGN diagonal: nothing summed but positions, the
+    batch on the groups): one matrix product per example, which PyTorch's kernel runs as a convolution of batch 1
+    over n groups, where the rewritten network (a strided slice and a batched matrix product) is one bmm."""
+    sizes = [
+        f.pattern.kernel_size for f in (net.factors[k] for k in kernel.patterns) if isinstance(f.pattern, ConvPattern)
+    ]
+    return (
+        kernel.role == "weight"
+        and not kernel.batch
+        and all(size == 1 for size in sizes)
+        and any(net.size(leg) != 1 for leg in kernel.groups)
+    )
 
 
 def _fewer(a: sympy.Expr, b: sympy.Expr, regimes: Regimes) -> bool:
@@ -249,3 +278,53 @@ def lowered_cost(net: Network, regimes: Regimes) -> float:
     else:
         flops = plan_network(lowered, regimes=regimes)[0].flops
     return float(evaluate(flops, regimes.middle(symbols_of(flops))))
+
+
+# -- the bias a kernel adds itself -----------------------------------------------------------------------------------
+def folded_bias(diagram: Diagram) -> tuple[int, int] | None:
+    """(kernel term, bias term) where a convolution's bias is passed to its kernel instead of being added after it
+    (an extra pass over the output): a term that is one argument holding the kernel's output channels in their
+    order. Size-1 legs count for nothing, on either side: a file may write a group index g = 1 anywhere
+    (`b[(g d)]`, `y[n, (g d), ..]`), and simplify may have squeezed it from one term and not the other. The schedule
+    (schedule/build.py) passes the bias, and the memory estimate (memory.py) follows it, by this one rule."""
+    if len(diagram.terms) < 2:
+        return None
+    for k, term in enumerate(diagram.terms):
+        m = term.lowering.native
+        if m is None or not _takes_bias(term, m, diagram):
+            continue
+        channels = _wide(term, m.groups + m.other_channels)
+        for b, other in enumerate(diagram.terms):
+            if b != k and _is_bias(other, diagram, channels):
+                return k, b
+    return None
+
+
+def _takes_bias(term: Network, m: NativeConv, diagram: Diagram) -> bool:
+    """A plain (transpose) convolution whose result is the whole of the file's result, but for size-1 legs."""
+    missing = set(diagram.layout.legs) - set(term.outputs)
+    return (
+        m.role in ("forward", "transpose")
+        and not m.tiled
+        and not m.masked
+        and term.coefficient == 1
+        and all(diagram.sizes[leg] == 1 for leg in missing)
+    )
+
+
+def _is_bias(term: Network, diagram: Diagram, channels: tuple[str, ...]) -> bool:
+    """One argument, reshaped at most (its entries in its own order), every leg kept, its legs of more than one
+    entry the kernel's output channels in order (`b[g, d]` with g = 1 is a 1-d bias reshaped)."""
+    if len(term.factors) != 1 or term.coefficient != 1:
+        return False
+    factor = term.factors[0]
+    if factor.kind != "input" or len(set(factor.legs)) != len(factor.legs) or set(term.outputs) != set(factor.legs):
+        return False
+    if factor.view is not None and not all(isinstance(op, SplitOp | MergeOp | SqueezeOp) for op in factor.view.ops):
+        return False
+    return _wide(term, factor.legs) == channels
+
+
+def _wide(net: Network, legs: tuple[str, ...]) -> tuple[str, ...]:
+    """The legs of more than one entry (a call-time size may be any)."""
+    return tuple(leg for leg in legs if net.size(leg) != 1)

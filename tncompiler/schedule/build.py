@@ -10,13 +10,14 @@ import sympy
 
 from tncompiler.binding import Binding
 from tncompiler.ir.network import Diagram, Network, Program, Shared
-from tncompiler.ir.values import ConvPattern, Layout, NativeConv, Sampler, kept_symbol, p_symbol
+from tncompiler.ir.values import ConvPattern, Layout, Sampler, kept_symbol, p_symbol
+from tncompiler.passes.lower import folded_bias
 from tncompiler.schedule.checks import checks, device_and_dtype
 from tncompiler.schedule.context import Context
 from tncompiler.schedule.contract import contract_term, scale
-from tncompiler.schedule.kernels import kernel_term
+from tncompiler.schedule.kernels import kernel_term, output_axes
 from tncompiler.schedule.names import ModuleNames
-from tncompiler.schedule.operands import Operands
+from tncompiler.schedule.operands import LegNames, Operands
 from tncompiler.schedule.ops import (
     Assign,
     BinOp,
@@ -64,14 +65,12 @@ class _Scheduler:
         self._draws()
         for shared in self.diagram.shared:
             self._shared(shared)
-        bias = _bias(self.diagram)
+        bias = folded_bias(self.diagram)
         results = []
         for position, term in enumerate(self.diagram.terms):
             if bias is not None and position == bias[1]:
                 continue  # passed to the kernel
-            folded = None
-            if bias is not None and position == bias[0]:
-                folded = Name(self.ctx.args[self.diagram.terms[bias[1]].factors[0].name])  # a 1-d argument
+            folded = self.diagram.terms[bias[1]] if bias is not None and position == bias[0] else None
             results.append((term, *self._term(position, term, folded)))
         self._assemble(results)
         keywords: list[tuple[str, Expr | None]] = [(ctx.symbols[s], None) for s in ctx.binding.keywords]
@@ -120,31 +119,48 @@ class _Scheduler:
         return drawn.id
 
     def _shared(self, shared: Shared) -> None:
-        """A sub-network that a term reads twice, computed once: one axis per leg, in the order of its outputs."""
+        """A sub-network that a term reads twice, computed once: one axis per leg, in the order of its outputs (of
+        its kernel's output, for a kernel: `Operands.legs` tells its readers)."""
         ctx, net = self.ctx, shared.network
-        ctx.emit(Comment(f"{shared.name}[{', '.join(net.outputs)}] = {_term_text(net)}, computed once"))
+        names = self.operands.shown(net)
+        ctx.emit(Comment(f"{shared.name}{names.text(net.outputs)} = {_term_text(net, names)}, computed once"))
         var = ctx.var(shared.name)
-        flat = Layout(tuple((leg,) for leg in net.outputs))
         if net.lowering.native is not None:
+            # held in the kernel's order (its readers' steps take any order): no permuted view for a later reshape
+            # (a Gram product's rows) to copy
+            order = tuple(leg for axis in output_axes(net, net.lowering.native) for leg in axis)
             ctx.emit(Comment(net.lowering.native.describe()))
-            kernel_term(ctx, self.operands, net, net.lowering.native, flat, var)
+            kernel_term(ctx, self.operands, net, net.lowering.native, Layout(tuple((leg,) for leg in order)), var)
+            self.operands.stored[shared.name] = order
         else:
             chooser, _ = contract_term(ctx, self.operands, shared.name, net, net.outputs, var)
             if chooser is not None:
                 self.choosers.append(chooser)
         ctx.shared[shared.name] = var
 
-    def _term(self, position: int, term: Network, bias: Expr | None) -> tuple[str, Layout]:
-        """The term's ops; its variable and how its axes hold its legs."""
+    def _bias(self, term: Network) -> Expr:
+        """The argument of a bias term, 1-d as the kernels take it (`b[g, d]` with g = 1 has two axes)."""
+        factor = term.factors[0]
+        argument = Name(self.ctx.args[factor.name])
+        layout = next(a.layout for a in self.diagram.arguments if a.name == factor.name)
+        if len(layout.axes) == 1:
+            return argument
+        entries = sympy.Mul(*[sympy.sympify(term.size(leg)) for leg in factor.legs])
+        return self.ctx.assign(f"{factor.name}_flat", method(argument, "reshape", SizeOf(entries)), "view")
+
+    def _term(self, position: int, term: Network, bias: Network | None) -> tuple[str, Layout]:
+        """The term's ops (with the `bias` term added by its kernel); its variable and how its axes hold its legs."""
         ctx, total = self.ctx, len(self.diagram.terms)
         label = f"term {position + 1} of {total}: " if total > 1 else ""
-        ctx.emit(Comment(f"{label}{_term_text(term)}" + (" + bias" if bias is not None else "")))
+        text = _term_text(term, self.operands.shown(term))
+        ctx.emit(Comment(f"{label}{text}" + (" + bias" if bias is not None else "")))
         target = tuple(leg for leg in self.diagram.layout.legs if leg in term.outputs)
         var = ctx.var("result" if total == 1 or (bias is not None and total == 2) else f"term{position + 1}")
         native = term.lowering.native
         if native is not None:
             ctx.emit(Comment(native.describe()))
-            axes = kernel_term(ctx, self.operands, term, native, _grouped(self.diagram.layout, term), var, bias)
+            added = None if bias is None else self._bias(bias)
+            axes = kernel_term(ctx, self.operands, term, native, _grouped(self.diagram.layout, term), var, added)
             scale(ctx, term, var, True, False)
             return var, axes
         chooser, fresh = contract_term(ctx, self.operands, position, term, target, var)
@@ -164,8 +180,7 @@ class _Scheduler:
             zeros = call("torch.zeros", Tuple(self._grouped()), device=Name("device"), dtype=Name("dtype"))
             ctx.emit(Return(zeros))
             return
-        if len(results) == 1 and results[0][2] == diagram.layout:
-            ctx.emit(Return(Name(results[0][1])))  # laid out as the file wants it already (a kernel's output)
+        if len(results) == 1 and self._as_laid_out(*results[0][1:]):
             return
         result = self._sum([self._flat(term, var, held, len(results) > 1) for term, var, held in results])
         legs, full = diagram.layout.legs, [SizeOf(diagram.sizes[leg]) for leg in diagram.layout.legs]
@@ -178,6 +193,22 @@ class _Scheduler:
         if any(len(axis) != 1 for axis in diagram.layout.axes):
             ctx.emit(Assign(result, method(Name(result), "reshape", *self._grouped()), "view", diagram.layout.text()))
         ctx.emit(Return(Name(result)))
+
+    def _as_laid_out(self, var: str, held: Layout) -> bool:
+        """The one term's result returned as it is, or after one reshape, where it holds the file's result in order:
+        the same legs of more than one entry in the same order (a size-1 leg, written or squeezed, changes no entry's
+        place). Its own axes are the file's where they group those legs alike (a kernel's output)."""
+        ctx, layout, sizes = self.ctx, self.diagram.layout, self.diagram.sizes
+
+        def wide(legs: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(leg for leg in legs if sizes[leg] != 1)
+
+        if wide(held.legs) != wide(layout.legs):
+            return False
+        if [wide(axis) for axis in held.axes] != [wide(axis) for axis in layout.axes]:
+            ctx.emit(Assign(var, method(Name(var), "reshape", *self._grouped()), "view", layout.text()))
+        ctx.emit(Return(Name(var)))
+        return True
 
     def _grouped(self) -> tuple[SizeOf, ...]:
         sizes = self.diagram.sizes
@@ -258,43 +289,6 @@ def _grouped(layout: Layout, term: Network) -> Layout:
     return Layout(tuple(axis for axis in axes if axis))
 
 
-def _bias(diagram: Diagram) -> tuple[int, int] | None:
-    """(kernel term, bias term) where a convolution's bias can be passed to its kernel instead of being added after
-    it (an extra pass over the output): a term that is one argument laid out as the kernel's output channels."""
-    if len(diagram.terms) < 2:
-        return None
-    for k, term in enumerate(diagram.terms):
-        m = term.lowering.native
-        if not _takes_bias(term, m, diagram.layout):
-            continue
-        assert m is not None
-        for b, other in enumerate(diagram.terms):
-            if b != k and _is_bias(other, diagram, m.groups + m.other_channels):
-                return k, b
-    return None
-
-
-def _takes_bias(term: Network, m: NativeConv | None, layout: Layout) -> bool:
-    return (
-        m is not None
-        and m.role in ("forward", "transpose")
-        and not m.tiled
-        and not m.masked
-        and term.coefficient == 1
-        and set(term.outputs) == set(layout.legs)
-    )
-
-
-def _is_bias(term: Network, diagram: Diagram, channels: tuple[str, ...]) -> bool:
-    if len(term.factors) != 1 or term.coefficient != 1:
-        return False
-    factor = term.factors[0]
-    if factor.kind != "input" or factor.view is not None or factor.legs != channels or term.outputs != channels:
-        return False
-    argument = next(a for a in diagram.arguments if a.name == factor.name)
-    return len(argument.layout.axes) == 1
-
-
 def _sum(names: list[Name]) -> Expr:
     total: Expr = names[0]
     for name in names[1:]:
@@ -302,11 +296,12 @@ def _sum(names: list[Name]) -> Expr:
     return total
 
 
-def _term_text(term: Network) -> str:
+def _term_text(term: Network, names: LegNames) -> str:
+    """The term as a comment shows it, in the file's names for its legs."""
     factors = []
     for f in term.factors:
-        legs = ", ".join(f.legs)
-        factors.append(f"{f.name}[{legs}]" if f.kind in ("input", "shared") else f"{f.name or f.kind}({legs})")
+        legs = names.text(f.legs)
+        factors.append(f"{f.name}{legs}" if f.kind in ("input", "shared") else f"{f.name or f.kind}({legs[1:-1]})")
     body = " * ".join(factors) or "1"
     return body if term.coefficient == 1 else f"{term.coefficient} * {body}"
 

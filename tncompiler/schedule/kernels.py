@@ -31,7 +31,7 @@ from tncompiler.schedule.ops import (
     method,
 )
 
-__all__ = ["kernel_term"]
+__all__ = ["kernel_term", "output_axes"]
 
 _ALL = Slice()
 
@@ -44,10 +44,10 @@ def kernel_term(
     else one axis per leg in `target`'s order."""
     kernel = _Kernel(ctx, operands, term, m, var)
     axes = {"forward": kernel.forward, "transpose": kernel.transpose, "weight": kernel.weight}[m.role](bias)
-    if axes == target.axes:
-        return target
+    if [_wide(term, axis) for axis in axes] == [_wide(term, axis) for axis in target.axes]:
+        return target  # the kernel's own axes, but for size-1 legs: the same shape
     out_legs = tuple(leg for axis in axes for leg in axis)
-    if out_legs == target.legs:  # the same legs in the same order: one reshape regroups them
+    if _wide(term, out_legs) == _wide(term, target.legs):  # the same entries in the same order: one reshape regroups
         sizes = [SizeOf(sympy.Mul(*[sympy.sympify(term.size(leg)) for leg in axis])) for axis in target.axes]
         ctx.emit(Assign(var, method(Name(var), "reshape", *sizes), "view", target.text(), True))
         return target
@@ -58,7 +58,7 @@ def kernel_term(
     legs = target.legs
     if out_legs != legs:
         value = method(Name(var), "permute", *(Lit(out_legs.index(leg)) for leg in legs))
-        ctx.emit(Assign(var, value, "view", f"[{', '.join(legs)}]", True))
+        ctx.emit(Assign(var, value, "view", operands.shown(term).text(legs), True))
     return Layout(tuple((leg,) for leg in legs))
 
 
@@ -252,7 +252,7 @@ class _Kernel:
             ends = tuple(Slice(None, SizeOf(p.out_size)) for p in self.conv)
             note = "the kernel's padding gives windows beyond O"
             self.ctx.emit(Assign(self.var, Index(Name(self.var), (_ALL, _ALL, *ends)), "view", note, True))
-        return _axes(m.batch, m.groups + m.other_channels, self.spatial(1))
+        return output_axes(self.net, m)
 
     def transpose(self, bias: Expr | None) -> tuple[tuple[str, ...], ...]:
         m, ctx = self.m, self.ctx
@@ -265,7 +265,7 @@ class _Kernel:
                 ctx.emit(op)
         else:
             self.scatter_windows(ops, out, data)
-        return _axes(m.batch, m.groups + m.other_channels, self.spatial(0))
+        return output_axes(self.net, m)
 
     def transpose_call(self, out: str, data: Expr, weight: Expr, bias: Expr | None) -> list[Op]:
         """`out` = the transpose convolution. conv_transpose writes positions o·S + k·D; ours are those minus
@@ -335,7 +335,24 @@ class _Kernel:
         size = Tuple(tuple(weight))
         kernel = call(f"torch.nn.grad.conv{self.d}d_weight", data, size, grad, **self.options(padding))
         self.call(kernel, weight, data)
-        return _axes(m.groups + m.other_channels, m.data_channels, self.spatial(2))
+        return output_axes(self.net, m)
+
+
+def output_axes(term: Network, m: NativeConv) -> tuple[tuple[str, ...], ...]:
+    """The legs of a kernel's output, by its axes: [batch, channels, o..] of a convolution, [batch, channels, i..]
+    of a transpose convolution, [channels out, channels in, k..] of a weight gradient."""
+    spatial = tuple(term.factors[k].legs[_SPATIAL[m.role]] for k in m.patterns)
+    if m.role == "weight":
+        return _axes(m.groups + m.other_channels, m.data_channels, spatial)
+    return _axes(m.batch, m.groups + m.other_channels, spatial)
+
+
+_SPATIAL = {"forward": 1, "transpose": 0, "weight": 2}  # which pattern leg (i, o, k) a kernel's output carries
+
+
+def _wide(term: Network, legs: tuple[str, ...]) -> tuple[str, ...]:
+    """The legs of more than one entry: a size-1 leg changes no entry's place, wherever it stands."""
+    return tuple(leg for leg in legs if term.size(leg) != 1)
 
 
 def _axes(first: tuple[str, ...], second: tuple[str, ...], spatial: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:

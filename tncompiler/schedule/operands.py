@@ -4,10 +4,12 @@ tensors, fused groups), and the views of either (slices, reshapes, windows, gath
 from __future__ import annotations
 
 import string
+from dataclasses import replace
 
 import sympy
 
 from tncompiler.errors import TncError
+from tncompiler.ir.names import fresh_name
 from tncompiler.ir.network import Network, natural_shape
 from tncompiler.ir.values import (
     ConvPattern,
@@ -40,7 +42,7 @@ from tncompiler.schedule.ops import (
     method,
 )
 
-__all__ = ["Operands", "einsum", "pad"]
+__all__ = ["LegNames", "Operands", "einsum", "pad"]
 
 _LETTERS = string.ascii_lowercase + string.ascii_uppercase
 _ALL = Slice()
@@ -66,27 +68,73 @@ def pad(ctx: Context, expr: Expr, pairs: list[tuple[Size, Size]]) -> Expr:
     return call(ctx.helper("_pad"), expr, amounts)
 
 
+class LegNames:
+    """The file's own names for a network's legs, for the comments on its code: a copy the compiler made of an index
+    (`i1~4`) is shown by the index's name where no other leg of the network has it (else primed: i1', i1''), and
+    legs that simplify merged (`o1.o2`) as the file groups axes, (o1 o2)."""
+
+    def __init__(self, legs: set[str]) -> None:
+        atoms = {atom for leg in legs for atom in leg.split(".")}
+        taken = {atom for atom in atoms if "~" not in atom}
+        self.atoms = {atom: atom for atom in taken}
+        for atom in sorted(atoms - taken, key=lambda atom: (atom.split("~")[0], len(atom), atom)):
+            self.atoms[atom] = fresh_name(atom.split("~")[0], taken)
+
+    def leg(self, leg: str) -> str:
+        parts = [self.atoms.get(atom, atom.split("~")[0]) for atom in leg.split(".")]  # else a leg of a step's own
+        return parts[0] if len(parts) == 1 else f"({' '.join(parts)})"
+
+    def text(self, legs: tuple[str, ...]) -> str:
+        """`[a, b, ..]`, as a comment shows a tensor's legs."""
+        return f"[{', '.join(self.leg(leg) for leg in legs)}]"
+
+
 class Operands:
     """The starting tensor of each factor, made once per function (equal factors share it)."""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self.names: dict[int, LegNames] = {}
         self.made: dict[tuple[object, ...], Expr] = {}
         self.fused: dict[Expr, Expr] = {}
+        self.stored: dict[str, tuple[str, ...]] = {}  # shared sub-network -> its open legs in its variable's order
+
+    def shown(self, network: Network) -> LegNames:
+        """The names that comments give the legs of `network` (a term or a shared sub-network)."""
+        if id(network) not in self.names:
+            self.names[id(network)] = LegNames(set(network.sizes))
+        return self.names[id(network)]
 
     def of(self, factor: Factor, network: Network) -> Expr:
-        sizes = tuple(str(network.size(leg)) for leg in factor.legs)
+        sizes = tuple(str(network.size(leg)) if leg in network.sizes else "" for leg in factor.legs)
         key = (factor.kind, factor.name, factor.pattern, factor.view, sizes)
         if key not in self.made:
             base = self._base(factor, network)
             if factor.view is None:
                 self.made[key] = base
             else:
-                note = f"[{', '.join(factor.legs)}]"
+                note = self.shown(network).text(factor.legs)
                 self.made[key] = self.ctx.assign(
                     f"{factor.name or factor.kind}_view", self.chain(factor, base), "view", note
                 )
         return self.made[key]
+
+    def unmerged(self, factor: Factor, network: Network) -> tuple[Factor, tuple[str, ...]] | None:
+        """The factor before the merges that end its view (a reshape, which copies a strided view), each merged leg
+        split again, and the merged legs; None where its view ends otherwise. For a step that only sums the merged
+        legs, which needs no merge. `of` makes its tensor."""
+        ops = gathers_last(factor.view.ops) if factor.view is not None else ()
+        kept = len(ops)
+        while kept and isinstance(ops[kept - 1], MergeOp):
+            kept -= 1
+        if factor.view is None or kept == len(ops):
+            return None
+        legs, merged = list(factor.legs), []
+        for op in reversed(ops[kept:]):
+            assert isinstance(op, MergeOp)
+            merged.append(legs[op.axis])
+            legs[op.axis : op.axis + 1] = _parts(legs[op.axis], set(legs) | set(network.sizes))
+        return replace(factor, legs=tuple(legs), view=replace(factor.view, ops=ops[:kept])), tuple(merged)
 
     def _base(self, factor: Factor, network: Network) -> Expr:
         """The factor's tensor before its view: an argument split into its legs, or a cached constant."""
@@ -99,10 +147,40 @@ class Operands:
             shape = [SizeOf(s) for s in base]
             return self.ctx.assign(f"{factor.name}_legs", method(argument, "reshape", *shape), "view")
         if factor.kind == "shared":
-            return Name(self.ctx.shared[factor.name])  # computed before the terms, laid out one axis per leg
+            return self._shared(factor, network)
         if isinstance(factor.pattern, Fused):
             return self._fused(factor.pattern)
         return self.ctx.assign(factor.name or factor.kind, self.constant(factor), "constant", _described(factor))
+
+    def _shared(self, factor: Factor, network: Network) -> Expr:
+        """A shared sub-network's result, computed before the terms with one axis per open leg (in the order `stored`
+        says). Simplify may have dropped size-1 open legs of the sub-network, which its readers still carry: they
+        come back as size-1 axes at the end, a view."""
+        var = Name(self.ctx.shared[factor.name])
+        if len(self._outputs(factor.name)) == len(factor.legs):
+            return var
+        shape = [SizeOf(network.size(leg)) for leg in self.legs(factor, network)]
+        return self.ctx.assign(f"{factor.name}_legs", method(var, "reshape", *shape), "view")
+
+    def legs(self, factor: Factor, network: Network) -> tuple[str, ...]:
+        """The legs that the axes of `of(factor)` hold, in order: the factor's own, but for a shared sub-network,
+        whose reader names its open legs in their order in the network (size-1 ones perhaps dropped since) while its
+        variable may hold them in its kernel's order."""
+        if factor.kind != "shared":
+            return factor.legs
+        outputs = self._outputs(factor.name)
+        stored = self.stored.get(factor.name, outputs)
+        shared = self._network(factor.name)
+        at = _aligned([shared.size(leg) != 1 for leg in outputs], [network.size(leg) != 1 for leg in factor.legs])
+        held = [at[outputs.index(leg)] for leg in stored]
+        held += [k for k in range(len(factor.legs)) if k not in held]  # the dropped size-1 legs
+        return tuple(factor.legs[k] for k in held)
+
+    def _outputs(self, name: str) -> tuple[str, ...]:
+        return self._network(name).outputs
+
+    def _network(self, name: str) -> Network:
+        return next(s.network for s in self.ctx.diagram.shared if s.name == name)
 
     def constant(self, factor: Factor) -> Expr:
         """A call that builds (or fetches from the cache) a pattern, selection or copy tensor, before its view."""
@@ -188,6 +266,30 @@ class Operands:
         if op.axis < len(shape) - 1:
             return method(expr, "index_select", Lit(op.axis), kept), shape
         return call(self.ctx.helper("_take"), expr, Lit(op.axis), kept), shape  # index_select is slow on the last axis
+
+
+def _parts(leg: str, taken: set[str]) -> tuple[str, str]:
+    """Names for the two legs that simplify merged into `leg` (named `a.b`): theirs where free, else new ones."""
+    first, dot, second = leg.rpartition(".")
+    if dot and first != second and not {first, second} & taken:
+        return first, second
+    return fresh_name(f"{leg}~", set(taken)), fresh_name(f"{leg}~", set(taken) | {f"{leg}~"})
+
+
+def _aligned(outputs: list[bool], reader: list[bool]) -> list[int]:
+    """For each open leg of a shared sub-network (True: more than one entry), the position of its reader's leg. The
+    reader's legs are the sub-network's legs as shared, of which simplify drops size-1 ones, keeping the order; a
+    size-1 leg may stand for any other."""
+    positions, j = [], 0
+    for wide in outputs:
+        while j < len(reader) and reader[j] != wide:
+            assert not reader[j], "a shared sub-network lost a leg of more than one entry"
+            j += 1
+        assert j < len(reader), "a shared sub-network has more open legs than its reader"
+        positions.append(j)
+        j += 1
+    assert not any(reader[j:]), "a shared sub-network lost a leg of more than one entry"
+    return positions
 
 
 def _window(expr: Expr, shape: list[Size], op: WindowOp) -> tuple[Expr, list[Size]]:
