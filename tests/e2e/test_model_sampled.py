@@ -95,23 +95,21 @@ def test_settings_are_checked() -> None:
         pass
 
 
-def test_one_compiled_module_serves_every_p(monkeypatch: pytest.MonkeyPatch) -> None:
-    """p is a per-call keyword of the generated autograd class: sweeping it compiles nothing new, and the module's
-    source does not depend on it."""
+def test_sweeping_p_compiles_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sampled` works out each layer's plan once per spec and `over` and compiles nothing (the compiled
+    `sample(vjp(y, w), ...)` of sampled_source is the reference its estimates are checked against, draw for draw, in
+    tests/model/test_sampled_speed.py): sweeping p builds no new plan and loads no module, and the layer's text does
+    not depend on p."""
     from tncompiler.model import layers, sampling
 
-    used: list[object] = []
-
-    def compile_sampled(spec: layers.LayerSpec, over: layers.Over) -> object:
-        used.append(layers.compile_sampled(spec, over))
-        return used[-1]
-
-    monkeypatch.setattr(sampling, "compile_sampled", compile_sampled)
     model, x, cotangent = _example()
+    with tncompiler.sampled(model, p=0.5):
+        _gradients(model, x, cotangent)
+    plans = dict(sampling._PLANS)
+    monkeypatch.setattr(layers, "load_compiled", None)  # a compile would fail
     for p in (0.25, 0.75, 1.0):
         with tncompiler.sampled(model, p=p, generator=torch.Generator().manual_seed(0)):
             _gradients(model, x, cotangent)
-    per_block = len(used) // 3
-    assert per_block > 0 and all(a is b for a, b in zip(used, used[per_block:]))
+    assert plans == sampling._PLANS
     layer = nn.ConvTranspose2d(2, 3, 3, stride=2)
     assert "p=0.5" in layers.sampled_source(layer, "positions")

@@ -227,3 +227,39 @@ def test_a_pickled_model_loads_in_a_fresh_process(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "checkpoint.pt"), root],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0 and done.stdout.strip() == "same", done.stderr[-2000:]
+
+
+def test_graph_breaks_are_where_the_docs_say() -> None:
+    """README, "In a PyTorch 2 script": each layer sampled with p < 1 runs eagerly (a break per layer), p = 1 none."""
+    model, x = _network(), torch.randn(4, 2, 8, 8)
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        return model(x).square().sum()
+
+    layers = sum(isinstance(m, nn.Conv2d) for m in model.modules())  # over positions: a linear layer stays exact
+    for p, breaks in ((1.0, 0), (0.5, layers)):
+        torch._dynamo.reset()
+        with tncompiler.sampled(model, p=p):
+            explained = torch._dynamo.explain(step)(x)
+        assert explained.graph_break_count == breaks, (p, [str(r.reason)[:200] for r in explained.break_reasons])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_curvature_and_kfac_operator_of_a_compiled_model(backend: str) -> None:
+    """The model-level functions take a torch.compile'd model: named as the model it compiles, equal results."""
+    model, loss = _network(), nn.CrossEntropyLoss()
+    batch = (torch.randn(8, 2, 8, 8), torch.randint(0, 3, (8,)))
+    quantities = ["batch_l2", "diag_ggn_exact"]
+    expected = tncompiler.curvature(model, loss, batch, quantities=quantities)
+    operator = tncompiler.KFACOperator(model, loss, batch, approx="expand", fisher="type-2")
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=backend)
+    got = tncompiler.curvature(compiled, loss, batch, quantities=quantities)
+    for quantity in quantities:
+        assert got[quantity].keys() == expected[quantity].keys()
+        for name in expected[quantity]:
+            torch.testing.assert_close(got[quantity][name], expected[quantity][name], rtol=1e-5, atol=1e-6)
+    vector = [torch.randn_like(p) for p in model.parameters()]
+    again = tncompiler.KFACOperator(compiled, loss, batch, approx="expand", fisher="type-2")
+    for a, b in zip(again @ vector, operator @ vector):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -356,7 +356,11 @@ def sampled_source(module: nn.Module | LayerSpec, over: Over) -> str:
     """The layer's y and a tensor-dropout estimate of its weight VJP, over the first spatial output axis (the
     patterns' o1, which is a transpose convolution's input) or over the batch; a linear layer's positions are none,
     so it keeps its exact gradient there. The module then holds `y_sampled_autograd`, whose `p=` is given per call
-    (the 0.5 written here is only its default), so one compiled module serves every p."""
+    (the 0.5 written here is only its default), so one compiled module serves every p.
+
+    This is what `tncompiler.sampled` computes for the layer: its own route (model/sampling.py: the layer's kernels
+    on what is kept, nothing compiled per block) gives this `vjp_w_sampled` draw for draw for the same generator
+    state, which tests/model/test_sampled_speed.py checks for every layer type."""
     spec = _spec(module)
     lines = _header(spec) + [""] + _body(spec) + [""]
     index = "n" if over == "batch" else ("o1" if spec.kind != "linear" else "")
@@ -380,7 +384,8 @@ def layer_functions(module: nn.Module | LayerSpec) -> types.ModuleType:
 
 
 def compile_sampled(module: nn.Module | LayerSpec, over: Over) -> types.ModuleType:
-    """The compiled module of `sampled_source(module, over)`, cached as layer_functions' is."""
+    """The compiled module of `sampled_source(module, over)`, cached as layer_functions' is: the reference for
+    `tncompiler.sampled`'s estimates (and one of the routes bench/sampled_model.py --routes times)."""
     spec = _spec(module)
     return load_compiled(sampled_source(spec, over), _module_name(spec) + "_sampled")
 
