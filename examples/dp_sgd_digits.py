@@ -19,9 +19,9 @@ import warnings
 
 import torch
 from opacus import PrivacyEngine
-from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from train_kfac_digits import data  # the split of examples/train_kfac_digits.py
 
 from tncompiler.integrations import opacus as tnc_opacus
 
@@ -36,15 +36,6 @@ def cnn() -> nn.Module:
         nn.Conv2d(1, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.ReLU(),
         nn.Conv2d(16, 32, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 3 * 3, 10),
     )  # fmt: skip
-
-
-def data() -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    images, labels = load_digits(return_X_y=True)
-    x = torch.tensor(images, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
-    y = torch.tensor(labels)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    train, test = order[:1500], order[1500:]
-    return (x[train], y[train]), (x[test], y[test])
 
 
 def train(epochs: int, mode: str) -> None:

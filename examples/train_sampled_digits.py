@@ -18,30 +18,12 @@ import time
 
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from torch import nn
+from train_kfac_digits import cnn, data  # the CNN and the split of examples/train_kfac_digits.py
 
 import tncompiler
 
 Tensor = torch.Tensor
-
-
-def cnn() -> nn.Module:
-    """The CNN of examples/train_kfac_digits.py."""
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2), nn.ReLU(), nn.Flatten(),
-        nn.Linear(16 * 3 * 3, 10),
-    )  # fmt: skip
-
-
-def data() -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    images, labels = load_digits(return_X_y=True)
-    x = torch.tensor(images, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
-    y = torch.tensor(labels)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    train, test = order[:1500], order[1500:]
-    return (x[train], y[train]), (x[test], y[test])
 
 
 def epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, order: Tensor, batch: int) -> float:
