@@ -127,8 +127,7 @@ def _output_size(spec: LayerSpec, input_shape: torch.Size, size: Size) -> tuple[
         raise ValueError(
             f"y(): output_size must have {spec.dims} or {spec.dims + 2} elements (got {len(sizes)}): {spec.title}"
         )
-    smallest = [s - e for s, e in zip(spec.output_shape(input_shape), spec.output_padding)]
-    for j, (wanted, low, stride) in enumerate(zip(sizes, smallest, spec.stride)):
+    for j, (wanted, low, stride) in enumerate(zip(sizes, _smallest(spec, input_shape), spec.stride)):
         high = low + stride - 1
         if not low <= wanted <= high:
             raise ValueError(
@@ -138,11 +137,15 @@ def _output_size(spec: LayerSpec, input_shape: torch.Size, size: Size) -> tuple[
     return tuple(sizes)
 
 
+def _smallest(spec: LayerSpec, input_shape: torch.Size) -> list[int]:
+    """A transpose convolution's spatial output sizes with no output padding: `output_size=` may add up to S - 1."""
+    return [size - extra for size, extra in zip(spec.output_shape(input_shape), spec.output_padding)]
+
+
 def _with_output(spec: LayerSpec, input_shape: torch.Size, shape: Sequence[int], bias: bool) -> Callable[..., Tensor]:
     """The compiled y of the layer with the output padding that gives `shape` (the text folds it into the patterns'
     right padding, so another output padding may need another text)."""
-    least = [s - e for s, e in zip(spec.output_shape(input_shape), spec.output_padding)]
-    extra = tuple(wanted - low for wanted, low in zip(shape, least))
+    extra = tuple(wanted - low for wanted, low in zip(shape, _smallest(spec, input_shape)))
     padding = tuple(transpose_padding(spec, j, extra[j]) for j in range(spec.dims))
     other = replace(spec, output_padding=extra, padding=padding, bias=bias)
     return _y(layer_functions(other))
