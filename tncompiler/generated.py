@@ -15,7 +15,9 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["GeneratedModule", "module_name", "make_module"]
+__all__ = ["GeneratedModule", "NAME_LENGTH", "identifier", "module_name", "make_module"]
+
+NAME_LENGTH = 40  # of a stem in a module or cache file name
 
 Recipe = tuple[Callable[..., types.ModuleType], tuple[Any, ...]]
 
@@ -38,9 +40,14 @@ class GeneratedModule(types.ModuleType):
 def module_name(stem: str, *parts: str) -> str:
     """`tnc_<stem>_<12 hex digits>`: the stem reduced to an identifier, the digits a hash of `parts` (the text and
     options that made the code), so equal inputs share a name and different ones never do."""
-    clean = re.sub(r"\W", "_", stem, flags=re.ASCII)[:40].strip("_") or "module"
     digest = hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:12]
-    return f"tnc_{clean}_{digest}"
+    return f"tnc_{identifier(stem)}_{digest}"
+
+
+def identifier(stem: str) -> str:
+    """`stem` as a name no file system or import can misread: only [A-Za-z0-9_], at most NAME_LENGTH characters,
+    never empty."""
+    return re.sub(r"\W", "_", stem, flags=re.ASCII)[:NAME_LENGTH].strip("_") or "module"
 
 
 def make_module(

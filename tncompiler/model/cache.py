@@ -33,7 +33,7 @@ import types
 from pathlib import Path
 
 import tncompiler
-from tncompiler.generated import make_module, module_name
+from tncompiler.generated import NAME_LENGTH, identifier, make_module, module_name
 from tncompiler.guard import parse_size
 
 __all__ = ["cache_dir", "clear_cache", "clear_memory", "compiler_fingerprint", "load_compiled", "max_bytes"]
@@ -41,8 +41,7 @@ __all__ = ["cache_dir", "clear_cache", "clear_memory", "compiler_fingerprint", "
 _ENVIRONMENT = "TNC_CACHE_DIR"
 _SIZE_ENVIRONMENT = "TNC_CACHE_MAX_BYTES"
 _DEFAULT_MAX_BYTES = 256 * 2**20
-_NAME_LENGTH = 40
-_ENTRY = re.compile(rf"[A-Za-z0-9_]{{1,{_NAME_LENGTH}}}-[0-9a-f]{{32}}\.py")
+_ENTRY = re.compile(rf"[A-Za-z0-9_]{{1,{NAME_LENGTH}}}-[0-9a-f]{{32}}\.py")
 _TEMPORARY = re.compile(r"\.tnc-[A-Za-z0-9_]+\.tmp")
 _STALE_SECONDS = 3600  # a temporary file this old was left by a process that died while writing it
 _FORMAT = "tnc-cache 1"
@@ -86,11 +85,6 @@ def _key(source: str) -> str:
     return hashlib.sha256(f"{compiler_fingerprint()}\0{source}".encode()).hexdigest()
 
 
-def _safe_name(name: str) -> str:
-    """The name as a file name and module name: only [A-Za-z0-9_], at most _NAME_LENGTH characters, never empty."""
-    return re.sub(r"[^A-Za-z0-9_]", "_", name, flags=re.ASCII)[:_NAME_LENGTH] or "module"
-
-
 def _header(key: str, code: str) -> str:
     """An entry's first line: what it was compiled by, from what, and a digest of the code that follows it."""
     digest = hashlib.sha256(code.encode()).hexdigest()
@@ -125,7 +119,7 @@ def load_compiled(source: str, name: str) -> types.ModuleType:
     with _lock:
         module = _memory.get(key)
         if module is None:
-            module = _memory[key] = _load(source, _safe_name(name), key)
+            module = _memory[key] = _load(source, identifier(name), key)
     return module
 
 

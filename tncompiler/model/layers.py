@@ -399,7 +399,7 @@ def _keywords(function: Callable[..., object]) -> frozenset[str]:
     if found is None:
         parameters = inspect.signature(function).parameters.values()
         kinds = (p for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
-        found = _KEYWORDS[function] = frozenset(p.name for p in kinds if p.name not in ("generator", "dtype", "device"))
+        found = _KEYWORDS[function] = frozenset(p.name for p in kinds if p.name != "generator")
     return found
 
 
