@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from tncompiler.model import cache
+
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core: one torch thread each
     torch.set_num_threads(1)
 
@@ -29,3 +31,17 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def compile_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Whole-model tests compile into a disk cache of their own, shared with the processes they start."""
+    folder = str(tmp_path_factory.mktemp("tnc-cache"))
+    before = os.environ.get("TNC_CACHE_DIR")
+    os.environ["TNC_CACHE_DIR"] = folder
+    yield folder
+    if before is None:
+        del os.environ["TNC_CACHE_DIR"]
+    else:
+        os.environ["TNC_CACHE_DIR"] = before
+    cache.clear_memory()

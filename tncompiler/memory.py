@@ -6,7 +6,7 @@ PyTorch's CPU kernels build for float64), index patterns applied as window views
 GEMM operand copies them, pads and the gathers of sampled entries copy (the kept part), constants are counted once, a
 shared sub-network once, and every variable of the function lives until it returns. It runs before the schedule (the
 scheduled ops carry no shapes for views and kernels), so it follows the same rules on the optimised network;
-tests/backend/test_guard_estimate.py holds it within a factor of 3 of the measured peak.
+tests/schedule/test_guard_estimate.py holds it within a factor of 3 of the measured peak.
 """
 
 from __future__ import annotations

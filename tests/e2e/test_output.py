@@ -1,6 +1,6 @@
 """The one output writer (tncompiler/output.py): every file or none, only regular files replaced, modes kept or set
 by the umask; and the byte sizes of its messages (tncompiler/units.py). The sizes the command line reads
-(parse_size) are the memory guard's: tests/backend/test_guard.py."""
+(parse_size) are the memory guard's: tests/schedule/test_guard.py."""
 
 from __future__ import annotations
 

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import tncompiler
-from tests.backend.test_compute_ops import compute_ops
-from tests.backend.test_repeated_networks import ggn_source, per_sample_jacobian
+from tests.schedule.test_compute_ops import compute_ops
+from tests.schedule.test_repeated_networks import ggn_source, per_sample_jacobian
 from tncompiler.api import build_program
 from tncompiler.backend.printer import expr_text
 from tncompiler.driver import Compilation

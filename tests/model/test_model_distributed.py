@@ -18,8 +18,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import tncompiler
-from tests.e2e.model_references import relative_error, worst_error
-from tests.e2e.test_model_factors import LOSSES, batches, every_layer_net
+from tests.model.model_references import relative_error, worst_error
+from tests.model.test_model_factors import LOSSES, batches, every_layer_net
 
 Tensor = torch.Tensor
 WORLD = 2

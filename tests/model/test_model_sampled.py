@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import tncompiler
-from tests.e2e.model_references import relative_error
-from tests.e2e.test_model_factors import every_layer_net
+from tests.model.model_references import relative_error
+from tests.model.test_model_factors import every_layer_net
 
 Tensor = torch.Tensor
 

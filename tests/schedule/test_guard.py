@@ -2,7 +2,7 @@
 more memory than the limit is refused, at the definition of the diagram at fault, with the sizes in units a person
 reads (a small limit is not written as 0.00 GiB); one under the limit compiles; `check_memory` refuses exactly what
 `estimate_bytes` puts over the limit; and the sizes the guard reads (`parse_size`, for --max-memory). Its byte
-counts against measured peaks: tests/backend/test_guard_estimate.py."""
+counts against measured peaks: tests/schedule/test_guard_estimate.py."""
 
 from __future__ import annotations
 

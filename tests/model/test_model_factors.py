@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import tncompiler
-from tests.e2e.model_references import (
+from tests.model.model_references import (
     Factors,
     curvlinops_factors,
     reference_factors,

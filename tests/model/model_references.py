@@ -5,7 +5,7 @@ The torch-only reference follows curvlinops' algorithm step by step (loss with i
 of a mean MSE, the Hessian root scaled by the number of loss terms, the correction num_loss_terms² / (N · T)), but
 gets each layer's unfolded input from the Jacobian of the layer's own PyTorch forward in its weight, per group, and
 the Hessian of the loss from torch.func.hessian and an eigendecomposition. It is checked against curvlinops where both
-apply (tests/e2e/test_model_factors.py).
+apply (tests/model/test_model_factors.py).
 """
 
 from __future__ import annotations

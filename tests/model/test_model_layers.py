@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import tncompiler
-from tests.e2e.model_references import jacobian_unfold, relative_error
+from tests.model.model_references import jacobian_unfold, relative_error
 from tncompiler.model import cache, layers
 
 Tensor = torch.Tensor

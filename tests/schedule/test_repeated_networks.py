@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import tncompiler
-from tests.backend.test_compute_ops import compute_ops
+from tests.schedule.test_compute_ops import compute_ops
 from tncompiler.api import build_program
 from tncompiler.driver import Compilation
 from tncompiler.explain import costed_ops

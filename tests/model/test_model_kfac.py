@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 import tncompiler
-from tests.e2e.model_references import LAYERS, relative_error, worst_error
-from tests.e2e.test_model_factors import batches, every_layer_net
+from tests.model.model_references import LAYERS, relative_error, worst_error
+from tests.model.test_model_factors import batches, every_layer_net
 
 Tensor = torch.Tensor
 TOLERANCE = 1e-10

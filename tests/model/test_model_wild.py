@@ -23,8 +23,8 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
 import tncompiler
-from tests.e2e.model_references import relative_error, worst_error
-from tests.e2e.test_model_factors import CLASSES, LOSSES, Transpose, batches
+from tests.model.model_references import relative_error, worst_error
+from tests.model.test_model_factors import CLASSES, LOSSES, Transpose, batches
 from tncompiler.model import layers
 
 Tensor = torch.Tensor
