@@ -1,13 +1,14 @@
 """Train a small CNN on scikit-learn's digits with exact gradients and with tensor-dropout weight gradients.
 
-    python examples/train_sampled_digits.py [--epochs 8] [--batch 128] [--over positions|batch] [--threads 1]
+    python examples/train_sampled_digits.py [--epochs 8] [--batch 128] [--over positions|batch|block] [--threads 1]
 
 Three runs from the same initial weights and the same batches, Adam at learning rate 0.01: the exact backward pass,
 and `tncompiler.sampled(model, p=...)` at p = 0.5 and p = 0.25, which keeps each row of the first spatial output
-axis (or each example, with --over batch) with probability p in the weight gradients of the layers (the forward pass
-and the input gradients stay exact). Prints, per epoch, the training loss, the test accuracy and the seconds the
-epoch took (wall clock, and the process's CPU time, which other work on a busy machine does not inflate), then each
-run's totals against the exact run's. A few seconds in all on one core.
+axis (or each example, with --over batch; a random contiguous block of p·batch examples, with --over block) with
+probability p in the weight gradients of the layers (the forward pass and the input gradients stay exact). Prints, per
+epoch, the training loss, the test accuracy and the seconds the epoch took (wall clock, and the process's CPU time,
+which other work on a busy machine does not inflate), then each run's totals against the exact run's. A few seconds in
+all on one core.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--over", choices=("positions", "batch"), default="positions")
+    parser.add_argument("--over", choices=("positions", "batch", "block"), default="positions")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -1,6 +1,6 @@
 """`with tncompiler.sampled(model, p, over)`: exact forward pass and input gradients, p = 1 gives the exact
 gradients, p = 0.5 gives unbiased weight gradients (the mean of many draws within 3 standard errors of autograd's),
-for every layer type, over positions and over the batch."""
+for every layer type, over positions, over the batch and over a block of the batch."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def _example(batch: int = 6) -> tuple[nn.Module, Tensor, Tensor]:
     return model, x, cotangent
 
 
-@pytest.mark.parametrize("over", ["positions", "batch"])
+@pytest.mark.parametrize("over", ["positions", "batch", "block"])
 def test_p_one_gives_the_exact_gradients(over: str) -> None:
     model, x, cotangent = _example()
     expected_output, expected = _gradients(model, x, cotangent)
@@ -42,7 +42,7 @@ def test_p_one_gives_the_exact_gradients(over: str) -> None:
         assert relative_error(a, e) <= 1e-12, name
 
 
-@pytest.mark.parametrize("over", ["positions", "batch"])
+@pytest.mark.parametrize("over", ["positions", "batch", "block"])
 def test_half_the_work_is_unbiased(over: str) -> None:
     """200 draws with p = 0.5: per weight, the mean of a fixed projection of the estimates is within 3 standard
     errors of the exact value; the forward pass, the input gradient and the biases' gradients are exact each time,

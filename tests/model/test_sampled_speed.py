@@ -8,6 +8,7 @@ All in float64 on small layers (the references are PyTorch's own autograd and th
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator
 
 import pytest
@@ -114,7 +115,7 @@ def test_the_estimate_is_the_compiled_one_draw_for_draw(name: str, over: str) ->
         assert _relative(ours["weight"], reference) <= 1e-12, seed
 
 
-@pytest.mark.parametrize("over", OVERS)
+@pytest.mark.parametrize("over", [*OVERS, "block"])
 @pytest.mark.parametrize("name", ["strided", "depthwise", "transposed", "conv1d", "linear"])
 def test_each_layer_type_is_unbiased(name: str, over: str) -> None:
     """300 draws at p = 0.3: the mean of a fixed projection of the weight estimates is within 3 standard errors of
@@ -142,7 +143,7 @@ def _small_cnn() -> nn.Module:
     ).double()  # fmt: skip
 
 
-@pytest.mark.parametrize("over", OVERS)
+@pytest.mark.parametrize("over", [*OVERS, "block"])
 def test_a_model_is_unbiased_through_a_loss(over: str) -> None:
     """A CNN under cross-entropy, 300 draws at p = 0.5: every sampled weight's projected mean within 3 standard
     errors; the input and bias gradients exact on every draw."""
@@ -172,6 +173,43 @@ def test_a_model_is_unbiased_through_a_loss(over: str) -> None:
         samples = (estimates * projection).flatten(1).sum(1)
         error = samples.std().item() / len(samples) ** 0.5
         assert abs(samples.mean().item() - float((value * projection).sum())) <= 3 * error, name
+
+
+@pytest.mark.parametrize("name", [name for name in LAYERS if name != "linear"])
+def test_the_block_estimate_is_the_kept_examples_gradient(name: str) -> None:
+    """over="block", for every layer type and several seeds and p: the weight gradient is plain autograd's on the
+    examples of the block `_block` draws from the same generator state (one range, or two where it wraps), scaled by
+    N / their count; the output, input and bias gradients are exact."""
+    layer, x, cotangent = _layer(name)
+    exact = _gradients(layer, x, cotangent)
+    for seed, p in [(0, 0.5), (1, 0.25), (2, 0.8), (3, 0.3)]:
+        with tncompiler.sampled(layer, p=p, over="block", generator=torch.Generator().manual_seed(seed)):
+            ours = _gradients(layer, x, cotangent)
+        for key in ours:
+            if key != "weight":
+                assert _relative(ours[key], exact[key]) <= 1e-12, (key, seed)
+        ranges, scale = sampling._block(x.shape[0], p, torch.Generator().manual_seed(seed))
+        kept = torch.cat([torch.arange(a, b) for a, b in ranges])
+        reference = _gradients(layer, x[kept], cotangent[kept])["weight"] * scale
+        assert _relative(ours["weight"], reference) <= 1e-12, (seed, ranges)
+
+
+@pytest.mark.parametrize(("size", "p"), [(8, 0.5), (12, 0.25), (10, 0.3), (7, 0.9), (5, 1e-9), (6, 1.0)])
+def test_the_block_keeps_every_entry_with_the_same_probability(size: int, p: float) -> None:
+    """`_block` draws each of its size / gcd(size, count) starts (count = round(p * size), at least 1) and covers
+    every entry from count / gcd of them: over all the starts drawn (2000 draws see them all), each entry is kept
+    equally often, so with the scale size / count the estimate is unbiased exactly; the ranges have count entries."""
+    generator = torch.Generator().manual_seed(0)
+    count = min(size, max(1, round(p * size)))
+    seen = set()
+    for _ in range(2000):
+        ranges, scale = sampling._block(size, p, generator)
+        assert sum(b - a for a, b in ranges) == count and scale == size / count
+        assert all(0 <= a < b <= size for a, b in ranges) and len(ranges) <= 2
+        seen.add(tuple(ranges))
+    assert len(seen) == size // math.gcd(size, count)
+    covered = [sum(a <= i < b for ranges in seen for a, b in ranges) for i in range(size)]
+    assert covered == [count // math.gcd(size, count)] * size
 
 
 @pytest.mark.parametrize(
@@ -279,7 +317,7 @@ def _cnn32(memory_format: torch.memory_format = torch.contiguous_format) -> nn.M
     return model.to(memory_format=memory_format)  # type: ignore[call-overload,no-any-return]
 
 
-@pytest.mark.parametrize("over", OVERS)
+@pytest.mark.parametrize("over", [*OVERS, "block"])
 def test_channels_last_stays_channels_last(over: str) -> None:
     """A channels-last model on a channels-last input: the output, the input gradient and every parameter's gradient
     have the strides PyTorch's own backward gives them, the output is PyTorch's bit for bit, the input gradient is
@@ -338,7 +376,7 @@ def test_the_kept_count_is_padded_to_a_bucket() -> None:
     assert len(sampling._padded(list(range(63)), 64, 0.5)) == 64  # bucket 4, never past the 64 examples
 
 
-@pytest.mark.parametrize("over", OVERS)
+@pytest.mark.parametrize("over", [*OVERS, "block"])
 def test_a_compiled_model_samples_as_in_eager(over: str) -> None:
     """Under torch.compile a draw cannot be traced into the backward graph (torch._dynamo.explain raised on the kept
     count's shapes): the sampled layers are graph breaks and run eagerly, and give the eager estimates for the same

@@ -22,6 +22,11 @@ What it costs (bench/README.md, "Sampled training", has the measurements behind 
   stride K over them computes exactly the kept windows (the route tnc lowers `sample(vjp(y, w), index=o1)` to).
   The gathered copies keep the tensors' memory format, so a channels-last model stays on its channels-last kernels,
   and their count is padded to a bucket (`_padded_length`) so that the kernels meet a handful of shapes.
+- over="block" keeps one random contiguous block of the batch instead of independent examples: round(p·N) examples
+  from a random start (wrapping around; `_block`), scaled by N / their count. Every example is
+  kept with probability count / N, so the estimate is unbiased; the kernel then runs on views of the batch, without
+  a draw per example, index tensors or gathered copies (and the batch is assumed to come in a random order, as a
+  shuffling loader gives it: neighbours are kept together).
 - Mixed precision: under torch.autocast a layer casts its input, weight and bias as autocast would (to the autocast
   dtype of their device, float64 left alone), so its output and gradients have the dtypes PyTorch's layer gives.
 """
@@ -33,15 +38,17 @@ import itertools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tncompiler.model.layers import SUPPORTED, Over, spec_of
+from tncompiler.model.layers import SUPPORTED, spec_of
 
 __all__ = ["sampled"]
+
+Mode = Literal["positions", "batch", "block"]  # `Over`, and the contiguous block of the batch
 
 Tensor = torch.Tensor
 Draw = tuple[float, "torch.Generator | None"]  # p and the generator of a block
@@ -54,19 +61,21 @@ _CASTABLE = (torch.float32, torch.float16, torch.bfloat16)  # what autocast cast
 
 @contextlib.contextmanager
 def sampled(
-    model: nn.Module, p: float = 0.5, over: Over = "positions", generator: torch.Generator | None = None
+    model: nn.Module, p: float = 0.5, over: Mode = "positions", generator: torch.Generator | None = None
 ) -> Iterator[nn.Module]:
     """Within the block, weight gradients of the model's nn.Linear, nn.Conv*d and nn.ConvTranspose*d layers are
     tensor-dropout estimates: over="positions" keeps each row of the first spatial output axis with probability p
     (a linear layer has no positions and keeps its exact gradient), over="batch" each example (each row of a linear
-    layer's input). The forward pass and the input gradients stay exact; p=1 gives the exact gradients (and leaves
-    the model as it is: PyTorch's own backward pass, at its own cost)."""
+    layer's input), over="block" a random contiguous block of round(p·N) of the N examples (or rows), scaled by
+    N / its length: each is kept with probability about p, not independently (cheaper: no copies). The forward pass
+    and the input gradients stay exact; p=1 gives the exact gradients (and leaves the model as it is: PyTorch's own
+    backward pass, at its own cost)."""
     if isinstance(p, bool) or not isinstance(p, (int, float)):
         raise TypeError(f"tncompiler.sampled: p must be a number in (0, 1], got {type(p).__name__}")
     if not 0.0 < p <= 1.0:
         raise ValueError(f"tncompiler.sampled: p must be in (0, 1], got {p!r}")
-    if over not in ("positions", "batch"):
-        raise ValueError(f"tncompiler.sampled: over must be 'positions' or 'batch', got {over!r}")
+    if over not in ("positions", "batch", "block"):
+        raise ValueError(f"tncompiler.sampled: over must be 'positions', 'batch' or 'block', got {over!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
         kind = type(generator).__name__
         raise TypeError(f"tncompiler.sampled: generator must be a torch.Generator or None, got {kind}")
@@ -107,7 +116,7 @@ class _Plan:
 _PLANS: dict[tuple[object, ...], _Plan | None] = {}
 
 
-def _signature(module: nn.Module, over: Over) -> tuple[object, ...]:
+def _signature(module: nn.Module, over: Mode) -> tuple[object, ...]:
     """What a plan depends on, read without evaluating a parametrized weight: the class (spec_of refuses a subclass
     that overrides forward) and the hyper-parameters."""
     if not isinstance(module, nn.modules.conv._ConvNd):
@@ -118,7 +127,7 @@ def _signature(module: nn.Module, over: Over) -> tuple[object, ...]:
     )  # fmt: skip
 
 
-def _plan(module: nn.Module, name: str, over: Over) -> _Plan | None:
+def _plan(module: nn.Module, name: str, over: Mode) -> _Plan | None:
     key = _signature(module, over)
     if key in _PLANS:
         return _PLANS[key]
@@ -127,7 +136,7 @@ def _plan(module: nn.Module, name: str, over: Over) -> _Plan | None:
     if isinstance(module, nn.modules.conv._ConvNd):
         plan = _ConvPlan.of(module, over)
     else:
-        plan = _LinearPlan() if over == "batch" else None
+        plan = None if over == "positions" else _LinearPlan(over == "block")
     _PLANS[key] = plan
     return plan
 
@@ -161,6 +170,27 @@ def _keep(size: int, p: float, generator: torch.Generator | None) -> Tensor:
     compiled `sample(...)` draws them: the same generator state keeps the same entries."""
     where = "cpu" if generator is None else generator.device
     return torch.nonzero(torch.rand(size, generator=generator, device=where) < p).flatten()
+
+
+def _block(size: int, p: float, generator: torch.Generator | None) -> tuple[list[tuple[int, int]], float]:
+    """over="block": round(p·size) entries (at least one) from a random start, wrapping around, as one or two
+    [start, stop) ranges, and the scale size / count. The start is a multiple of step = gcd(size, count), drawn
+    uniformly: each entry lies in a run of `step` that the block covers from count / step of the size / step starts,
+    so it is kept with probability count / size exactly and the scaled sum is unbiased; the ranges then have at most
+    2 · size / step lengths (one, without wrapping, where count divides size), so the kernels meet few shapes."""
+    count = min(size, max(1, round(p * size)))
+    step = math.gcd(size, count)
+    where = "cpu" if generator is None else generator.device
+    start = step * int(torch.randint(size // step, (1,), generator=generator, device=where))
+    stop = start + count
+    return [(start, min(stop, size))] + ([(0, stop - size)] if stop > size else []), size / count
+
+
+def _block_sum(size: int, draw: Draw, part: Callable[[int, int], Tensor]) -> Tensor:
+    """The scaled sum of `part(start, stop)` over the ranges of a `_block` of `size` entries."""
+    ranges, scale = _block(size, *draw)
+    parts = [part(a, b) for a, b in ranges]
+    return (parts[0] if len(parts) == 1 else parts[0].add_(parts[1])).mul_(scale)
 
 
 def _padded_length(count: int, size: int, p: float) -> int:
@@ -226,14 +256,14 @@ class _ConvPlan(_Plan):
     settings: Settings
     kernel: tuple[int, ...]
     right: list[int] | None  # F.pad's list for the extra right padding of an asymmetric 'same', as PyTorch pads
-    over: Over
+    over: Mode
     sums: tuple[int, ...]  # the axes a bias gradient sums over
     phased: bool  # a strided convolution without dilation: its input gradient can be computed per phase
     one_tap: bool  # a kernel of one entry (1x1)
     windowed: bool  # over positions: the kept windows gathered (see `_window_settings` for the exception)
 
     @staticmethod
-    def of(module: nn.modules.conv._ConvNd, over: Over) -> _ConvPlan:
+    def of(module: nn.modules.conv._ConvNd, over: Mode) -> _ConvPlan:
         dims = len(module.kernel_size)
         padding, right = _padding(module)
         settings: Settings = (
@@ -298,6 +328,12 @@ class _ConvPlan(_Plan):
     @_not_traced
     def weight_gradient(self, gy: Tensor, x: Tensor, weight: Tensor, settings: Settings, draw: Draw) -> Tensor:
         p, generator = draw
+        if self.over == "block":  # the kernel on views of the kept block: no copies
+
+            def part(a: int, b: int) -> Tensor:
+                return cast(Tensor, _BACKWARD(gy[a:b], x[a:b], weight, None, *settings, _WEIGHT_ONLY)[1])
+
+            return _block_sum(x.shape[0], draw, part)
         if self.over == "batch":
             kept = _keep(x.shape[0], p, generator)
             count = kept.numel()
@@ -444,25 +480,33 @@ class _SampledConv(torch.autograd.Function):
 # --- linear layers -------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
 class _LinearPlan(_Plan):
-    """A linear layer over the batch: each row of its input (the leading axes flattened) kept with probability p."""
+    """A linear layer over the batch: each row of its input (the leading axes flattened) kept with probability p, or
+    (block) a random contiguous block of the rows."""
+
+    block: bool
 
     def forward_of(self, module: nn.Module, draw: Draw) -> Callable[..., Tensor]:
         apply = cast(Callable[..., Tensor], _SampledLinear.apply)
+        state = (draw, self.block)
 
         def forward(input: Tensor) -> Tensor:
-            return apply(input, module.weight, module.bias, draw)
+            return apply(input, module.weight, module.bias, state)
 
         return forward
 
 
+LinearState = tuple[Draw, bool]  # the draw, and whether a block of rows is kept
+
+
 class _SampledLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, draw: Draw) -> Tensor:
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, state: LinearState) -> Tensor:
         if torch.is_autocast_enabled(x.device.type):
             x, weight, bias = _autocast(x, weight, bias)
         ctx.save_for_backward(x, weight)
-        ctx.draw = draw
+        ctx.state = state
         return F.linear(x, weight, bias)
 
     @staticmethod
@@ -473,15 +517,17 @@ class _SampledLinear(torch.autograd.Function):
             grad_x = gy.matmul(weight)
         rows = gy.reshape(-1, gy.shape[-1])
         if ctx.needs_input_grad[1]:
-            grad_w = _linear_weight(rows, x.reshape(-1, x.shape[-1]), weight, ctx.draw)
+            grad_w = _linear_weight(rows, x.reshape(-1, x.shape[-1]), weight, *ctx.state)
         if ctx.needs_input_grad[2]:
             grad_b = rows.sum(0)
         return grad_x, grad_w, grad_b, None
 
 
 @_not_traced
-def _linear_weight(gy: Tensor, x: Tensor, weight: Tensor, draw: Draw) -> Tensor:
+def _linear_weight(gy: Tensor, x: Tensor, weight: Tensor, draw: Draw, block: bool = False) -> Tensor:
     p, generator = draw
+    if block:
+        return _block_sum(x.shape[0], draw, lambda a, b: gy[a:b].t().mm(x[a:b]))
     kept = _keep(x.shape[0], p, generator)
     if kept.numel() == 0:
         return torch.zeros_like(weight)
