@@ -1,9 +1,10 @@
 """The one driver: the stages in order, each run once per compile, their results kept for every command.
 
     parse → resolve → derive (the front end: `api.build_program`) → optimise (simplify, fuse, lower) →
-    bind (call-time sizes) → guard → schedule (every decision, as typed ops; peephole) → print
+    bind (call-time sizes) → schedule (every decision, as typed ops; peephole) → guard → print
 
-`tnc check` stops after bind, `tnc dot` after optimise, `tnc explain` after schedule; `tnc compile` prints.
+The memory guard reads the scheduled ops (what each allocates), so every command that guards schedules: `tnc check`
+and `tnc dot` stop after the guard, `tnc explain` too (it prints the ops); `tnc compile` prints the code.
 `STAGE_RUNS` counts the runs of each stage (a test checks that each runs once per compile)."""
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from tncompiler.errors import TncError
 from tncompiler.guard import check_memory, default_limit
 from tncompiler.ir.network import Diagram, Program
 from tncompiler.passes.pipeline import Stage, run_pipeline
-from tncompiler.schedule.autograd import AutogradClass, autograd_class
+from tncompiler.schedule.autograd import autograd_class
 from tncompiler.schedule.build import schedule_function
 from tncompiler.schedule.names import ModuleNames, check_keywords, module_names, sampling_keywords
-from tncompiler.schedule.ops import Function
+from tncompiler.schedule.ops import ClassDef, Function
 from tncompiler.schedule.peephole import tidy
 
 __all__ = ["Compilation", "STAGE_RUNS"]
@@ -96,11 +97,11 @@ class Compilation:
     @cached_property
     @_located
     def functions(self) -> tuple[Function, ...]:
-        """Every function's ops, after the memory guard and the peephole rules."""
+        """Every function's ops after the peephole rules, once the memory guard has read them (it refuses a diagram
+        whose ops allocate more than the limit, before any code is printed)."""
         self.check()
-        self.guard()
         STAGE_RUNS["schedule"] += 1
-        return tuple(
+        functions = tuple(
             tidy(
                 schedule_function(
                     self.program, d, self.optimised(d), self.bindings[d.name], self.names, self.rewrites(d)
@@ -108,17 +109,20 @@ class Compilation:
             )
             for d in self.program.diagrams
         )
-
-    @_located
-    def guard(self) -> None:
         STAGE_RUNS["guard"] += 1
         limit = default_limit() if self.max_memory is None else self.max_memory
-        for diagram in self.program.diagrams:
-            check_memory(self.optimised(diagram), limit)
+        for diagram, function in zip(self.program.diagrams, functions, strict=True):
+            check_memory(self.optimised(diagram), function, limit)
+        return functions
+
+    def guard(self) -> None:
+        """The memory guard, for commands that print no code (`tnc check`, `tnc dot`): it reads the scheduled ops,
+        so it schedules the file (once: `functions` keeps them)."""
+        _ = self.functions
 
     @cached_property
     @_located
-    def classes(self) -> tuple[AutogradClass, ...]:
+    def classes(self) -> tuple[ClassDef, ...]:
         keywords = {name: binding.keywords for name, binding in self.bindings.items()}
         return tuple(autograd_class(spec, self.program, self.names, keywords) for spec in self.program.autograd)
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import sympy
 
 from tncompiler.backend.printer import expr_text, op_lines
+from tncompiler.cost import Regimes, evaluate
 from tncompiler.driver import Compilation
 from tncompiler.ir.network import Diagram
-from tncompiler.order import Regimes, evaluate
 from tncompiler.schedule.contract import step_kind
 from tncompiler.schedule.ops import Assign, Branch, Call, Comment, Effect, Function, Op
 
@@ -87,7 +87,7 @@ def _totals(function: Function, regimes: Regimes) -> list[str]:
     if not costed:
         return ["  total: no multiply-adds (views, sums and copies only)"]
     total = sympy.Add(*[op.cost for op in costed if op.cost is not None])
-    sizes = [op.entries for op in costed if op.entries is not None]
+    sizes = [op.entries for op in costed if op.entries is not None and op.kind == "contract"]  # a kernel's: its result
     largest = ""
     if sizes:
         at = regimes.middle(set().union(*(sympy.sympify(s).free_symbols for s in sizes)))

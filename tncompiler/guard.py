@@ -1,5 +1,5 @@
-"""Resource guard: refuse, at compile time, a diagram whose known sizes would need more memory than a limit (the
-estimate is tncompiler/memory.py's)."""
+"""Resource guard: refuse, at compile time, a diagram whose known sizes would need more memory than a limit. It runs
+after the schedule, on the scheduled ops (the estimate is tncompiler/memory.py's), before any code is printed."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import re
 from tncompiler.errors import TncError
 from tncompiler.ir.network import Diagram
 from tncompiler.memory import BYTES_PER_ENTRY, estimate_bytes
+from tncompiler.schedule.ops import Function
 from tncompiler.units import format_bytes
 
 __all__ = ["default_limit", "parse_size", "check_memory", "estimate_bytes", "BYTES_PER_ENTRY"]
@@ -56,8 +57,9 @@ def parse_size(text: str) -> int:
     return _NO_LIMIT if value >= _NO_LIMIT else int(value)
 
 
-def check_memory(diagram: Diagram, limit: int) -> None:
-    needed = estimate_bytes(diagram)
+def check_memory(diagram: Diagram, function: Function, limit: int) -> None:
+    """Refuse `function`, the scheduled ops of `diagram`, where it needs more than `limit` bytes."""
+    needed = estimate_bytes(function, diagram)
     if needed > limit:
         raise TncError(
             f"diagram {diagram.name!r} needs about {format_bytes(needed)} (what its code allocates at once, with "

@@ -1,121 +1,56 @@
-"""Contraction order: cotengra plans each network at compile time, once per regime of the call-time sizes."""
+"""Contraction order: cotengra plans each network at compile time, once per regime of the call-time sizes, and each
+network once: its plans are kept, for the passes that price it again and for lowering, which stores them on the IR."""
 
 from __future__ import annotations
 
 import math
 import sys
 import time
-from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections import Counter, OrderedDict
+from collections.abc import Hashable, Mapping
 
 import cotengra as ctg
 import sympy
 
-from tncompiler.ir.network import Network
-from tncompiler.ir.values import Size, SizeRule, out_size
+from tncompiler.cost import REGIMES, SKINNY, WITHOUT_RULES, Regimes, evaluate, symbols_of
+from tncompiler.ir.network import Network, Plan, Step
 
-__all__ = ["Step", "Plan", "Regimes", "plan_network", "evaluate", "symbols_of", "REGIMES", "OPTIMAL_UP_TO"]
+__all__ = ["plan_network", "summed_runs", "OPTIMAL_UP_TO"]
 
-# Call-time sizes are unknown when planning; we plan at these values and keep every distinct order, so that
-# the generated code can pick the cheapest one once per shape.
-REGIMES = (1, 32, 1024)
 # Exhaustive search up to this many tensors; cotengra's (deterministic) greedy search beyond.
 OPTIMAL_UP_TO = 12
 # On a terminal, searches over this many tensors or more report their progress on stderr.
 SHOW_PROGRESS_FROM = 9
-
-
-@dataclass(frozen=True, order=True)
-class Step:
-    """Contract the operands with ids `operands` into a new operand with `legs` (id = number of earlier ids)."""
-
-    operands: tuple[int, ...]
-    legs: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Pairwise steps in order, with each step's multiply-adds and result entries as products of the sizes.
-
-    Costs stay products (monomials in the call-time sizes): their sum is the plan's cost, and the largest result is
-    found by evaluating them at given sizes, never by a symbolic Max (which sympy compares pairwise, at a cost that
-    explodes with the number of open sizes)."""
-
-    steps: tuple[Step, ...]
-    costs: tuple[sympy.Expr, ...]
-    results: tuple[sympy.Expr, ...]
-
-    @property
-    def flops(self) -> sympy.Expr:
-        return sympy.Add(*self.costs)
-
-    def largest(self, at: Mapping[sympy.Symbol, int]) -> int:
-        """The entries of the largest intermediate at the sizes `at` (call-time sizes not in `at` count as 1)."""
-        return max((evaluate(size, at) for size in self.results), default=0)
-
-    def largest_text(self) -> str:
-        """The largest intermediate, for people: one product, or the max of the distinct ones."""
-        distinct = list(dict.fromkeys(self.results))
-        return str(distinct[0]) if len(distinct) == 1 else f"max({', '.join(map(str, distinct))})" if distinct else "0"
-
-
-def evaluate(size: Size | sympy.Expr, at: Mapping[sympy.Symbol, int]) -> int:
-    """A size at concrete call-time sizes (those not in `at` count as 1)."""
-    if isinstance(size, int):
-        return size
-    return int(size.xreplace({s: at.get(s, 1) for s in size.free_symbols}))
-
-
-@dataclass(frozen=True)
-class Regimes:
-    """Representative call-time sizes for compile-time choices: every open index at each of REGIMES, and every
-    size a pattern derives from open ones by its size rule (a stride-4 output a quarter of its input, as it will be
-    at call time, not as large as it)."""
-
-    rules: tuple[SizeRule, ...] = ()
-
-    def at(
-        self, regime: int, symbols: Iterable[sympy.Symbol], expected: Mapping[sympy.Symbol, int] | None = None
-    ) -> dict[sympy.Symbol, int]:
-        """Values for `symbols` (and what they derive from); `expected` fixes some (sampled sizes)."""
-        values = {s: (expected or {}).get(s, regime) for s in symbols}
-        derived: dict[sympy.Symbol, int] = {}
-        for rule in self.rules:  # file order: a rule's input is open or derived by an earlier rule
-            out, conv = rule.conv.out_size, rule.conv
-            if isinstance(out, sympy.Symbol):
-                at = {s: derived.get(s, regime) for s in sympy.sympify(conv.in_size).free_symbols}
-                i = evaluate(conv.in_size, at)
-                derived[out] = max(1, evaluate(out_size(i, conv.kernel_size, conv.stride, conv.pad_left,
-                                                         conv.pad_right, conv.dilation), {}))  # fmt: skip
-        return values | {s: derived[s] for s in values if s in derived and s not in (expected or {})}
-
-    def middle(
-        self, symbols: Iterable[sympy.Symbol], expected: Mapping[sympy.Symbol, int] | None = None
-    ) -> dict[sympy.Symbol, int]:
-        return self.at(REGIMES[len(REGIMES) // 2], symbols, expected)
-
-
-WITHOUT_RULES = Regimes()  # for networks whose open sizes are all independent
-
-
-def symbols_of(*sizes: Size | sympy.Expr) -> set[sympy.Symbol]:
-    found: set[sympy.Symbol] = set()
-    for size in sizes:
-        if isinstance(size, sympy.Expr):
-            found |= size.free_symbols
-    return found
+# Plans are kept: a network that share and fuse price, lowering keeps on the IR and the memory estimate reads is
+# searched once per process. The least recently used go first past this many (a long-running process stays small).
+KEPT_PLANS = 4096
+_PLANS: OrderedDict[Hashable, tuple[Plan, ...]] = OrderedDict()
 
 
 def plan_network(
     network: Network, expected: Mapping[sympy.Symbol, int] | None = None, regimes: Regimes = WITHOUT_RULES
 ) -> tuple[Plan, ...]:
-    """Every distinct optimal plan over the size regimes, cheapest first at the middle regime.
+    """Every distinct optimal plan over the size regimes, cheapest first at the middle regime; found once for equal
+    networks (the same legs, sizes and outputs, planned at the same sizes), then kept.
 
     `expected` gives call-time sizes that are known in expectation (the kept entries of a sampled index)."""
+    symbols = symbols_of(*network.sizes.values())
+    fixed = frozenset((s, n) for s, n in (expected or {}).items() if s in symbols)  # only these change the sizes
+    key = (tuple(f.legs for f in network.factors), network.outputs, tuple(network.sizes.items()), fixed, regimes)
+    if key in _PLANS:
+        _PLANS.move_to_end(key)
+        return _PLANS[key]
+    plans = _PLANS[key] = _planned(network, symbols, expected, regimes)
+    if len(_PLANS) > KEPT_PLANS:
+        _PLANS.popitem(last=False)
+    return plans
+
+
+def _planned(
+    network: Network, symbols: set[sympy.Symbol], expected: Mapping[sympy.Symbol, int] | None, regimes: Regimes
+) -> tuple[Plan, ...]:
     inputs = [factor.legs for factor in network.factors]
     plans: dict[tuple[Step, ...], Plan] = {}
-    symbols = symbols_of(*network.sizes.values())
     middle = regimes.middle(symbols, expected)
     # operand order within a step is decided at the middle regime, so that one path stays one plan
     typical = {name: max(evaluate(size, middle), 1) for name, size in network.sizes.items()}
@@ -175,11 +110,6 @@ def _steps(network: Network, path: list[tuple[int, ...]], sizes: Mapping[str, in
     return tuple(steps)
 
 
-# A matrix product A·B where B has at most this many columns runs faster as (Bᵀ·Aᵀ)ᵀ with PyTorch's CPU GEMM
-# (measured 2-5x for 3 to 9 columns, the Σ_o Π factors of KFAC-reduce; even at 16).
-SKINNY = 12
-
-
 def _skinny_second(a: tuple[str, ...], b: tuple[str, ...], sizes: Mapping[str, int]) -> bool:
     """Whether b's free legs (not shared with a) hold few entries and a's many: then b goes first."""
     free_a = math.prod(sizes[leg] for leg in a if leg not in b)
@@ -189,13 +119,12 @@ def _skinny_second(a: tuple[str, ...], b: tuple[str, ...], sizes: Mapping[str, i
 
 def _costed(network: Network, steps: tuple[Step, ...]) -> Plan:
     legs = {k: f.legs for k, f in enumerate(network.factors)}
-    costs, results = [], []
+    costs = []
     for step in steps:
         involved = set().union(*(legs[k] for k in step.operands))
         costs.append(sympy.Mul(*[network.size(leg) for leg in sorted(involved)]))
-        results.append(sympy.Mul(*[network.size(leg) for leg in step.legs]))
         legs[len(legs)] = step.legs
-    return Plan(steps, tuple(costs), tuple(results))
+    return Plan(steps, tuple(costs))
 
 
 def summed_runs(legs: tuple[str, ...], result: tuple[str, ...]) -> list[list[int]]:

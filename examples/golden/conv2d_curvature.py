@@ -142,7 +142,13 @@ def J(x):
     device = x.device
     dtype = x.dtype
     # x[n, c, o1, k1, o2, k2] * delta(d, d')
-    x_view = torch.nn.functional.pad(x, (1, 1, 1, 0)).unfold(2, 3, 2).movedim(-1, 3).unfold(4, 3, 1).movedim(-1, 5)  # [n, c, o1, k1, o2, k2]
+    x_view = (
+        torch.nn.functional.pad(x, (1, 1, 1, 0))
+        .unfold(2, 3, 2)
+        .movedim(-1, 3)
+        .unfold(4, 3, 1)
+        .movedim(-1, 5)
+    )  # [n, c, o1, k1, o2, k2]
     delta = _delta(3, 2, device, dtype)  # copy tensor
     result = torch.einsum('abcdef,gh->agcehbdf', x_view, delta)  # [n, d, o1, o2, d', c, k1, k2]
     return result
@@ -173,7 +179,13 @@ def diag(x):
     if x.shape != (n, 2, 8, 6):
         _check_shapes('diag', (('x', x, ('n', 'c', 'i1', 'i2'), (n, 2, 8, 6)),))
     # x[n, c, o1, k1, o2, k2] * x[n, c, o1, k1, o2, k2]
-    x_view = torch.nn.functional.pad(x, (1, 1, 1, 0)).unfold(2, 3, 2).movedim(-1, 3).unfold(4, 3, 1).movedim(-1, 5)  # [n, c, o1, k1, o2, k2]
+    x_view = (
+        torch.nn.functional.pad(x, (1, 1, 1, 0))
+        .unfold(2, 3, 2)
+        .movedim(-1, 3)
+        .unfold(4, 3, 1)
+        .movedim(-1, 5)
+    )  # [n, c, o1, k1, o2, k2]
     result = x_view.square().sum(0).sum(1).sum(2)  # [c, k1, k2]
     result = result.reshape(1, 2, 3, 3)
     result = result.expand(3, 2, 3, 3)

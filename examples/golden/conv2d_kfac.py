@@ -165,7 +165,13 @@ def A(x):
         _check_shapes('A', (('x', x, ('n', 'c', 'i1', 'i2'), (n, 2, 6, 7)),))
     _nonzero('A', 'n', n)
     # 1/n * x[n, c, o1, k1, o2, k2] * x[n, c', o1, k1', o2, k2']
-    x_view = torch.nn.functional.pad(x, (0, 0, 1, 0)).unfold(2, 3, 2).movedim(-1, 3).unfold(4, 3, 1)[..., ::2].movedim(-1, 5)  # [n, c, o1, k1, o2, k2]
+    x_view = (
+        torch.nn.functional.pad(x, (0, 0, 1, 0))
+        .unfold(2, 3, 2)
+        .movedim(-1, 3)
+        .unfold(4, 3, 1)[..., ::2]
+        .movedim(-1, 5)
+    )  # [n, c, o1, k1, o2, k2]
     result_rows = x_view.permute(1, 3, 5, 0, 2, 4).reshape(12, 15 * n)  # laid out once
     result = (result_rows @ result_rows.T).reshape(2, 3, 2, 2, 3, 2)  # [c, k1, k2, c', k1', k2']
     result.mul_(1 / n)
@@ -198,7 +204,8 @@ def Ar(x):
     _nonzero('Ar', 'n', n)
     device = x.device
     dtype = x.dtype
-    # 1/(225*n) * x[n, c, i1, i2] * x[n, c', i1', i2'] * fused(i1, k1) * fused(i2, k2) * fused(i1', k1') * fused(i2', k2')
+    # 1/(225*n) * x[n, c, i1, i2] * x[n, c', i1', i2'] * fused(i1, k1) * fused(i2, k2) * fused(i1', k1') *
+    # fused(i2', k2')
     fused = _cached(
         ('Ar.fused', device, dtype),
         lambda: torch.einsum('abc->ac', _conv_pattern(6, 3, 3, 2, 1, 1, device, dtype)),

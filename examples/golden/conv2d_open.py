@@ -315,7 +315,16 @@ def gw(x, grad_y):
 @functools.lru_cache(maxsize=None)
 def _Ar_plan1(c, i1, i2, n):
     """The cheapest order for Ar term 1, chosen once per shape."""
-    costs = (81 * n * c ** 2 + 6 * c * i1 * i2 * n + 18 * c * i1 * n, n * c ** 2 * i1 ** 2 * i2 ** 2 + 3 * c ** 2 * i1 ** 2 * i2 ** 2 + 9 * i1 * c ** 2 * i2 ** 2 + 81 * i1 * i2 * c ** 2 + 9 * i1 * i2,)
+    costs = (
+        81 * n * c ** 2 + 6 * c * i1 * i2 * n + 18 * c * i1 * n,
+        (
+            n * c ** 2 * i1 ** 2 * i2 ** 2
+            + 3 * c ** 2 * i1 ** 2 * i2 ** 2
+            + 9 * i1 * c ** 2 * i2 ** 2
+            + 81 * i1 * i2 * c ** 2
+            + 9 * i1 * i2
+        ),
+    )
     return costs.index(min(costs))
 
 
@@ -349,7 +358,8 @@ def Ar(x):
     _nonzero('Ar', 'o2', o2)
     device = x.device
     dtype = x.dtype
-    # 1/(n*o1**2*o2**2) * x[n, c, i1, i2] * x[n, c', i1', i2'] * fused(i1, k1) * fused(i2, k2) * fused(i1', k1') * fused(i2', k2')
+    # 1/(n*o1**2*o2**2) * x[n, c, i1, i2] * x[n, c', i1', i2'] * fused(i1, k1) * fused(i2, k2) * fused(i1', k1') *
+    # fused(i2', k2')
     fused = _cached(
         ('Ar.fused', i1, o1, device, dtype),
         lambda: torch.einsum('abc->ac', _conv_pattern(i1, o1, 3, 2, 1, 1, device, dtype)),
@@ -359,16 +369,35 @@ def Ar(x):
         lambda: torch.einsum('abc->ac', _conv_pattern(i2, o2, 3, 2, 1, 1, device, dtype)),
     )  # p2(i2, o2, k2), contracted once per shape
     if _Ar_plan1(c, i1, i2, n) == 0:  # plan 1: 81*c**2*n + 6*c*i1*i2*n + 18*c*i1*n multiply-adds
-        t1 = _window_sum(x, 3, i2, o2, 3, 2, 1, 1).permute(3, 0, 1, 2) if i2 >= 56 else torch.tensordot(fused_2, x, dims=((0,), (3,)))  # [k2, n, c, i1]
-        t2 = _window_sum(t1, 3, i1, o1, 3, 2, 1, 1).permute(3, 0, 1, 2) if i1 >= 56 else torch.tensordot(fused, t1, dims=((0,), (3,)))  # [k1, k2, n, c]
+        t1 = (
+            _window_sum(x, 3, i2, o2, 3, 2, 1, 1).permute(3, 0, 1, 2)
+            if i2 >= 56
+            else torch.tensordot(fused_2, x, dims=((0,), (3,)))
+        )  # [k2, n, c, i1]
+        t2 = (
+            _window_sum(t1, 3, i1, o1, 3, 2, 1, 1).permute(3, 0, 1, 2)
+            if i1 >= 56
+            else torch.tensordot(fused, t1, dims=((0,), (3,)))
+        )  # [k1, k2, n, c]
         result_rows = t2.permute(3, 0, 1, 2).reshape(9 * c, n)  # laid out once
-        result = ((result_rows * (1 / (n * o1 ** 2 * o2 ** 2))) @ result_rows.T).reshape(c, 3, 3, c, 3, 3)  # [c, k1, k2, c', k1', k2']
+        result = (
+            ((result_rows * (1 / (n * o1 ** 2 * o2 ** 2))) @ result_rows.T)
+            .reshape(c, 3, 3, c, 3, 3)
+        )  # [c, k1, k2, c', k1', k2']
     else:  # plan 2: c**2*i1**2*i2**2*n + 3*c**2*i1**2*i2**2 + 9*c**2*i1*i2**2 + 81*c**2*i1*i2 + 9*i1*i2 multiply-adds
         t1_2_rows = x.reshape(n, c * i1 * i2)  # laid out once
         t1_2 = (t1_2_rows.T @ t1_2_rows).reshape(c, i1, i2, c, i1, i2)  # [c, i1, i2, c', i1', i2']
-        t2_2 = _window_sum(t1_2, 1, i1, o1, 3, 2, 1, 1).permute(5, 0, 1, 2, 3, 4) if i1 >= 56 else torch.tensordot(fused, t1_2, dims=((0,), (1,)))  # [k1, c, i2, c', i1', i2']
+        t2_2 = (
+            _window_sum(t1_2, 1, i1, o1, 3, 2, 1, 1).permute(5, 0, 1, 2, 3, 4)
+            if i1 >= 56
+            else torch.tensordot(fused, t1_2, dims=((0,), (1,)))
+        )  # [k1, c, i2, c', i1', i2']
         t3 = torch.tensordot(fused_2, fused, dims=((), ()))  # [i2, k2, i1', k1']
-        t4 = _window_sum(t2_2, 5, i2, o2, 3, 2, 1, 1).permute(5, 0, 1, 2, 3, 4) if i2 >= 56 else torch.tensordot(fused_2, t2_2, dims=((0,), (5,)))  # [k2', k1, c, i2, c', i1']
+        t4 = (
+            _window_sum(t2_2, 5, i2, o2, 3, 2, 1, 1).permute(5, 0, 1, 2, 3, 4)
+            if i2 >= 56
+            else torch.tensordot(fused_2, t2_2, dims=((0,), (5,)))
+        )  # [k2', k1, c, i2, c', i1']
         result = torch.einsum('abcd,efgahc->gfbhde', t3, t4)  # [c, k1, k2, c', k1', k2']
         result.mul_(1 / (n * o1 ** 2 * o2 ** 2))
     result = result.reshape(9 * c, 9 * c)  # [(c k1 k2), (c' k1' k2')]

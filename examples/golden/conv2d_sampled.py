@@ -318,8 +318,7 @@ def _y_vjp_b(grad_y):
 
 
 class y_sampled_autograd(torch.autograd.Function):
-    """y exactly in the forward pass; in the backward pass, the sampled VJPs
-    gw and exact VJPs for the other arguments.
+    """y exactly in the forward pass; in the backward pass, the sampled VJPs gw and exact VJPs for the other arguments.
 
     Use as y_sampled_autograd.apply(x, w, b, generator=None, p=0.5).
     generator: a torch.Generator or None, for the draws.
@@ -332,13 +331,13 @@ class y_sampled_autograd(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, w, b, ctx.generator, ctx.p = inputs
-        ctx.save_for_backward(x, w, b)
+        x, w, _, ctx.generator, ctx.p = inputs
+        ctx.save_for_backward(x, w)
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, w, b = ctx.saved_tensors
+        x, w = ctx.saved_tensors
         grad_x = _y_vjp_x(w, grad_y) if ctx.needs_input_grad[0] else None
         grad_w = gw(x, grad_y, p=ctx.p, generator=ctx.generator) if ctx.needs_input_grad[1] else None
         grad_b = _y_vjp_b(grad_y) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b, None, None
+        return (grad_x, grad_w, grad_b, None, None)

@@ -344,7 +344,13 @@ def last(x, w, b):
     dtype = x.dtype
     # term 1 of 2: x[n, g, c, o1', k1, o2, k2] * w[g, d, c, k1, k2] * select(g, g')
     x_legs = x.reshape(n, 2, 3, 12, 10)
-    x_view = torch.nn.functional.pad(x_legs[:, :, :, 7:12], (1, 1, 0, 0)).unfold(3, 3, 2).movedim(-1, 4).unfold(5, 3, 1).movedim(-1, 6)  # [n, g, c, o1', k1, o2, k2]
+    x_view = (
+        torch.nn.functional.pad(x_legs[:, :, :, 7:12], (1, 1, 0, 0))
+        .unfold(3, 3, 2)
+        .movedim(-1, 4)
+        .unfold(5, 3, 1)
+        .movedim(-1, 6)
+    )  # [n, g, c, o1', k1, o2, k2]
     w_legs = w.reshape(2, 4, 3, 3, 3)
     select = _select(2, 1, 1, 1, device, dtype)  # select(start=1, step=1)
     t1 = torch.einsum('ab,acdef->abcdef', select, w_legs)  # [g, g', d, c, k1, k2]

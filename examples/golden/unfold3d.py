@@ -66,7 +66,15 @@ def u(x):
     if x.shape != (n, 2, 4, 6, 7):
         _check_shapes('u', (('x', x, ('n', 'c', 'i1', 'i2', 'i3'), (n, 2, 4, 6, 7)),))
     # x[n, c, o1, k1, o2, k2, o3, k3]
-    x_view = torch.nn.functional.pad(x, (0, 0, 1, 0, 0, 0)).unfold(2, 2, 1).movedim(-1, 3).unfold(4, 3, 2).movedim(-1, 5).unfold(6, 5, 2)[..., ::2].movedim(-1, 7)  # [n, c, o1, k1, o2, k2, o3, k3]
+    x_view = (
+        torch.nn.functional.pad(x, (0, 0, 1, 0, 0, 0))
+        .unfold(2, 2, 1)
+        .movedim(-1, 3)
+        .unfold(4, 3, 2)
+        .movedim(-1, 5)
+        .unfold(6, 5, 2)[..., ::2]
+        .movedim(-1, 7)
+    )  # [n, c, o1, k1, o2, k2, o3, k3]
     result = torch.einsum('abcdefgh->abdfhceg', x_view)  # [n, c, k1, k2, k3, o1, o2, o3]
     result = result.reshape(n, 36, 18)  # [n, (c k1 k2 k3), (o1 o2 o3)]
     return result

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import sys
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,19 @@ def test_golden_module_imports_only_torch_and_the_standard_library(path: Path) -
     code = _outputs(path)[f"{path.stem}.py"]
     imports = {line.split()[1] for line in code.splitlines() if line.startswith(("import ", "from "))}
     assert "torch" in imports and all(name == "torch" or name in sys.stdlib_module_names for name in imports)
+
+
+def long_code_lines(code: str, width: int = 120) -> list[tuple[int, str]]:
+    """Code lines over `width` columns (docstrings, which quote the user's file as written, are left out)."""
+    quoted: set[int] = set()
+    for token in tokenize.generate_tokens(io.StringIO(code).readline):
+        if token.type == tokenize.STRING:
+            quoted |= set(range(token.start[0], token.end[0] + 1))
+    return [(k, line) for k, line in enumerate(code.splitlines(), 1) if len(line) > width and k not in quoted]
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_generated_code_fits_in_120_columns(path: Path) -> None:
+    """Long conditionals, method chains, costs, notes and comments are broken at 120 columns."""
+    long = long_code_lines(_outputs(path)[f"{path.stem}.py"])
+    assert not long, long[:3]

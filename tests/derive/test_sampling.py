@@ -19,11 +19,11 @@ import torch.nn.functional as F
 
 import tncompiler
 from tests.cases import GROUPED_CONV, GROUPED_LAYER
+from tncompiler.cost import native_flops
 from tncompiler.errors import TncError
 from tncompiler.ir.network import Diagram
 from tncompiler.ir.values import kept_symbol, p_symbol, size_symbol
 from tncompiler.order import plan_network
-from tncompiler.passes.lower import native_flops
 from tncompiler.passes.pipeline import run_pipeline
 
 Tensor = torch.Tensor

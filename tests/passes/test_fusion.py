@@ -16,10 +16,10 @@ import torch
 
 import tncompiler
 from tests.cases import pattern_tensor
+from tncompiler.cost import Regimes, lowered_cost
 from tncompiler.ir.network import Diagram, Network
 from tncompiler.ir.values import ConvPattern, Factor, Fused, size_symbol
-from tncompiler.order import Regimes, plan_network
-from tncompiler.passes.lower import lowered_cost
+from tncompiler.order import plan_network
 from tncompiler.passes.pipeline import run_pipeline
 
 Tensor = torch.Tensor

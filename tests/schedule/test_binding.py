@@ -13,8 +13,9 @@ import torch.nn.functional as F
 
 import tncompiler
 from tncompiler.binding import AxisSize, CheckAxis, CheckRule, DerivedSize, KeywordSize, SolvedSize, plan_binding
+from tncompiler.cost import evaluate
 from tncompiler.ir.values import size_symbol
-from tncompiler.order import evaluate, plan_network
+from tncompiler.order import plan_network
 
 CONV = """index n, c, d, i
 index k = 3

@@ -15,7 +15,10 @@ import tncompiler
 from tncompiler import TncError
 from tncompiler.api import build_program
 from tncompiler.cli import main
+from tncompiler.driver import Compilation
 from tncompiler.guard import check_memory, estimate_bytes, parse_size
+from tncompiler.ir.network import Diagram
+from tncompiler.schedule.ops import Function
 
 # y holds 10^9 entries: gigabytes however the estimate counts; small holds 10^4.
 WIDE = """index n = 10000, c = 10000, d = 100000
@@ -75,19 +78,26 @@ def test_the_command_line_refuses_and_writes_nothing(tmp_path: Path, capsys: pyt
 
 
 # -- estimate_bytes and check_memory --------------------------------------------------------------------------------
+def scheduled(source: str, name: str) -> tuple[Diagram, Function]:
+    """Diagram `name` as the guard reads it: optimised, and its function's scheduled ops (with no limit)."""
+    compilation = Compilation(build_program(source, "wide.tnd"), source, True, parse_size("1e999"))
+    names = [diagram.name for diagram in compilation.program.diagrams]
+    return compilation.optimised(compilation.program.diagram(name)), compilation.functions[names.index(name)]
+
+
 @pytest.mark.parametrize("name", ["small", "y"])
 def test_check_memory_refuses_what_the_estimate_puts_over_the_limit(name: str) -> None:
-    diagram = build_program(WIDE, "wide.tnd").diagram(name)
-    needed = estimate_bytes(diagram)
-    check_memory(diagram, needed)
+    diagram, function = scheduled(WIDE, name)
+    needed = estimate_bytes(function, diagram)
+    check_memory(diagram, function, needed)
     with pytest.raises(TncError) as caught:
-        check_memory(diagram, needed - 1)
+        check_memory(diagram, function, needed - 1)
     assert caught.value.span == diagram.span
 
 
 def test_the_estimate_grows_with_the_sizes() -> None:
     def needed(d: int) -> int:
-        return estimate_bytes(build_program(WIDE.replace("d = 100000", f"d = {d}"), "wide.tnd").diagram("y"))
+        return estimate_bytes(*reversed(scheduled(WIDE.replace("d = 100000", f"d = {d}"), "y")))
 
     assert 0 < needed(10) < needed(1000) < needed(100000)
     assert needed(100000) > GIB

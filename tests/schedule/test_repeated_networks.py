@@ -15,11 +15,11 @@ from torch import Tensor
 import tncompiler
 from tests.schedule.test_compute_ops import compute_ops
 from tncompiler.api import build_program
+from tncompiler.cost import Regimes, evaluate
 from tncompiler.driver import Compilation
 from tncompiler.explain import costed_ops
 from tncompiler.ir.network import Network
 from tncompiler.ir.values import Factor, size_symbol
-from tncompiler.order import Regimes, evaluate
 from tncompiler.passes.share import share_common
 
 TOLERANCE = 1e-10

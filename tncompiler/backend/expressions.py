@@ -16,7 +16,7 @@ import sympy
 
 from tncompiler.errors import TncError
 
-__all__ = ["python_expr", "printed_expr", "product_expr", "ADD", "MUL", "UNARY", "POW", "ATOM"]
+__all__ = ["python_expr", "printed_expr", "product_expr", "sum_terms", "ADD", "MUL", "UNARY", "POW", "ATOM"]
 
 # Binding strength of what a printed piece has at its top: a parent wraps a child whose strength is too low.
 ADD, MUL, UNARY, POW, ATOM = 10, 20, 30, 40, 50
@@ -39,6 +39,12 @@ def printed_expr(expr: sympy.Expr | int | float, names: Mapping[sympy.Symbol, st
     if isinstance(expr, int):
         return str(expr), (UNARY if expr < 0 else ATOM)
     return _Printer(names).text(sympy.sympify(expr))
+
+
+def sum_terms(expr: sympy.Add, names: Mapping[sympy.Symbol, str]) -> list[str]:
+    """The terms of a sum as printed in it, each after its sign (`+ a`, `- b`; none before the first): a long sum is
+    broken between them."""
+    return _Printer(names).terms(expr)
 
 
 def product_expr(sizes: object, names: Mapping[sympy.Symbol, str]) -> str:
@@ -81,6 +87,9 @@ class _Printer:
         return repr(value), (_UNARY if value < 0 else _ATOM)
 
     def add(self, expr: sympy.Add) -> _Printed:
+        return " ".join(self.terms(expr)), _ADD
+
+    def terms(self, expr: sympy.Add) -> list[str]:
         parts: list[str] = []
         for term in expr.as_ordered_terms():
             negative = term.could_extract_minus_sign()
@@ -88,7 +97,7 @@ class _Printer:
                 parts.append(_wrap(self.text(term), _MUL))
             else:
                 parts.append(("- " if negative else "+ ") + _wrap(self.text(-term if negative else term), _MUL))
-        return " ".join(parts), _ADD
+        return parts
 
     def mul(self, expr: sympy.Mul) -> _Printed:
         if expr.as_coeff_Mul()[0].is_negative:

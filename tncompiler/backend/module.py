@@ -5,16 +5,15 @@ from __future__ import annotations
 
 from pathlib import PurePath
 
-from tncompiler.backend.printer import autograd_text, chooser_text, function_text
+from tncompiler.backend.printer import definition_text
 from tncompiler.backend.runtime import helper_source
 from tncompiler.backend.text import comment_text, docstring_text
-from tncompiler.schedule.autograd import AutogradClass
-from tncompiler.schedule.ops import Function
+from tncompiler.schedule.ops import ClassDef, Function
 
 __all__ = ["module_text"]
 
 
-def module_text(filename: str, functions: tuple[Function, ...], classes: tuple[AutogradClass, ...]) -> str:
+def module_text(filename: str, functions: tuple[Function, ...], classes: tuple[ClassDef, ...]) -> str:
     """The module's source: byte-for-byte the same for the same schedule."""
     names = [f.name for f in functions]
     exported = [name for name in names if not name.startswith("_")] + [cls.name for cls in classes]
@@ -29,10 +28,7 @@ def module_text(filename: str, functions: tuple[Function, ...], classes: tuple[A
     imports = ["import functools", ""] if choosers else []
     imports += ["import torch", "", f"__all__ = [{', '.join(repr(n) for n in exported)}]"]
     helpers = set().union(*(f.helpers for f in functions)) if functions else set()
-    blocks = []
-    for function in functions:
-        blocks += [chooser_text(chooser) for chooser in function.choosers]
-        blocks.append(function_text(function))
-    blocks += [autograd_text(cls) for cls in classes]
+    definitions = [d for function in functions for d in (*function.choosers, function)] + list(classes)
+    blocks = [definition_text(d) for d in definitions]
     parts = ["\n".join(head + imports)] + helper_source(helpers) + blocks
     return "\n\n\n".join(part.rstrip("\n") for part in parts) + "\n"

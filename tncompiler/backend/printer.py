@@ -3,22 +3,21 @@ decides what the code does."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import sympy
 
-from tncompiler.backend.expressions import ATOM, MUL, UNARY, printed_expr, python_expr
+from tncompiler.backend.expressions import ATOM, MUL, UNARY, printed_expr, sum_terms
 from tncompiler.backend.text import comment_text, docstring
-from tncompiler.schedule.autograd import AutogradClass
-from tncompiler.schedule.names import safe_identifier
 from tncompiler.schedule.ops import (
     Assign,
     Attr,
     BinOp,
     Branch,
     Call,
-    Chooser,
+    ClassDef,
     Comment,
     Effect,
     Expr,
@@ -37,7 +36,7 @@ from tncompiler.schedule.ops import (
     Unary,
 )
 
-__all__ = ["autograd_text", "chooser_text", "expr_text", "function_text", "op_lines"]
+__all__ = ["definition_text", "expr_text", "op_lines"]
 
 # Binding strengths (expressions.py's scale, with Python's weaker operators below it).
 _LAMBDA, _IFEXP, _OR, _AND, _NOT, _COMPARE, _BITOR = 1, 2, 3, 4, 5, 6, 8
@@ -168,18 +167,19 @@ def _note(text: str) -> str:
     return f"  # {comment_text(text)}" if text else ""
 
 
-def op_lines(op: Op, symbols: Mapping[sympy.Symbol, str], indent: str = "    ") -> list[str]:
-    """The lines of one op."""
+def op_lines(op: Op | Function | ClassDef, symbols: Mapping[sympy.Symbol, str], indent: str = "    ") -> list[str]:
+    """The lines of one op (or of a function or class, with its ops)."""
     return _OPS[type(op)](op, symbols, indent)
 
 
-# Lines longer than this are broken after the opening bracket of their call or condition, one item per line.
+# Lines longer than this are broken: see _line.
 WIDTH = 120
 
 
 def _line(indent: str, prefix: str, value: Expr, suffix: str, symbols: Mapping[sympy.Symbol, str]) -> list[str]:
-    """`prefix + value + suffix` on one line, or, where that is too long, the call's arguments (or the condition's
-    clauses) one per line."""
+    """`prefix + value + suffix` on one line, or, where that is too long, broken as a reviewer would: a call's
+    arguments, a condition's clauses, a long cost's terms, a conditional's three parts or a method chain's links one
+    per line (a line that cannot be broken stays whole)."""
     text = f"{indent}{prefix}{expr_text(value, symbols)}{suffix}"
     if len(text) <= WIDTH:
         return [text]
@@ -191,12 +191,62 @@ def _line(indent: str, prefix: str, value: Expr, suffix: str, symbols: Mapping[s
         for key, item in items:
             lines += _line(inner, key, item, ",", symbols)
         return lines + [f"{indent}){suffix}"]
-    clauses = _clauses(value.operand if isinstance(value, Unary) and value.op == "not" else value)
-    if len(clauses) > 1:
-        negation = "not " if isinstance(value, Unary) else ""
-        joined = [f"{inner}{'' if k == 0 else f'{op} '}{expr_text(c, symbols)}" for k, (op, c) in enumerate(clauses)]
-        return [f"{indent}{prefix}{negation}("] + joined + [f"{indent}){suffix}"]
+    negation = "not " if isinstance(value, Unary) and value.op == "not" and len(_clauses(value.operand)) > 1 else ""
+    parts = _parts(value.operand if negation and isinstance(value, Unary) else value, symbols, inner)
+    if len(parts) > 1:
+        return [f"{indent}{prefix}{negation}("] + parts + [f"{indent}){suffix}"]
     return [text]
+
+
+def _parts(value: Expr, symbols: Mapping[sympy.Symbol, str], indent: str) -> list[str]:
+    """The lines, at `indent`, a too-long expression breaks into inside brackets (one line: it does not break)."""
+    printer = _Printer(symbols)
+    if isinstance(value, SizeOf) and isinstance(value.expr, sympy.Add):  # a long cost: one term per line
+        return [f"{indent}{term}" for term in sum_terms(value.expr, symbols)]
+    if isinstance(value, IfExp):
+        then = _operand(value.then, "", printer, indent)
+        return (
+            then
+            + [f"{indent}if {printer.wrapped(value.test, _IFEXP + 1)}"]
+            + _operand(value.other, "else ", printer, indent, _IFEXP)
+        )
+    if isinstance(value, Method | Index) and isinstance(_chain(value)[0], Method):
+        lines, base = [f"{indent}{link}" for link in _links(value, printer)], _chain(value)[-1].obj
+        if len(lines[0]) > WIDTH and isinstance(base, Call) and lines[0] == f"{indent}{printer.text(base)[0]}":
+            lines[:1] = _line(indent, "", base, "", symbols)  # a long first call: its arguments one per line
+        return lines
+    return [f"{indent}{'' if k == 0 else f'{op} '}{printer.text(c)[0]}" for k, (op, c) in enumerate(_clauses(value))]
+
+
+def _operand(value: Expr, prefix: str, printer: _Printer, indent: str, at_least: int = _IFEXP + 1) -> list[str]:
+    """A conditional's branch on its own line, itself broken where it is too long (a weak one keeps brackets)."""
+    if printer.text(value)[1] < at_least:
+        return [f"{indent}{prefix}{printer.wrapped(value, at_least)}"]
+    return _line(indent, prefix, value, "", printer.symbols)
+
+
+def _chain(value: Expr) -> list[Method | Index]:
+    """The links of a method chain, outermost first (`a.f().g()[0]`: the index, g, f), down to its base."""
+    links: list[Method | Index] = []
+    while isinstance(value, Method | Index):
+        links.append(value)
+        value = value.obj
+    return links
+
+
+def _links(value: Method | Index, printer: _Printer) -> list[str]:
+    """A method chain one call per line (`.unfold(..)` under its base); an index stays on the call before it."""
+    links = _chain(value)[::-1]
+    base = links[0].obj
+    lines = [printer.wrapped(base, ATOM)]
+    for link in links:
+        if isinstance(link, Method):
+            lines.append(f".{link.name}({printer.arguments(link.args, link.kwargs)})")
+        else:
+            lines[-1] += f"[{', '.join(printer.text(item)[0] for item in link.items)}]"
+    if isinstance(base, Name | Attr):  # `x.f()` reads better than `x` alone on a line
+        lines[:2] = [lines[0] + lines[1]]
+    return lines
 
 
 def _clauses(value: Expr) -> list[tuple[str, Expr]]:
@@ -231,11 +281,26 @@ def _operands(expr: BinOp) -> list[tuple[str, Expr]]:
 
 
 def _assign(op: Assign, symbols: Mapping[sympy.Symbol, str], indent: str) -> list[str]:
-    return _line(indent, f"{op.target} = ", op.value, _note(op.note), symbols)
+    lines = _noted(indent, f"{op.target} = ", op.value, op.note, symbols)
+    if len(lines[0]) > WIDTH and ", " in op.target:  # unpacked into many names: one target per line
+        targets = [f"{indent}    {target}," for target in op.target.split(", ")]
+        return [f"{indent}("] + targets + _line(indent, ") = ", op.value, _note(op.note), symbols)
+    return lines
 
 
 def _effect(op: Effect, symbols: Mapping[sympy.Symbol, str], indent: str) -> list[str]:
-    return _line(indent, "", op.value, _note(op.note), symbols)
+    return _noted(indent, "", op.value, op.note, symbols)
+
+
+def _noted(indent: str, prefix: str, value: Expr, note: str, symbols: Mapping[sympy.Symbol, str]) -> list[str]:
+    """A line with its note after it, or the note on a line of its own above it where the note alone would push the
+    line past the width."""
+    lines = _line(indent, prefix, value, _note(note), symbols)
+    if note and len(lines) == 1 and len(lines[0]) > WIDTH:
+        bare = _line(indent, prefix, value, "", symbols)
+        if len(bare) == 1 and len(bare[0]) <= WIDTH:
+            return [f"{indent}# {comment_text(note)}", *bare]
+    return lines
 
 
 def _branch(op: Branch, symbols: Mapping[sympy.Symbol, str], indent: str) -> list[str]:
@@ -253,11 +318,46 @@ def _branch(op: Branch, symbols: Mapping[sympy.Symbol, str], indent: str) -> lis
 
 
 def _return(op: Return, symbols: Mapping[sympy.Symbol, str], indent: str) -> list[str]:
-    return [f"{indent}return {expr_text(op.value, symbols)}"]
+    return _line(indent, "return ", op.value, "", symbols)
 
 
 def _comment(op: Comment, symbols: Mapping[sympy.Symbol, str], indent: str) -> list[str]:
-    return [f"{indent}# {comment_text(op.text)}"]
+    """The comment, wrapped at the width after a product's or a sum's operators (never inside a factor)."""
+    width, lines = WIDTH - len(indent) - 2, [""]
+    for piece in re.split(r"(?<= [*+]) ", comment_text(op.text)):
+        if lines[-1] and len(lines[-1]) + 1 + len(piece) > width:
+            lines.append(piece)
+        else:
+            lines[-1] = f"{lines[-1]} {piece}" if lines[-1] else piece
+    return [f"{indent}# {line}".rstrip() for line in lines]
+
+
+def _function(function: Function, symbols: Mapping[sympy.Symbol, str], indent: str) -> list[str]:
+    """Its decorators, `def name(params, *, keywords):`, the docstring and the ops (sized by its own symbols)."""
+    params = list(function.params)
+    first = len(params) - len(function.defaults)
+    params[first:] = [f"{name}={expr_text(d, {})}" for name, d in zip(params[first:], function.defaults, strict=True)]
+    keywords = [name if default is None else f"{name}={expr_text(default, {})}" for name, default in function.keywords]
+    if keywords:
+        params += ["*", *keywords]
+    lines = [f"{indent}@{decorator}" for decorator in function.decorators]
+    head = f"{indent}def {function.name}({', '.join(params)}):"
+    if len(head) > WIDTH:  # a function of many arguments: one parameter per line
+        lines += [f"{indent}def {function.name}(", *(f"{indent}    {param}," for param in params), f"{indent}):"]
+    else:
+        lines.append(head)
+    lines += [docstring(function.doc, indent + "    ")] if function.doc else []
+    for op in function.body:
+        lines += op_lines(op, function.symbols, indent + "    ")
+    return lines
+
+
+def _class(cls: ClassDef, symbols: Mapping[sympy.Symbol, str], indent: str) -> list[str]:
+    """`class name(bases):`, the docstring and each method after a blank line."""
+    lines = [f"{indent}class {cls.name}({', '.join(cls.bases)}):", docstring(cls.doc, indent + "    ")]
+    for function in cls.methods:
+        lines += ["", *_function(function, symbols, indent + "    ")]
+    return lines
 
 
 _OPS: dict[type, Callable[[Any, Mapping[sympy.Symbol, str], str], list[str]]] = {
@@ -266,79 +366,11 @@ _OPS: dict[type, Callable[[Any, Mapping[sympy.Symbol, str], str], list[str]]] = 
     Branch: _branch,
     Return: _return,
     Comment: _comment,
+    Function: _function,
+    ClassDef: _class,
 }
 
 
-def function_text(function: Function) -> str:
-    """`def name(params, *, keywords):`, the docstring and the ops."""
-    params = list(function.params)
-    keywords = [name if default is None else f"{name}={expr_text(default, {})}" for name, default in function.keywords]
-    if keywords:
-        params += ["*", *keywords]
-    head = f"def {function.name}({', '.join(params)}):"
-    if len(head) > WIDTH:  # a function of many arguments: one parameter per line
-        head = "\n".join([f"def {function.name}(", *(f"    {param}," for param in params), "):"])
-    lines = [head, docstring(function.doc, "    ")]
-    for op in function.body:
-        lines += op_lines(op, function.symbols)
-    return "\n".join(lines)
-
-
-def chooser_text(chooser: Chooser) -> str:
-    """The cached module-level function that picks the cheapest plan for the call-time sizes."""
-    names = {symbol: _parameter(symbol) for symbol in chooser.params}
-    costs = ", ".join(python_expr(cost, names) for cost in chooser.costs)
-    return "\n".join(
-        [
-            "@functools.lru_cache(maxsize=None)",
-            f"def {chooser.name}({', '.join(names.values())}):",
-            f'    """{chooser.doc}"""',
-            f"    costs = ({costs},)",
-            "    return costs.index(min(costs))",
-        ]
-    )
-
-
-def _parameter(symbol: sympy.Symbol) -> str:
-    return safe_identifier(str(symbol))
-
-
-def autograd_text(cls: AutogradClass) -> str:
-    """A torch.autograd.Function: the exact forward pass, and the VJPs in the backward pass. Its non-tensor arguments
-    (the generator, sizes, p or count) are kept on ctx by setup_context, so `apply` takes them by keyword too."""
-    params = ", ".join(cls.params)
-    extra = ["generator", *cls.sizes, *(name for name, _ in cls.rates)]
-    defaults = ["generator=None", *(f"{s}=None" for s in cls.sizes), *(f"{n}={expr_text(v, {})}" for n, v in cls.rates)]
-    usage = ["generator: a torch.Generator or None, for the draws."]
-    usage += [f"{', '.join(cls.sizes)}: the sizes {cls.forward} takes as keywords."] if cls.sizes else []
-    usage += [f"{', '.join(n for n, _ in cls.rates)}: passed on to {', '.join(cls.sampled)}."] if cls.rates else []
-    lines = [
-        f"class {cls.name}(torch.autograd.Function):",
-        f'    """{cls.forward} exactly in the forward pass; in the backward pass, the sampled VJPs',
-        f"    {', '.join(cls.sampled)} and exact VJPs for the other arguments.",
-        "",
-        f"    Use as {cls.name}.apply({params}, {', '.join(defaults)}).",
-        *(f"    {line}" for line in usage),
-        '    """',
-        "",
-        "    @staticmethod",
-        f"    def forward({params}, {', '.join(defaults)}):",
-        f"        return {cls.forward}({params}{''.join(f', {s}={s}' for s in cls.sizes)})",
-        "",
-        "    @staticmethod",
-        "    def setup_context(ctx, inputs, output):",
-        f"        {', '.join([*cls.params, *(f'ctx.{name}' for name in extra)])} = inputs",
-        f"        ctx.save_for_backward({params})",
-        "",
-        "    @staticmethod",
-        f"    def backward(ctx, {cls.grad}):",
-        f"        {params if len(cls.params) > 1 else f'({params},)'} = ctx.saved_tensors",
-    ]
-    for position, step in enumerate(cls.backward):
-        args = [expr_text(a, {}) for a in step.args] + [f"{k}={expr_text(v, {})}" for k, v in step.keywords]
-        lines.append(
-            f"        {step.result} = {step.function}({', '.join(args)}) if ctx.needs_input_grad[{position}] else None"
-        )
-    nones = ", None" * len(extra)  # no gradient for the generator, the sizes, p or count
-    lines.append(f"        return {', '.join(step.result for step in cls.backward)}{nones}")
-    return "\n".join(lines)
+def definition_text(definition: Function | ClassDef) -> str:
+    """A module-level function or class."""
+    return "\n".join(op_lines(definition, {}, ""))

@@ -26,6 +26,8 @@ from tncompiler.ir.values import (
 __all__ = [
     "Network",
     "Lowering",
+    "Step",
+    "Plan",
     "Argument",
     "Diagram",
     "Shared",
@@ -49,13 +51,36 @@ def index_node(name: str) -> tuple[str, str]:
     return ("index", name)
 
 
+@dataclass(frozen=True, order=True)
+class Step:
+    """Contract the operands with ids `operands` into a new operand with `legs` (id = number of earlier ids)."""
+
+    operands: tuple[int, ...]
+    legs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A contraction order (`order.plan_network`): pairwise steps in order, with each step's multiply-adds as a
+    product of the sizes. Costs stay products (monomials in the call-time sizes): their sum is the plan's cost."""
+
+    steps: tuple[Step, ...]
+    costs: tuple[sympy.Expr, ...]
+
+    @property
+    def flops(self) -> sympy.Expr:
+        return sympy.Add(*self.costs)
+
+
 @dataclass(frozen=True)
 class Lowering:
-    """What the lower pass decides about a term: the native kernel that computes it (None: a contraction), and the
-    term as the file wrote it, before simplify (the kernel may rather take that one)."""
+    """What the lower pass decides about a term: the native kernel that computes it (None: a contraction), the term
+    as the file wrote it, before simplify (the kernel may rather take that one), and a contraction's plans (every
+    distinct order over the size regimes, cheapest first), found once by lowering and read by the schedule."""
 
     native: NativeConv | None = None
     as_written: Network | None = None
+    plans: tuple[Plan, ...] = ()
 
 
 class Network:

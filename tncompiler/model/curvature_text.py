@@ -39,11 +39,11 @@ from typing import Literal
 import sympy
 
 from tncompiler.api import build_program
+from tncompiler.cost import evaluate
 from tncompiler.driver import Compilation
 from tncompiler.explain import costed_ops
 from tncompiler.model.cache import load_compiled
 from tncompiler.model.layers import LayerSpec, _comment, transpose_padding
-from tncompiler.order import evaluate
 
 __all__ = [
     "CurvatureLayout",

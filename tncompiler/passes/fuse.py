@@ -7,10 +7,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from tncompiler.cost import WITHOUT_RULES, Regimes, evaluate, lowered_cost, symbols_of
 from tncompiler.ir.network import Network
 from tncompiler.ir.values import Factor, Fused, GatherOp, is_kept
-from tncompiler.order import WITHOUT_RULES, Regimes, evaluate, symbols_of
-from tncompiler.passes.lower import lowered_cost
 from tncompiler.rewrite import Rewrite, Rule, fixpoint
 
 __all__ = ["fuse_network", "MAX_FUSED_ENTRIES"]
@@ -62,11 +61,6 @@ def _groups(net: Network) -> list[_Group]:
     return groups
 
 
-def _cost(net: Network, regimes: Regimes) -> float:
-    """Work per call after lowering (window views are free), at the middle size regime."""
-    return lowered_cost(net, regimes)
-
-
 def _entries(net: Network, legs: tuple[str, ...], regimes: Regimes) -> int | None:
     """Entries over these legs; a size known only at call time counts at the middle regime (a fused constant over
     it is built once per call-time shape), a sampled one makes the group unfusable."""
@@ -103,8 +97,8 @@ def fuse_group(net: Network, position: int, regimes: Regimes) -> Rewrite[Network
             factors, net.outputs, {k: v for k, v in net.sizes.items() if k in kept}, net.coefficient, net.lowering
         )
         if not _shrinks(net, parts, entries, regimes):
-            base = _cost(net, regimes) if base is None else base
-            if _cost(candidate, regimes) >= base:
+            base = lowered_cost(net, regimes) if base is None else base  # window views are free
+            if lowered_cost(candidate, regimes) >= base:
                 continue
         described = " * ".join(f"{f.name or f.kind}({', '.join(f.legs)})" for f in parts)
         return Rewrite(candidate, f"fuse: {described} -> one constant over ({', '.join(group.legs)}), built once")

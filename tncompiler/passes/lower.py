@@ -5,10 +5,12 @@ instead of a product with a dense one-hot tensor."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
 import sympy
 
+from tncompiler.cost import WITHOUT_RULES, Regimes, kernel_wins, masks_sampled
 from tncompiler.ir.network import Diagram, Lowering, Network
 from tncompiler.ir.values import (
     ConvPattern,
@@ -24,11 +26,11 @@ from tncompiler.ir.values import (
     WindowOp,
     is_kept,
 )
-from tncompiler.order import WITHOUT_RULES, Regimes, evaluate, plan_network, symbols_of
+from tncompiler.order import plan_network
 from tncompiler.passes.simplify import factor_kinds
 from tncompiler.rewrite import Rewrite, Rule, fixpoint
 
-__all__ = ["NativeConv", "folded_bias", "lower_network", "lowered_cost", "match_native", "native_flops"]
+__all__ = ["NativeConv", "folded_bias", "lower_network", "match_native", "planned"]
 
 _ROLE_OF_OPEN_LEG = {0: "transpose", 1: "forward", 2: "weight"}  # which pattern leg (i, o, k) is open
 
@@ -66,14 +68,8 @@ def match_native(net: Network) -> NativeConv | None:
         # sampled positions, but nothing guards empty channels.
         if match is not None and sampled <= set(match.batch) | gathered:
             kept = tuple(sorted(gathered))
-            return replace(match, masked=kept) if _depthwise(net, match) else replace(match, tiled=kept)
+            return replace(match, masked=kept) if masks_sampled(net, match) else replace(match, tiled=kept)
     return None
-
-
-def _depthwise(net: Network, m: NativeConv) -> bool:
-    """A depthwise weight gradient is memory-bound, and PyTorch's depthwise kernel is slow at stride K (2.4x per
-    row measured on MobileNetV2's layers): grad_y's dropped rows are zeroed instead of the kept windows tiled."""
-    return m.role == "weight" and bool(m.groups) and all(net.size(leg) == 1 for leg in m.data_channels)
 
 
 # For each role: which pattern legs (by position i=0, o=1, k=2) the data tensor and the other tensor carry.
@@ -163,14 +159,23 @@ def _only_gathers_on_o(factor: Factor) -> bool:
     return factor.view is None or all(isinstance(op, GatherOp) and op.axis == 1 for op in factor.view.ops)
 
 
-def lower_network(net: Network, regimes: Regimes = WITHOUT_RULES) -> tuple[Network, list[str]]:
+def lower_network(
+    net: Network, regimes: Regimes = WITHOUT_RULES, expected: Mapping[sympy.Symbol, int] | None = None
+) -> tuple[Network, list[str]]:
     """The term on a native kernel where it is one (the file's term or the rewritten one, by the cost model), else
-    with its patterns turned into window views by the rules."""
+    with its patterns turned into window views by the rules and its contraction planned (`expected`: sampled sizes
+    at their expected value), the plans kept on its `Lowering` for the schedule."""
     kernel = _kernel(net, regimes)
     if kernel is not None:
         return kernel
     lowered, done = fixpoint(net, RULES, factor_kinds, regimes)
-    return lowered, [step.note for step in done]
+    return planned(lowered, expected, regimes), [step.note for step in done]
+
+
+def planned(net: Network, expected: Mapping[sympy.Symbol, int] | None, regimes: Regimes) -> Network:
+    """The network with its plans on its `Lowering` (every distinct order over the regimes, cheapest first)."""
+    lowering = replace(net.lowering, plans=plan_network(net, expected, regimes))
+    return Network(net.factors, net.outputs, net.sizes, net.coefficient, lowering)
 
 
 def _kernel(net: Network, regimes: Regimes) -> tuple[Network, list[str]] | None:
@@ -178,7 +183,7 @@ def _kernel(net: Network, regimes: Regimes) -> tuple[Network, list[str]] | None:
     written = net.lowering.as_written
     if isinstance(written, Network):
         written_native = match_native(written)
-        if written_native is not None and _kernel_wins(net, native, written, written_native, regimes):
+        if written_native is not None and kernel_wins(net, native, written, written_native, regimes):
             note = f"lower: {_text(written)} -> {written_native.describe()} (the kernel beats the rewritten network)"
             return with_native(written, written_native), [note]
     if native is not None:
@@ -207,77 +212,12 @@ RULES: tuple[Rule[Network, Regimes], ...] = (
 )
 
 
-def _kernel_wins(
-    rewritten: Network, native: NativeConv | None, written: Network, kernel: NativeConv, regimes: Regimes
-) -> bool:
-    """The cost model between the kernel on the term as written and the rewritten term (`native`: its own kernel,
-    if it is one). Two kernels: the file's layout needs no permuted copies, so it wins unless the rewrite does less
-    work (a slice that drops windows). Otherwise the kernel wins: one call of PyTorch's, where the rewritten
-    convolution, weight gradient or transpose convolution (patchify: reshapes and a matrix product) copies its
-    operands for the product as well; but not on sampled positions where the rewrite needs no constant (a 1x1
-    kernel: a strided slice, a gather and a product, measured faster than the kernel on gathered windows), nor for
-    a 1x1 kernel's weight gradient per example (a strided slice and one batched product)."""
-    if set(rewritten.outputs) - set(written.outputs):
-        return False  # an open leg split: the result is laid out otherwise (a unit leg that went is broadcast)
-    if native is not None:
-        return not _fewer(native_flops(rewritten, native), native_flops(written, kernel), regimes)
-    if kernel.tiled or _per_example_products(written, kernel):
-        return any(f.kind in ("pattern", "select", "delta", "fused") for f in rewritten.factors)
-    return True
-
-
-def _per_example_products(net: Network, kernel: NativeConv) -> bool:
-    """A weight gradient of a 1x1 kernel kept per example (J of the GGN diagonal: nothing summed but positions, the
-    batch on the groups): one matrix product per example, which PyTorch's kernel runs as a convolution of batch 1
-    over n groups, where the rewritten network (a strided slice and a batched matrix product) is one bmm."""
-    sizes = [
-        f.pattern.kernel_size for f in (net.factors[k] for k in kernel.patterns) if isinstance(f.pattern, ConvPattern)
-    ]
-    return (
-        kernel.role == "weight"
-        and not kernel.batch
-        and all(size == 1 for size in sizes)
-        and any(net.size(leg) != 1 for leg in kernel.groups)
-    )
-
-
-def _fewer(a: sympy.Expr, b: sympy.Expr, regimes: Regimes) -> bool:
-    """a < b at the middle regime of every call-time size."""
-    at = regimes.middle(symbols_of(a, b))
-    return evaluate(a, at) < evaluate(b, at)
-
-
 def with_native(net: Network, native: NativeConv) -> Network:
     return Network(net.factors, net.outputs, net.sizes, net.coefficient, Lowering(native=native))
 
 
 def _text(net: Network) -> str:
     return " * ".join(f"{f.name or f.kind}" for f in net.factors)
-
-
-def native_flops(term: Network, native: NativeConv) -> sympy.Expr:
-    """Multiply-adds of a direct convolution (all three kinds): every leg but the pattern's i legs, multiplied. A
-    sampled leg that is masked rather than tiled costs its full size: the kernel runs over every position."""
-    legs = set().union(*(term.factors[k].legs for k in (native.data, native.other, *native.patterns)))
-    inputs = {term.factors[k].legs[0] for k in native.patterns}
-    full = {
-        f.legs[1]: f.pattern.out_size
-        for f in (term.factors[k] for k in native.patterns)
-        if isinstance(f.pattern, ConvPattern) and f.legs[1] in native.masked
-    }
-    return sympy.Mul(*[full.get(leg, term.size(leg)) for leg in sorted(legs - inputs)])
-
-
-def lowered_cost(net: Network, regimes: Regimes) -> float:
-    """Multiply-adds per call once lowered (native kernel, or window views and the cheapest order), at the middle
-    regime of the call-time sizes."""
-    lowered, _ = lower_network(net, regimes)
-    native = lowered.lowering.native
-    if isinstance(native, NativeConv):
-        flops = native_flops(lowered, native)
-    else:
-        flops = plan_network(lowered, regimes=regimes)[0].flops
-    return float(evaluate(flops, regimes.middle(symbols_of(flops))))
 
 
 # -- the bias a kernel adds itself -----------------------------------------------------------------------------------

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from tncompiler.cost import Regimes, expected_sizes
 from tncompiler.ir.network import Diagram, Lowering, Network, Shared
 from tncompiler.ir.values import Layout
-from tncompiler.order import Regimes
 from tncompiler.passes.fuse import fuse_network
-from tncompiler.passes.lower import lower_network, match_native
+from tncompiler.passes.lower import lower_network, match_native, planned
 from tncompiler.passes.share import share_common
 from tncompiler.passes.simplify import simplify_network
 
@@ -82,6 +82,20 @@ def per_term(
     return diagram_pass
 
 
+def lower(diagram: Diagram, lint: bool) -> tuple[Diagram, tuple[str, ...]]:
+    """Lowering, the last pass: it keeps each contraction's plans, priced with sampled sizes at their expected
+    value, on the network for the schedule."""
+    expected = expected_sizes(diagram.samplers)
+    return per_term(lambda term, regimes: lower_network(term, regimes, expected))(diagram, lint)
+
+
+def _with_plans(diagram: Diagram) -> Diagram:
+    """The diagram as written with each network's plans (no pass runs: the schedule reads them here)."""
+    expected, regimes = expected_sizes(diagram.samplers), Regimes(diagram.size_rules)
+    shared = tuple(Shared(s.name, planned(s.network, expected, regimes)) for s in diagram.shared)
+    return replace(diagram, shared=shared, terms=tuple(planned(t, expected, regimes) for t in diagram.terms))
+
+
 def _split_layout(layout: Layout, splits: dict[str, tuple[str, ...]]) -> Layout:
     """Replace each split open leg by its parts, in place, within its axis."""
     return Layout(tuple(tuple(part for leg in axis for part in splits.get(leg, (leg,))) for axis in layout.axes))
@@ -93,19 +107,15 @@ PIPELINE: tuple[Pass, ...] = (
     Pass(
         "fuse", "groups of constants are contracted once, where that lowers the work per call", per_term(fuse_network)
     ),
-    Pass(
-        "lower",
-        "convolutions go to PyTorch's kernels; other patterns become strided window views",
-        per_term(lower_network),
-    ),
+    Pass("lower", "convolutions go to PyTorch's kernels; other patterns become strided window views", lower),
 )
 
 
 def run_pipeline(diagram: Diagram, rewrite: bool = True, lint: bool = False) -> list[Stage]:
-    """The diagram as built, then after each pass (only `built` when rewriting is off)."""
-    stages = [Stage("built", diagram, ())]
+    """The diagram as built, then after each pass (only `built`, with its plans, when rewriting is off)."""
     if not rewrite:
-        return stages
+        return [Stage("built", _with_plans(diagram), ())]
+    stages = [Stage("built", diagram, ())]
     for step in PIPELINE:
         current, changes = step.run(stages[-1].diagram, lint)
         if lint:

@@ -17,10 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
+from tncompiler.cost import Regimes, lowered_cost
 from tncompiler.ir.network import Diagram, Network, Shared
 from tncompiler.ir.values import Factor
-from tncompiler.order import Regimes
-from tncompiler.passes.lower import lowered_cost
 
 __all__ = ["share_common"]
 
@@ -59,10 +58,12 @@ def _cheaper_copies(term: Network, regimes: Regimes) -> _Copies | None:
     term that is a kernel as written is left to lowering."""
     if term.lowering.as_written is not None or len(term.factors) > SHARE_UP_TO:
         return None
+    whole: float | None = None  # the term's own cost, found when first needed
     for found in _all_copies(term):
         sub = _sub_network(term, found.half)
         rest = _replaced(term, found, "_", sub.outputs)
-        if lowered_cost(sub, regimes) + lowered_cost(rest, regimes) <= lowered_cost(term, regimes):
+        whole = lowered_cost(term, regimes) if whole is None else whole
+        if lowered_cost(sub, regimes) + lowered_cost(rest, regimes) <= whole:
             return found
     return None
 

@@ -1,6 +1,7 @@
 """The schedule pass: one function's ops from its optimised diagram. Every decision about the generated code is
 made here (checks, bindings, draws, kernels and their bias, contraction forms and orders, scaling, the sum of the
-terms); the peephole rules then tidy the ops and the printer writes them."""
+terms), and what each op allocates (`Assign.entries`, `scratch`, which the memory guard sums); the peephole rules
+then tidy the ops and the printer writes them."""
 
 from __future__ import annotations
 
@@ -17,11 +18,10 @@ from tncompiler.schedule.context import Context
 from tncompiler.schedule.contract import contract_term, scale
 from tncompiler.schedule.kernels import kernel_term, output_axes
 from tncompiler.schedule.names import ModuleNames
-from tncompiler.schedule.operands import LegNames, Operands
+from tncompiler.schedule.operands import LegNames, Operands, entries_of
 from tncompiler.schedule.ops import (
     Assign,
     BinOp,
-    Chooser,
     Comment,
     Expr,
     Function,
@@ -56,7 +56,7 @@ class _Scheduler:
         self.name = module.functions[diagram.name]
         self.ctx = Context(diagram, binding, self.name, module.taken())
         self.operands = Operands(self.ctx)
-        self.choosers: list[Chooser] = []
+        self.choosers: list[Function] = []
 
     def function(self) -> Function:
         ctx = self.ctx
@@ -169,7 +169,8 @@ class _Scheduler:
         if not fresh and not any(f.kind in ("input", "shared") for f in term.factors):
             # a term of constants alone (a pattern, a selection) may be the cached constant or a view of it: the
             # caller gets a copy, which it may change without changing every later result
-            ctx.emit(Assign(var, method(Name(var), "clone"), "view", "not the cached constant itself", True))
+            value, copy = method(Name(var), "clone"), entries_of(term.size(leg) for leg in target)
+            ctx.emit(Assign(var, value, "view", "not the cached constant itself", True, entries=copy))
         return var, Layout(tuple((leg,) for leg in target))
 
     def _assemble(self, results: list[tuple[Network, str, Layout]]) -> None:
@@ -178,21 +179,36 @@ class _Scheduler:
         if not results:
             ctx.emit(Comment("no term depends on the argument: the result is zero"))
             zeros = call("torch.zeros", Tuple(self._grouped()), device=Name("device"), dtype=Name("dtype"))
-            ctx.emit(Return(zeros))
+            ctx.emit(Return(zeros, entries=self._entries()))
             return
         if len(results) == 1 and self._as_laid_out(*results[0][1:]):
             return
         result = self._sum([self._flat(term, var, held, len(results) > 1) for term, var, held in results])
         legs, full = diagram.layout.legs, [SizeOf(diagram.sizes[leg]) for leg in diagram.layout.legs]
         covered = set().union(*(term.outputs for term, _, _ in results))
+        strided = Name(result) in self.operands.strided
         if covered != set(legs):
             if len(results) == 1:
                 shape = [s if leg in covered else SizeOf(1) for leg, s in zip(legs, full)]
                 ctx.emit(Assign(result, method(Name(result), "reshape", *shape), "view"))
             ctx.emit(Assign(result, method(Name(result), "expand", *full), "view"))
+            strided = True  # an expanded view
         if any(len(axis) != 1 for axis in diagram.layout.axes):
-            ctx.emit(Assign(result, method(Name(result), "reshape", *self._grouped()), "view", diagram.layout.text()))
+            self._regroup(result, strided)
         ctx.emit(Return(Name(result)))
+
+    def _regroup(self, var: str, strided: bool) -> None:
+        """The result's axes grouped as the file writes them: a reshape, which copies a strided view where it merges
+        axes (of more than one entry)."""
+        sizes = self.diagram.sizes
+        merges = any(sum(sizes[leg] != 1 for leg in axis) > 1 for axis in self.diagram.layout.axes)
+        value = method(Name(var), "reshape", *self._grouped())
+        copy = self._entries() if strided and merges else None
+        self.ctx.emit(Assign(var, value, "view", self.diagram.layout.text(), entries=copy))
+
+    def _entries(self) -> sympy.Expr:
+        """The entries of the function's result."""
+        return entries_of(self.diagram.sizes[leg] for leg in self.diagram.layout.legs)
 
     def _as_laid_out(self, var: str, held: Layout) -> bool:
         """The one term's result returned as it is, or after one reshape, where it holds the file's result in order:
@@ -206,7 +222,7 @@ class _Scheduler:
         if wide(held.legs) != wide(layout.legs):
             return False
         if [wide(axis) for axis in held.axes] != [wide(axis) for axis in layout.axes]:
-            ctx.emit(Assign(var, method(Name(var), "reshape", *self._grouped()), "view", layout.text()))
+            self._regroup(var, Name(var) in self.operands.strided)
         ctx.emit(Return(Name(var)))
         return True
 
@@ -232,11 +248,15 @@ class _Scheduler:
         compile)."""
         if len(names) == 1:
             return names[0].id
-        result = self.ctx.var("result")
+        result, full = self.ctx.var("result"), self._entries()
         for start in range(0, len(names), TERMS_PER_LINE):
-            chunk = _sum(names[start : start + TERMS_PER_LINE])
-            value = chunk if start == 0 else BinOp("+", Name(result), chunk)
-            self.ctx.emit(Assign(result, value, "sum", "", True))
+            chunk = names[start : start + TERMS_PER_LINE]
+            if start == 0:  # term1 + term2 (+ ...): one temporary past two terms
+                brief = full if len(chunk) > 2 else None
+                self.ctx.emit(Assign(result, _sum(chunk), "sum", "", True, entries=full, scratch=brief))
+            else:  # the chunk's sum and the new result, while the old one lives
+                brief = full * (2 if len(chunk) > 1 else 1)
+                self.ctx.emit(Assign(result, BinOp("+", Name(result), _sum(chunk)), "sum", "", True, scratch=brief))
         return result
 
     # -- the docstring ---------------------------------------------------------------------------------------

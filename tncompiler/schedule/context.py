@@ -8,10 +8,10 @@ from contextlib import contextmanager
 import sympy
 
 from tncompiler.binding import Binding
+from tncompiler.cost import Regimes, expected_sizes
 from tncompiler.ir.network import Diagram
-from tncompiler.order import Regimes
 from tncompiler.schedule.names import Namespace, check_keywords, sampler_keywords, sampling_keywords
-from tncompiler.schedule.ops import Assign, Expr, Name, Op, OpKind, SizeOf
+from tncompiler.schedule.ops import Assign, Entries, Expr, Name, Op, OpKind, SizeOf
 
 __all__ = ["Context"]
 
@@ -23,6 +23,7 @@ class Context:
     def __init__(self, diagram: Diagram, binding: Binding, name: str, module: set[str]) -> None:
         self.diagram, self.binding, self.name = diagram, binding, name
         self.regimes = Regimes(diagram.size_rules)
+        self.expected = expected_sizes(diagram.samplers)
         self.namespace = Namespace(
             {"functools", "device", "dtype"}, frozenset(module)
         )  # locals every function may have
@@ -52,10 +53,12 @@ class Context:
     def emit(self, op: Op) -> None:
         self.ops.append(op)
 
-    def assign(self, candidate: str, value: Expr, kind: OpKind, note: str = "", fresh: bool = False) -> Name:
-        """A new variable holding `value`."""
+    def assign(
+        self, candidate: str, value: Expr, kind: OpKind, note: str = "", fresh: bool = False, entries: Entries = None
+    ) -> Name:
+        """A new variable holding `value` (`entries`: of the new storage it makes, where it copies)."""
         target = self.var(candidate)
-        self.emit(Assign(target, value, kind, note, fresh))
+        self.emit(Assign(target, value, kind, note, fresh, entries=entries))
         return Name(target)
 
     def size(self, size: sympy.Expr | int) -> SizeOf:

@@ -1,5 +1,6 @@
 """A term that is not a kernel: its contraction order (or several, chosen at call time by their cost), each
-pairwise step as a tensordot, an einsum, a plain sum, a Gram product or window sums, and the term's coefficient."""
+pairwise step as a tensordot, an einsum, a plain sum, a Gram product or window sums, and the term's coefficient.
+Each step's op says what it allocates (`_allocates`): its result, the operands a GEMM lays out, `.sum` temporaries."""
 
 from __future__ import annotations
 
@@ -7,25 +8,28 @@ import math
 
 import sympy
 
-from tncompiler.ir.network import Network
-from tncompiler.ir.values import kept_symbol
-from tncompiler.order import Plan, Step, evaluate, plan_network, summed_runs, symbols_of
+from tncompiler.cost import evaluate, symbols_of
+from tncompiler.ir.network import Network, Plan, Step
+from tncompiler.ir.values import Size
+from tncompiler.order import summed_runs
 from tncompiler.schedule.context import Context
-from tncompiler.schedule.operands import LegNames, Operands, einsum
+from tncompiler.schedule.names import safe_identifier
+from tncompiler.schedule.operands import LegNames, Operands, einsum, entries_of
 from tncompiler.schedule.ops import (
     Assign,
     Attr,
     BinOp,
     Branch,
     Call,
-    Chooser,
     Effect,
     Expr,
+    Function,
     IfExp,
     Lit,
     Method,
     Name,
     Op,
+    Return,
     SizeOf,
     Tuple,
     Unary,
@@ -39,14 +43,12 @@ __all__ = ["contract_term", "pairwise", "scale", "step_kind", "tensordot_dims"]
 
 def contract_term(
     ctx: Context, operands: Operands, position: int | str, term: Network, target: tuple[str, ...], var: str
-) -> tuple[Chooser | None, bool]:
+) -> tuple[Function | None, bool]:
     """Ops computing `term` (the diagram's term at `position`, or the shared sub-network of that name) into `var`,
     laid out as `target`; the plan chooser (if the order depends on the call-time sizes) and whether `var` is new
     storage."""
-    expected = {
-        kept_symbol(s.index): max(1, round(s.p * int(s.size))) for s in ctx.diagram.samplers if isinstance(s.size, int)
-    }
-    plans = plan_network(term, expected, ctx.regimes)
+    expected = ctx.expected
+    plans = term.lowering.plans  # found once, by lowering (passes/lower.py)
     summed = window_sum_factors(term, plans)  # applied as window sums: no constant to build
     unmerged = _unmerged(operands, term, plans, target, summed)
     starts = [
@@ -58,7 +60,7 @@ def contract_term(
     if len(plans) == 1:
         return None, scale(ctx, term, var, *_contract(ctx, term, plans[0], starts, held, target, var, operands))
     chooser = _chooser(ctx, position, plans, expected)
-    picked = call(chooser.name, *(Name(ctx.symbols[s]) for s in chooser.params))
+    picked = call(chooser.name, *(Name(ctx.symbols[s]) for s in chooser.symbols))
     arms: list[tuple[Expr | None, tuple[Op, ...]]] = []
     notes, all_fresh = [], True
     for k, plan in enumerate(plans):
@@ -72,17 +74,24 @@ def contract_term(
     return chooser, all_fresh
 
 
-def _chooser(ctx: Context, position: int | str, plans: tuple[Plan, ...], expected: dict[sympy.Symbol, int]) -> Chooser:
+def _chooser(ctx: Context, position: int | str, plans: tuple[Plan, ...], expected: dict[sympy.Symbol, int]) -> Function:
     """A cached module-level function that picks the cheapest plan for the call-time sizes. Sampled sizes count at
     their expected value, so that the choice never depends on the data (torch.compile can trace it)."""
     costs = tuple(sympy.sympify(p.flops).subs(expected) for p in plans)
-    params = tuple(sorted(set().union(*(c.free_symbols for c in costs)), key=str))
+    params = sorted(set().union(*(c.free_symbols for c in costs)), key=str)
     name, what = (
         (f"_{ctx.name}_plan{position + 1}", f"term {position + 1}")
         if isinstance(position, int)
         else (f"_{ctx.name}_{position}_plan", position)
     )
-    return Chooser(name, params, costs, f"The cheapest order for {ctx.name} {what}, chosen once per shape.")
+    symbols = {symbol: safe_identifier(str(symbol)) for symbol in params}
+    body = (
+        Assign("costs", Tuple(tuple(SizeOf(cost) for cost in costs)), "contract"),
+        Return(method(Name("costs"), "index", call("min", Name("costs")))),
+    )
+    doc = f"The cheapest order for {ctx.name} {what}, chosen once per shape."
+    cached = "functools.lru_cache(maxsize=None)"
+    return Function(name, tuple(symbols.values()), (), doc, body, symbols, decorators=(cached,))
 
 
 def _contract(
@@ -98,6 +107,7 @@ def _contract(
     """The plan's steps from the factors' tensors `starts` (made by `source`), whose axes hold the legs `held`;
     whether the result is new storage, and whether it carries the coefficient already."""
     names, legs, shown = list(starts), list(held), source.shown(term)
+    sizes = _sizes(term, starts, held, source)
     fresh = scaled = False
     done: dict[Expr, Name] = {}  # a step equal to an earlier one (the two copies of x in KFAC) reuses its result
     consumed: set[int] = set()
@@ -123,9 +133,12 @@ def _contract(
         if not gram:
             read = [term.factors[i].legs if i < len(term.factors) else legs[i] for i in step.operands]
             cost = sympy.Mul(*[term.size(leg) for leg in sorted(set().union(*read))])
-            entries = sympy.Mul(*[term.size(leg) for leg in result_legs])
+            wide = [names[i] in source.strided for i in step.operands]
+            entries, scratch, strided = _allocates([legs[i] for i in step.operands], wide, result_legs, sizes)
             new = len(step.operands) == 2
-            ctx.emit(Assign(result, value, "contract", shown.text(result_legs), new, cost, entries))
+            ctx.emit(Assign(result, value, "contract", shown.text(result_legs), new, cost, entries, scratch=scratch))
+            if strided:
+                source.strided.add(Name(result))
         fresh = True if gram else len(step.operands) == 2
         if fresh:
             made.add(Name(result))
@@ -133,8 +146,69 @@ def _contract(
         names.append(Name(result))
         legs.append(result_legs)
     if not plan.steps:
-        return _single(ctx, source.shown(term), starts, held, target, var), False
+        return _single(ctx, source, term, starts, held, target, var, sizes), False
     return fresh, scaled
+
+
+def _sizes(term: Network, starts: list[Expr], held: list[tuple[str, ...]], source: Operands) -> dict[str, Size]:
+    """The size of every leg a step reads: the term's, and those of the legs that an unmerged view holds apart."""
+    sizes = dict(term.sizes)
+    for start, legs in zip(starts, held, strict=True):
+        shape = source.shapes.get(start, ())
+        if len(shape) == len(legs):
+            for leg, size in zip(legs, shape, strict=True):
+                sizes.setdefault(leg, size)
+    return sizes
+
+
+def _allocates(
+    legs: list[tuple[str, ...]], strided: list[bool], result: tuple[str, ...], sizes: dict[str, Size]
+) -> tuple[sympy.Expr | None, sympy.Expr, bool]:
+    """What a step's op allocates as PyTorch runs it, from its operands' legs and whether each is a strided view:
+    the entries of its result (None for a view), the entries it copies for itself while it runs, and whether its
+    result is a strided view (which a later GEMM or merge copies)."""
+
+    def count(of: tuple[str, ...]) -> sympy.Expr:
+        return entries_of(sizes[leg] for leg in of)
+
+    none = sympy.Integer(0)
+    if len(legs) == 1:
+        (a,) = legs
+        if set(a) == set(result):  # the same legs, or a permutation: a view
+            return None, none, strided[0] or a != result
+        if _is_sum(a, result):  # one .sum per run of summed axes (order.summed_runs): each but the last leaves one
+            scratch, left = none, count(a)
+            for run in summed_runs(a, result)[:-1]:
+                left = left / count(tuple(a[axis] for axis in run))
+                scratch += left
+            return count(result), scratch, False
+        return count(result), none, False  # a one-operand einsum that sums
+    a, b = legs
+    if a == b and len(set(a)) == len(a):  # a product, then a sum (x ⊙ x, J ⊙ J)
+        kept = tuple(leg for leg in a if leg in result)
+        return count(result), count(a) if set(result) != set(a) else none, kept != result
+    # torch.tensordot and torch.einsum lay an operand out as a matrix (a batch of them) where it is not one already
+    pairs = ((a, b, strided[0]), (b, a, strided[1]))
+    copies = [count(t) for t, other, view in pairs if view or _copied(t, other, result)]
+    batch = tuple(leg for leg in a if leg in b and leg in result)
+    natural = batch + tuple(leg for leg in a if leg not in b) + tuple(leg for leg in b if leg not in a)
+    return count(result), sympy.Add(*copies), natural != result
+
+
+def _copied(t: tuple[str, ...], other: tuple[str, ...], result: tuple[str, ...]) -> bool:
+    """Whether torch.tensordot / torch.einsum copy a (dense) operand on legs `t` to make it a matrix (or a batch of
+    matrices): where its legs are not [batch..., free..., summed...] or [batch..., summed..., free...], or where it
+    has legs of its own to sum first."""
+    kinds: list[str] = []
+    for leg in t:
+        kind = ("batch" if leg in result else "summed") if leg in other else ("free" if leg in result else "own")
+        if not kinds or kinds[-1] != kind:
+            kinds.append(kind)
+    if "own" in kinds:
+        return True
+    while kinds and kinds[0] == "batch":
+        kinds.pop(0)
+    return "batch" in kinds or len(kinds) > 2
 
 
 def _unmerged(
@@ -199,20 +273,28 @@ def _owned(
 
 def _single(
     ctx: Context,
-    shown: LegNames,
+    source: Operands,
+    term: Network,
     starts: list[Expr],
     held: list[tuple[str, ...]],
     target: tuple[str, ...],
     var: str,
+    sizes: dict[str, Size],
 ) -> bool:
     if not starts:
-        ctx.emit(Assign(var, call("torch.ones", Tuple(()), device=Name("device"), dtype=Name("dtype")), "constant"))
+        ones = call("torch.ones", Tuple(()), device=Name("device"), dtype=Name("dtype"))
+        ctx.emit(Assign(var, ones, "constant", entries=1))
         return True
     if held[0] == target:
         ctx.emit(Assign(var, starts[0], "view"))
+        if starts[0] in source.strided:
+            source.strided.add(Name(var))
         return False
     value = pairwise([starts[0]], [held[0]], target)  # a plain sum, or an einsum that permutes
-    ctx.emit(Assign(var, value, "contract", shown.text(target)))
+    entries, scratch, strided = _allocates([held[0]], [starts[0] in source.strided], target, sizes)
+    ctx.emit(Assign(var, value, "contract", source.shown(term).text(target), entries=entries, scratch=scratch))
+    if strided:
+        source.strided.add(Name(var))
     return _is_sum(held[0], target)  # a sum is new storage; a one-operand einsum may return a view
 
 
@@ -221,12 +303,13 @@ def scale(ctx: Context, term: Network, var: str, fresh: bool, scaled: bool) -> b
     coefficient = term.coefficient
     if coefficient == 1 or scaled:
         return fresh
+    entries = entries_of(term.size(leg) for leg in term.outputs)  # a new tensor, but in place
     if coefficient == -1:
-        ctx.emit(Assign(var, Unary("-", Name(var)), "scale"))
+        ctx.emit(Assign(var, Unary("-", Name(var)), "scale", entries=entries))
     elif fresh:
         ctx.emit(Effect(method(Name(var), "mul_", SizeOf(coefficient)), "scale"))
     else:
-        ctx.emit(Assign(var, BinOp("*", Name(var), SizeOf(coefficient)), "scale"))
+        ctx.emit(Assign(var, BinOp("*", Name(var), SizeOf(coefficient)), "scale", entries=entries))
     return True
 
 
@@ -302,7 +385,8 @@ def _gram(
     )  # fmt: skip
     if batch:  # bmm copies a batch of strided matrices one matrix at a time: lay a real batch out densely once
         laid = method(laid, "contiguous")
-    rows = ctx.assign(f"{var}_rows", laid, "view", "laid out once")
+    copied = None if laid == names[0] else entries_of(term.size(leg) for leg in a)
+    rows = ctx.assign(f"{var}_rows", laid, "view", "laid out once", entries=copied)
     middle = ctx.regimes.middle(symbols_of(*[term.size(leg) for leg in a]))
     smaller = math.prod(evaluate(term.size(a[j]), middle) for j in summed) < math.prod(
         evaluate(term.size(a[j]), middle) for j in free
@@ -318,7 +402,8 @@ def _gram(
         value = method(value, "permute", *(Lit(order.index(leg)) for leg in result))
     cost = sympy.Mul(*[term.size(leg) for leg in sorted(set(a) | set(b))])
     entries = sympy.Mul(*[term.size(leg) for leg in result])
-    ctx.emit(Assign(var, value, "contract", shown.text(result), True, cost, entries))
+    scaled = entries_of(term.size(leg) for leg in a) if scale else None  # the operand times the coefficient
+    ctx.emit(Assign(var, value, "contract", shown.text(result), True, cost, entries, scratch=scaled))
     return "scaled" if scale else "made"
 
 

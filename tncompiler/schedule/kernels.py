@@ -1,6 +1,7 @@
 """Terms lowered to PyTorch's convolution kernels (F.conv*d, F.conv_transpose*d, torch.nn.grad.conv*d_weight),
 called as a person would: operands arranged only where their layout needs it, the bias passed to the kernel,
-keyword arguments, defaults left out. Sampled output positions run the kernel on the kept windows."""
+keyword arguments, defaults left out. Sampled output positions run the kernel on the kept windows. Each op says
+what it allocates: the output, an operand laid out, padded or gathered, the input the CPU kernels unfold."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ from dataclasses import replace
 
 import sympy
 
+from tncompiler.cost import native_flops
 from tncompiler.ir.network import Network
 from tncompiler.ir.values import ConvPattern, GatherOp, Layout, NativeConv, Size
-from tncompiler.passes.lower import native_flops
 from tncompiler.schedule.context import Context
-from tncompiler.schedule.operands import Operands, pad
+from tncompiler.schedule.operands import Operands, entries_of, pad
 from tncompiler.schedule.ops import (
     Assign,
     Attr,
@@ -59,6 +60,7 @@ def kernel_term(
     if out_legs != legs:
         value = method(Name(var), "permute", *(Lit(out_legs.index(leg)) for leg in legs))
         ctx.emit(Assign(var, value, "view", operands.shown(term).text(legs), True))
+        operands.strided.add(Name(var))  # a permuted view, which a later reshape copies
     return Layout(tuple((leg,) for leg in legs))
 
 
@@ -84,6 +86,7 @@ class _Kernel:
             for axis, (f, p) in enumerate(zip(self.patterns, self.written, strict=True))
         ]
         self.d = len(self.conv)
+        self.rows: list[Size] = [p.in_size for p in self.written]  # of the data input on each axis, as gathered
 
     def leg(self, name: str) -> SizeOf:
         return SizeOf(self.net.size(name))
@@ -115,7 +118,10 @@ class _Kernel:
         if legs == order and [SizeOf(size(x)) for x in legs] == shape:
             return expr
         value = expr if legs == order else method(expr, "permute", *(Lit(legs.index(leg)) for leg in order))
-        return self.ctx.assign(f"{self.var}_{suffix}", method(value, "reshape", *shape), "view")
+        # a copy where it needs a permutation, or where it groups the axes of a strided view
+        copies = legs != order or (expr in self.operands.strided and any(len(axis) != 1 for axis in axes))
+        entries = entries_of(size(leg) for leg in legs) if copies else None
+        return self.ctx.assign(f"{self.var}_{suffix}", method(value, "reshape", *shape), "view", entries=entries)
 
     def _whole(self, op: GatherOp, whole: dict[str, Size]) -> bool:
         """The gather keeps the entries of a leg that `whole` restores."""
@@ -154,7 +160,12 @@ class _Kernel:
                 cut = tuple(_ALL if end is None else Slice(None, Lit(end)) for end in ends)
                 data = ctx.assign(f"{self.var}_in", Index(data, (_ALL, _ALL, *cut)), "view", "rows no window reaches")
             if any(pair != (0, 0) for pair in pads):
-                data = ctx.assign(f"{self.var}_in", pad(ctx, data, list(pads)), "view", "padded")
+                rows = [
+                    (row if end is None else end) + sum(max(n, 0) if isinstance(n, int) else 0 for n in pair)
+                    for row, end, pair in zip(self.rows, ends, pads, strict=True)
+                ]  # a right-hand padding known only at call time is not counted, as other call-time sizes are not
+                padded = entries_of([self.product(m.batch).expr, self.product(m.groups + m.data_channels).expr, *rows])
+                data = ctx.assign(f"{self.var}_in", pad(ctx, data, list(pads)), "view", "padded", entries=padded)
             return data, None, False
         if any(crop):
             ends = [
@@ -213,7 +224,10 @@ class _Kernel:
             value: Expr = method(data, "index_select", dim, clamped)
         else:  # the last axis: index_select copies single entries slowly
             value = call(self.ctx.helper("_take"), data, dim, clamped)
-        gathered = self.ctx.assign(f"{self.var}_in", value, "view", "", True)
+        self.rows[axis] = sympy.sympify(self.net.size(self.patterns[axis].legs[1])) * p.kernel_size
+        copied = entries_of([self.product(self.m.batch).expr, self.product(self.m.groups + self.m.data_channels).expr,
+                             *self.rows])  # fmt: skip
+        gathered = self.ctx.assign(f"{self.var}_in", value, "view", "", True, copied)
         if outside is not None:
             self.zero_padding(gathered, axis, p, outside)
         return gathered
@@ -224,17 +238,16 @@ class _Kernel:
         cost = native_flops(self.net, self.m)
         maybe_empty = [axis for axis, index in self.tiled.items() if index not in self.ctx.fixed]
         kept = [self.leg(self.patterns[axis].legs[1]) for axis in maybe_empty]
+        output = entries_of(size.expr for size in empty)
+        kernel = Assign(self.var, value, "kernel", "", True, cost, output, self.scratch(output))
         if not kept:
-            self.ctx.emit(Assign(self.var, value, "kernel", "", True, cost))
+            self.ctx.emit(kernel)
             return
         test: Expr = kept[0]
         for more in kept[1:]:
             test = BinOp("and", test, more)
-        zeros = Assign(self.var, method(data, "new_zeros", Tuple(tuple(empty))), "kernel", "", True)
-        arms: tuple[tuple[Expr | None, tuple[Op, ...]], ...] = (
-            (test, (Assign(self.var, value, "kernel", "", True, cost),)),
-            (None, (zeros,)),
-        )
+        zeros = Assign(self.var, method(data, "new_zeros", Tuple(tuple(empty))), "kernel", "", True, entries=output)
+        arms: tuple[tuple[Expr | None, tuple[Op, ...]], ...] = ((test, (kernel,)), (None, (zeros,)))
         self.ctx.emit(Branch(arms, "kernel", ("", "no entry kept")))
 
     def forward(self, bias: Expr | None) -> tuple[tuple[str, ...], ...]:
@@ -273,20 +286,36 @@ class _Kernel:
         used; otherwise the result is cropped and padded (and the bias added after)."""
         extra = [_output_padding(p) for p in self.conv]
         function = f"torch.nn.functional.conv_transpose{self.d}d"
+        m, cost = self.m, native_flops(self.net, self.m)
+        output = entries_of([self.product(m.batch).expr, self.product(m.groups + m.other_channels).expr,
+                             *(p.in_size for p in self.conv)])  # fmt: skip
         if all(e is not None for e in extra):
             options = self.options(
                 _ints([p.pad_left for p in self.conv], 0), output_padding=_sizes([e for e in extra if e is not None], 0)
             )
             value = call(function, data, weight, *([bias] if bias else []), **options)
-            return [Assign(out, value, "kernel", "", True, native_flops(self.net, self.m))]
+            return [Assign(out, value, "kernel", "", True, cost, output, self.scratch(output))]
         crops: list[tuple[Size, Size]] = [(-p.pad_left, _crop_right(p)) for p in self.conv]
         value = call(function, data, weight, **self.options(None))
-        ops: list[Op] = [Assign(out, value, "kernel", "", True, native_flops(self.net, self.m))]
-        ops.append(Assign(out, pad(self.ctx, Name(out), crops), "view", "cropped to I", True))
+        ops: list[Op] = [Assign(out, value, "kernel", "", True, cost, output, self.scratch(output))]
+        ops.append(Assign(out, pad(self.ctx, Name(out), crops), "view", "cropped to I", True, entries=output))
         if bias is not None:
             shape = (Lit(-1),) + (Lit(1),) * self.d
-            ops.append(Assign(out, BinOp("+", Name(out), method(bias, "view", *shape)), "kernel", "bias", True))
+            added = BinOp("+", Name(out), method(bias, "view", *shape))
+            ops.append(Assign(out, added, "kernel", "bias", True, entries=output))
         return ops
+
+    def scratch(self, output: sympy.Expr) -> sympy.Expr:
+        """What PyTorch's CPU kernels (float64) copy for themselves during the call: the input unfolded one group at
+        a time, [batch, channels·K, positions], and, for several groups, the output gathered from their parts."""
+        m, written = self.m, self.written
+        if all(p.kernel_size == 1 and p.stride == 1 and p.pad_left == 0 and _overhang(p) <= 0 for p in written):
+            return sympy.Integer(0)
+        channels = m.other_channels if m.role == "transpose" else m.data_channels
+        positions = [self.net.size(p.legs[1]) for p in self.patterns]  # the kept windows where sampled
+        unfolded = entries_of([self.product(m.batch).expr, self.product(channels).expr,
+                               *(p.kernel_size for p in written), *positions])  # fmt: skip
+        return unfolded + (output if self._groups() is not None else 0)
 
     def scatter_windows(self, ops: list[Op], out: str, data: Expr) -> None:
         """Sampled output positions of a transpose convolution (an input VJP): the kernel (stride K, no padding)
@@ -295,7 +324,8 @@ class _Kernel:
         ctx, var, p = self.ctx, self.var, self.written[axis]
         full = [self.product(self.m.batch), self.product(self.m.groups + self.m.other_channels)]
         full += [self.leg(x) for x in self.spatial(0)]
-        ctx.emit(Assign(var, method(data, "new_zeros", Tuple(tuple(full))), "kernel", "", True))
+        zeros = method(data, "new_zeros", Tuple(tuple(full)))
+        ctx.emit(Assign(var, zeros, "kernel", "", True, entries=entries_of(size.expr for size in full)))
         with ctx.block() as body:
             for op in ops:
                 ctx.emit(op)
@@ -319,7 +349,8 @@ class _Kernel:
         zeros = call("torch.zeros", SizeOf(self.written[axis].out_size), dtype=Attr(like, "dtype"),
                      device=Attr(drawn, "device"))  # fmt: skip
         mask = self.ctx.assign(f"{self.var}_mask{axis + 1}", self.on_device(method(zeros, "index_fill_", Lit(0), drawn,
-                               Lit(1))), "view", f"1 at the kept rows of {index}")  # fmt: skip
+                               Lit(1))), "view", f"1 at the kept rows of {index}",
+                               entries=self.written[axis].out_size)  # fmt: skip
         return method(mask, "view", Lit(-1), *(Lit(1),) * (self.d - 1 - axis))
 
     def weight(self, bias: Expr | None) -> tuple[tuple[str, ...], ...]:
@@ -328,8 +359,10 @@ class _Kernel:
         whole = {self.patterns[axis].legs[1]: self.written[axis].out_size for axis in self.masked}
         grad = self.arrange("grad", m.other, _axes(m.batch, m.groups + m.other_channels, self.spatial(1)), whole)
         for axis, index in self.masked.items():
+            full = entries_of([self.product(m.batch).expr, self.product(m.groups + m.other_channels).expr,
+                               *(p.out_size for p in self.written)])  # fmt: skip
             grad = ctx.assign(f"{self.var}_grad", BinOp("*", grad, self.row_mask(axis, index, grad)), "view",
-                              "the dropped rows zeroed")  # fmt: skip
+                              "the dropped rows zeroed", entries=full)  # fmt: skip
         weight = [self.product(m.groups + m.other_channels), self.product(m.data_channels)]
         weight += [SizeOf(p.kernel_size) for p in self.conv]
         size = Tuple(tuple(weight))
@@ -371,6 +404,13 @@ def _sizes(values: list[Size], default: int) -> Expr | None:
     if all(isinstance(v, int) for v in values):
         return _ints([int(v) for v in values], default)
     return Tuple(tuple(SizeOf(v) for v in values))
+
+
+def _overhang(p: ConvPattern) -> int:
+    """The rows past the input's end that the last window reads (negative: rows no window reads)."""
+    if not isinstance(p.in_size, int) or not isinstance(p.out_size, int):
+        return p.pad_right
+    return int(p.last_read()) - (p.in_size - 1)
 
 
 def _crop_right(p: ConvPattern) -> Size:

@@ -1,9 +1,12 @@
 """The tensors a term starts from: arguments split into their legs, cached constants (patterns, selections, copy
-tensors, fused groups), and the views of either (slices, reshapes, windows, gathers of sampled entries)."""
+tensors, fused groups), and the views of either (slices, reshapes, windows, gathers of sampled entries). Each op says
+what it allocates (`entries`): a constant its entries, kept in the module's cache; a view nothing, but for pads,
+gathers of sampled entries and merges of a strided view, which copy."""
 
 from __future__ import annotations
 
 import string
+from collections.abc import Iterable
 from dataclasses import replace
 
 import sympy
@@ -42,7 +45,7 @@ from tncompiler.schedule.ops import (
     method,
 )
 
-__all__ = ["LegNames", "Operands", "einsum", "pad"]
+__all__ = ["LegNames", "Operands", "einsum", "entries_of", "pad"]
 
 _LETTERS = string.ascii_lowercase + string.ascii_uppercase
 _ALL = Slice()
@@ -57,6 +60,11 @@ def einsum(operands: list[Expr], legs: list[tuple[str, ...]], result: tuple[str,
     letters = {leg: _LETTERS[k] for k, leg in enumerate(order)}
     spec = ",".join("".join(letters[leg] for leg in x) for x in legs) + "->" + "".join(letters[leg] for leg in result)
     return call("torch.einsum", Lit(spec), *operands)
+
+
+def entries_of(sizes: Iterable[Size | sympy.Expr]) -> sympy.Expr:
+    """The entries of a tensor of these sizes."""
+    return sympy.Mul(*[sympy.sympify(size) for size in sizes])
 
 
 def pad(ctx: Context, expr: Expr, pairs: list[tuple[Size, Size]]) -> Expr:
@@ -98,6 +106,10 @@ class Operands:
         self.made: dict[tuple[object, ...], Expr] = {}
         self.fused: dict[Expr, Expr] = {}
         self.stored: dict[str, tuple[str, ...]] = {}  # shared sub-network -> its open legs in its variable's order
+        # tensors that are strided views (windows, a strided slice, a permutation, an expansion), which a reshape that
+        # merges their axes, a GEMM or a kernel's operand layout copies
+        self.strided: set[Expr] = set()
+        self.shapes: dict[Expr, tuple[Size, ...]] = {}  # the shape of each view made, by its variable
 
     def shown(self, network: Network) -> LegNames:
         """The names that comments give the legs of `network` (a term or a shared sub-network)."""
@@ -114,9 +126,11 @@ class Operands:
                 self.made[key] = base
             else:
                 note = self.shown(network).text(factor.legs)
-                self.made[key] = self.ctx.assign(
-                    f"{factor.name or factor.kind}_view", self.chain(factor, base), "view", note
-                )
+                expr, copied, strided, shape = self.chain(factor, base)
+                made = self.ctx.assign(f"{factor.name or factor.kind}_view", expr, "view", note, entries=copied or None)
+                self.made[key], self.shapes[made] = made, shape
+                if strided:
+                    self.strided.add(made)
         return self.made[key]
 
     def unmerged(self, factor: Factor, network: Network) -> tuple[Factor, tuple[str, ...]] | None:
@@ -150,7 +164,8 @@ class Operands:
             return self._shared(factor, network)
         if isinstance(factor.pattern, Fused):
             return self._fused(factor.pattern)
-        return self.ctx.assign(factor.name or factor.kind, self.constant(factor), "constant", _described(factor))
+        value, entries = self.constant(factor)
+        return self.ctx.assign(factor.name or factor.kind, value, "constant", _described(factor), entries=entries)
 
     def _shared(self, factor: Factor, network: Network) -> Expr:
         """A shared sub-network's result, computed before the terms with one axis per open leg (in the order `stored`
@@ -160,7 +175,10 @@ class Operands:
         if len(self._outputs(factor.name)) == len(factor.legs):
             return var
         shape = [SizeOf(network.size(leg)) for leg in self.legs(factor, network)]
-        return self.ctx.assign(f"{factor.name}_legs", method(var, "reshape", *shape), "view")
+        legs = self.ctx.assign(f"{factor.name}_legs", method(var, "reshape", *shape), "view")  # size-1 axes: a view
+        if var in self.strided:
+            self.strided.add(legs)
+        return legs
 
     def legs(self, factor: Factor, network: Network) -> tuple[str, ...]:
         """The legs that the axes of `of(factor)` hold, in order: the factor's own, but for a shared sub-network,
@@ -182,26 +200,31 @@ class Operands:
     def _network(self, name: str) -> Network:
         return next(s.network for s in self.ctx.diagram.shared if s.name == name)
 
-    def constant(self, factor: Factor) -> Expr:
-        """A call that builds (or fetches from the cache) a pattern, selection or copy tensor, before its view."""
+    def constant(self, factor: Factor) -> tuple[Expr, sympy.Expr]:
+        """A call that builds (or fetches from the cache) a pattern, selection or copy tensor, before its view; and
+        its entries, which the module's cache keeps."""
         p, ctx = factor.pattern, self.ctx
         device, dtype = Name("device"), Name("dtype")
         if isinstance(p, ConvPattern):
             shape = (SizeOf(p.in_size), SizeOf(p.out_size), Lit(p.kernel_size))
-            return call(
+            value = call(
                 ctx.helper("_conv_pattern"), *shape, Lit(p.stride), Lit(p.pad_left), Lit(p.dilation), device, dtype
             )
+            return value, entries_of((p.in_size, p.out_size, p.kernel_size))
         if isinstance(p, Select):
             size = (SizeOf(p.in_size), SizeOf(p.out_size))
-            return call(ctx.helper("_select"), *size, Lit(p.start), Lit(p.step), device, dtype)
+            value = call(ctx.helper("_select"), *size, Lit(p.start), Lit(p.step), device, dtype)
+            return value, entries_of((p.in_size, p.out_size))
         base = (
             factor.view.base if factor.view is not None else tuple(ctx.diagram.sizes.get(leg, 1) for leg in factor.legs)
         )
-        return call(ctx.helper("_delta"), SizeOf(base[0]), Lit(len(base)), device, dtype)
+        value = call(ctx.helper("_delta"), SizeOf(base[0]), Lit(len(base)), device, dtype)
+        return value, sympy.sympify(base[0]) ** len(base)  # dense: size ** legs entries
 
     def _fused(self, fused: Fused) -> Expr:
         """Constants contracted once per call-time shape, device and dtype, then cached (equal ones shared)."""
-        parts = [self.chain(part, self.constant(part)) for part in fused.parts]
+        constants = [self.constant(part) for part in fused.parts]
+        parts = [self.chain(part, value)[0] for part, (value, _) in zip(fused.parts, constants, strict=True)]
         product = einsum(parts, [part.legs for part in fused.parts], fused.legs)
         if product not in self.fused:
             ctx = self.ctx
@@ -210,26 +233,35 @@ class Operands:
             symbols = sorted(set().union(*(sympy.sympify(size).free_symbols for size in shape)), key=str)
             key = Tuple((Lit(f"{ctx.name}.{var}"), *(SizeOf(s) for s in symbols), Name("device"), Name("dtype")))
             value = call(ctx.helper("_cached"), key, Lambda(product))
-            ctx.emit(Assign(var, value, "constant", f"{fused.describe()}, contracted once per shape"))
+            # the product and the parts' constants (cached by the helpers that build them)
+            entries = entries_of(dict(fused.sizes)[leg] for leg in fused.legs) + sum(e for _, e in constants)
+            ctx.emit(Assign(var, value, "constant", f"{fused.describe()}, contracted once per shape", entries=entries))
             self.fused[product] = Name(var)
         return self.fused[product]
 
-    def chain(self, factor: Factor, base: Expr) -> Expr:
-        """The factor's view ops as PyTorch views: slicing, reshape, squeeze, windows, gathers."""
+    def chain(self, factor: Factor, base: Expr) -> tuple[Expr, sympy.Expr, bool, tuple[Size, ...]]:
+        """The factor's view ops as PyTorch views: slicing, reshape, squeeze, windows, gathers; the entries they copy
+        (pads, gathers, merges of a strided view), whether the result is a strided view, and its shape."""
+        strided = base in self.strided
         if factor.view is None:
-            return base
+            return base, sympy.Integer(0), strided, ()
         shape: list[Size] = list(factor.view.base)
-        expr, padded = base, False
+        expr, padded, copied = base, False, sympy.Integer(0)
         ops = gathers_last(factor.view.ops)
         for position, op in enumerate(ops):
-            if isinstance(op, WindowOp) and not padded:
-                expr, padded = self._pad_windows(expr, shape, ops, position), True  # every window axis at once
-            expr, shape = self._view(expr, shape, op)
-        return expr
+            if isinstance(op, WindowOp) and not padded:  # every window axis at once
+                expr, grown = self._pad_windows(expr, shape, ops, position)
+                copied, padded = copied + grown, True
+            expr, shape, copy, strided = self._view(expr, shape, op, strided)
+            copied += copy
+        return expr, copied, strided, tuple(shape)
 
-    def _pad_windows(self, expr: Expr, shape: list[Size], ops: tuple[ViewOp, ...], first: int) -> Expr:
+    def _pad_windows(
+        self, expr: Expr, shape: list[Size], ops: tuple[ViewOp, ...], first: int
+    ) -> tuple[Expr, sympy.Expr]:
         """Pad every axis of a run of windows at once, before the first unfold: padding after an unfold would copy
-        the (larger) windowed view."""
+        the (larger) windowed view. The entries of the padded copy (a right-hand padding known only at call time is
+        not counted, as other call-time sizes are not)."""
         axes: dict[int, tuple[Size, Size]] = {}
         earlier: list[int] = []
         for op in ops[first:]:
@@ -241,31 +273,44 @@ class Operands:
             earlier.append(op.axis)
             axes[axis] = (op.pattern.pad_left, op.pattern.right_pad())
         if all(pair == (0, 0) for pair in axes.values()):
-            return expr
-        return pad(self.ctx, expr, [axes.get(a, (0, 0)) for a in range(min(axes), len(shape))])
+            return expr, sympy.Integer(0)
+        grown = [
+            size + axes[a][0] + (axes[a][1] if isinstance(axes[a][1], int) else 0) if a in axes else size
+            for a, size in enumerate(shape)
+        ]
+        return pad(self.ctx, expr, [axes.get(a, (0, 0)) for a in range(min(axes), len(shape))]), entries_of(grown)
 
-    def _view(self, expr: Expr, shape: list[Size], op: ViewOp) -> tuple[Expr, list[Size]]:
+    def _view(
+        self, expr: Expr, shape: list[Size], op: ViewOp, strided: bool
+    ) -> tuple[Expr, list[Size], sympy.Expr, bool]:
+        """One view op: the expression, the shape after it, the entries it copies, whether the result is strided."""
+        none = sympy.Integer(0)
         if isinstance(op, SliceOp):
             step = None if op.step == 1 else Lit(op.step)
             bounds = Slice(Lit(op.start), SizeOf(op.stop), step)
-            shape[op.axis] = slice_length(op.start, op.stop, op.step)
-            return Index(expr, (*(_ALL,) * op.axis, bounds)), shape
+            length = slice_length(op.start, op.stop, op.step)
+            strided = strided or (length != shape[op.axis] and (op.axis > 0 or op.step != 1))
+            shape[op.axis] = length
+            return Index(expr, (*(_ALL,) * op.axis, bounds)), shape, none, strided
         if isinstance(op, SplitOp | MergeOp):
             if isinstance(op, SplitOp):
                 shape[op.axis : op.axis + 1] = list(op.sizes)
+                copied = none
             else:
                 shape[op.axis : op.axis + 2] = [sympy.sympify(shape[op.axis]) * shape[op.axis + 1]]
-            return method(expr, "reshape", *(SizeOf(s) for s in shape)), shape
+                copied, strided = (entries_of(shape) if strided else none), False  # merging strided axes copies
+            return method(expr, "reshape", *(SizeOf(s) for s in shape)), shape, copied, strided
         if isinstance(op, SqueezeOp):
             del shape[op.axis]
-            return method(expr, "squeeze", Lit(op.axis)), shape
+            return method(expr, "squeeze", Lit(op.axis)), shape, none, strided
         if isinstance(op, WindowOp):
-            return _window(expr, shape, op)
-        shape[op.axis] = kept_symbol(op.index)
+            return (*_window(expr, shape, op), none, True)
+        shape[op.axis] = kept_symbol(op.index)  # a gather: a copy of the kept entries
         kept = Name(self.ctx.samplers[op.index])
         if op.axis < len(shape) - 1:
-            return method(expr, "index_select", Lit(op.axis), kept), shape
-        return call(self.ctx.helper("_take"), expr, Lit(op.axis), kept), shape  # index_select is slow on the last axis
+            return method(expr, "index_select", Lit(op.axis), kept), shape, entries_of(shape), False
+        # index_select is slow on the last axis
+        return call(self.ctx.helper("_take"), expr, Lit(op.axis), kept), shape, entries_of(shape), False
 
 
 def _parts(leg: str, taken: set[str]) -> tuple[str, str]:

@@ -16,6 +16,7 @@ import sympy
 
 __all__ = [
     "Expr",
+    "Entries",
     "Name",
     "Lit",
     "SizeOf",
@@ -37,7 +38,7 @@ __all__ = [
     "Return",
     "Comment",
     "Function",
-    "Chooser",
+    "ClassDef",
     "names_in",
     "reads",
     "forget_reads",
@@ -156,21 +157,25 @@ class Lambda:
 
 
 Expr: TypeAlias = Name | Lit | SizeOf | Call | Method | Attr | Index | Tuple | BinOp | Unary | IfExp | Lambda
+Entries: TypeAlias = sympy.Expr | int | None  # a number of tensor entries, in the call-time sizes (None: none)
 
 
 @dataclass(frozen=True)
 class Assign:
     """`target = value`, an op of `kind`. `fresh`: the value is new storage nobody else holds (a result that may be
-    changed in place); `cost` (multiply-adds) and `entries` (of the result): for `tnc explain`; `note`: a trailing
-    comment."""
+    changed in place); `cost`: multiply-adds, for `tnc explain`; `note`: a trailing comment. What it allocates (as
+    torch.fx's ShapeProp records shapes), for the memory guard (memory.py) and `tnc explain`: `entries`, of the new
+    storage it makes and holds (None for a view, an alias, a value in place); `scratch`, entries the call copies for
+    itself while it runs (a GEMM operand laid out, a kernel's unfolded input, the temporaries of `.sum` runs)."""
 
-    target: str
+    target: str  # a name, or names and attributes to unpack a tuple into (`x, w, ctx.generator`; `(x,)` for one)
     value: Expr
     kind: OpKind
     note: str = ""
     fresh: bool = False
     cost: sympy.Expr | None = field(default=None, compare=False)
-    entries: sympy.Expr | None = field(default=None, compare=False)  # of a contraction's result, for explain
+    entries: Entries = field(default=None, compare=False)
+    scratch: Entries = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -193,8 +198,11 @@ class Branch:
 
 @dataclass(frozen=True)
 class Return:
+    """`return value`; `entries`: of new storage the value makes (zeros), as an Assign's."""
+
     value: Expr
     kind: OpKind = "return"
+    entries: Entries = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -209,19 +217,9 @@ Op: TypeAlias = Assign | Effect | Branch | Return | Comment
 
 
 @dataclass(frozen=True)
-class Chooser:
-    """A module-level function that picks the cheapest of several plans once per shape (cached): costs are the
-    plans' multiply-adds as products of the call-time sizes, evaluated at the call's sizes."""
-
-    name: str
-    params: tuple[sympy.Symbol, ...]
-    costs: tuple[sympy.Expr, ...]
-    doc: str
-
-
-@dataclass(frozen=True)
 class Function:
-    """One generated function: its signature, docstring and ops; `symbols` names the call-time sizes' variables."""
+    """One generated function (or method): its decorators, signature, docstring and ops; `symbols` names the
+    call-time sizes' variables; `choosers`: the cached module-level functions that pick its plans per shape."""
 
     name: str
     params: tuple[str, ...]
@@ -229,8 +227,20 @@ class Function:
     doc: str
     body: tuple[Op, ...]
     symbols: Mapping[sympy.Symbol, str]
-    choosers: tuple[Chooser, ...] = ()
+    choosers: tuple[Function, ...] = ()
     helpers: frozenset[str] = frozenset()
+    decorators: tuple[str, ...] = ()  # each printed after an `@`
+    defaults: tuple[Expr, ...] = ()  # of the last `params`, as Python's __defaults__ (apply binds them positionally)
+
+
+@dataclass(frozen=True)
+class ClassDef:
+    """A module-level class (an autograd Function): its bases, docstring and methods."""
+
+    name: str
+    bases: tuple[str, ...]
+    doc: str
+    methods: tuple[Function, ...]
 
 
 def call(func: str, *args: Expr, **kwargs: Expr) -> Call:

@@ -1,6 +1,7 @@
 """Peephole rules on a function's ops, applied by the rewrite engine until none fires: equal values computed once,
 no aliases, no reshape of a reshape, no dead lines. Each rule looks at a whole block of ops (a function body or a
-branch arm) in one linear pass, so that a function of thousands of terms is tidied in linear time."""
+branch arm) in one linear pass, so that a function of thousands of terms is tidied in linear time. A rewritten op
+keeps what it allocates (`entries`: the memory guard reads the tidied ops), and an alias allocates nothing."""
 
 from __future__ import annotations
 
@@ -89,7 +90,8 @@ def common(ops: Ops, position: int, scope: Scope) -> Rewrite[Ops] | None:
             stable = all(scope.stable(name) for name in names_in(op.value, scope.symbols))
             merge = stable and op.target not in scope.mutated and not isinstance(op.value, Name)
             if merge and op.value in seen:
-                op = replace(op, value=Name(seen[op.value]), kind="view", note="", cost=None)
+                alias = Name(seen[op.value])  # allocates nothing
+                op = replace(op, value=alias, kind="view", note="", cost=None, entries=None, scratch=None)
                 changed.append(op.target)
             elif stable and scope.single(op.target) and op.target not in scope.mutated:
                 seen.setdefault(op.value, op.target)
@@ -115,10 +117,10 @@ def _renamable(target: str, source: str, scope: Scope) -> bool:
 
 
 def reshape_chain(ops: Ops, position: int, scope: Scope) -> Rewrite[Ops] | None:
-    """u = z.reshape(a), read only by v = u.reshape(b) -> v = z.reshape(b)."""
+    """u = z.reshape(a), read only by v = u.reshape(b) -> v = z.reshape(b) (which copies where u's reshape did)."""
     uses = _uses(ops, scope)
     reshapes = {
-        op.target: op.value
+        op.target: op
         for op in ops
         if isinstance(op, Assign) and _is_reshape(op.value) and scope.single(op.target) and uses.get(op.target) == 1
     }
@@ -127,8 +129,9 @@ def reshape_chain(ops: Ops, position: int, scope: Scope) -> Rewrite[Ops] | None:
         if isinstance(op, Assign) and isinstance(op.value, Method) and op.value.name == "reshape":
             inner = op.value.obj
             source = reshapes.get(inner.id) if isinstance(inner, Name) else None
-            if isinstance(inner, Name) and isinstance(source, Method):
-                op = replace(op, value=replace(op.value, obj=source.obj))
+            if isinstance(inner, Name) and source is not None and isinstance(source.value, Method):
+                entries = op.entries if op.entries is not None else source.entries
+                op = replace(op, value=replace(op.value, obj=source.value.obj), entries=entries)
                 folded.append(inner.id)
         result.append(op)
     return Rewrite(tuple(result), f"reshape chain: {', '.join(folded)}") if folded else None

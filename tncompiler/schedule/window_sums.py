@@ -4,9 +4,8 @@ fused constants then need not be built."""
 
 from __future__ import annotations
 
-from tncompiler.ir.network import Network
+from tncompiler.ir.network import Network, Plan, Step
 from tncompiler.ir.values import ConvPattern, Factor, Fused
-from tncompiler.order import Plan, Step
 
 __all__ = ["known_long", "summed_pattern", "threshold", "window_sum_factors", "window_sum_step"]
 
