@@ -67,9 +67,13 @@ def _check_arguments(function, arguments):
 
 
 def _check_shapes(function, arguments):
-    """Each axis has the size the file gives its index (or that an earlier argument bound): the first that does not
-    is named."""
+    """Each argument has the declared rank (the fast check leaves a rank to this one where nothing reads the axes
+    before), and each axis the size the file gives its index (or that an earlier argument bound): the first that
+    does not is named."""
     for name, value, layout, expected in arguments:
+        if value.dim() != len(layout):
+            raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
+                             f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
         for axis, (index, actual, size) in enumerate(zip(layout, value.shape, expected)):
             if actual != size:
                 raise ValueError(f"{function}(): argument {name!r} axis {axis} ({index}) has size {actual}, "
@@ -99,12 +103,10 @@ def y(x, w):
         isinstance(x, torch.Tensor)
         and isinstance(w, torch.Tensor)
         and x.dim() == 4
-        and w.dim() == 4
-        and x.layout == torch.strided
-        and w.layout == torch.strided
+        and x.layout == w.layout == torch.strided
         and x.is_floating_point()
-        and w.dtype == x.dtype
-        and w.device == x.device
+        and x.dtype == w.dtype
+        and x.device == w.device
     ):
         _check_arguments('y', (('x', x, ('n', 'c', 'i1', 'i2')), ('w', w, ('d', 'c', 'k1', 'k2'))))
     n = x.shape[0]  # index n, bound at call time
@@ -216,12 +218,10 @@ def gn(x, grad_y):
         isinstance(x, torch.Tensor)
         and isinstance(grad_y, torch.Tensor)
         and x.dim() == 4
-        and grad_y.dim() == 4
-        and x.layout == torch.strided
-        and grad_y.layout == torch.strided
+        and x.layout == grad_y.layout == torch.strided
         and x.is_floating_point()
-        and grad_y.dtype == x.dtype
-        and grad_y.device == x.device
+        and x.dtype == grad_y.dtype
+        and x.device == grad_y.device
     ):
         _check_arguments('gn', (('x', x, ('n', 'c', 'i1', 'i2')), ('grad_y', grad_y, ('n', 'd', 'o1', 'o2'))))
     n = x.shape[0]  # index n, bound at call time
@@ -264,12 +264,10 @@ def G(x, grad_y):
         isinstance(x, torch.Tensor)
         and isinstance(grad_y, torch.Tensor)
         and x.dim() == 4
-        and grad_y.dim() == 4
-        and x.layout == torch.strided
-        and grad_y.layout == torch.strided
+        and x.layout == grad_y.layout == torch.strided
         and x.is_floating_point()
-        and grad_y.dtype == x.dtype
-        and grad_y.device == x.device
+        and x.dtype == grad_y.dtype
+        and x.device == grad_y.device
     ):
         _check_arguments('G', (('x', x, ('n', 'c', 'i1', 'i2')), ('grad_y', grad_y, ('n', 'd', 'o1', 'o2'))))
     n = x.shape[0]  # index n, bound at call time

@@ -72,9 +72,13 @@ def _check_arguments(function, arguments):
 
 
 def _check_shapes(function, arguments):
-    """Each axis has the size the file gives its index (or that an earlier argument bound): the first that does not
-    is named."""
+    """Each argument has the declared rank (the fast check leaves a rank to this one where nothing reads the axes
+    before), and each axis the size the file gives its index (or that an earlier argument bound): the first that
+    does not is named."""
     for name, value, layout, expected in arguments:
+        if value.dim() != len(layout):
+            raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
+                             f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
         for axis, (index, actual, size) in enumerate(zip(layout, value.shape, expected)):
             if actual != size:
                 raise ValueError(f"{function}(): argument {name!r} axis {axis} ({index}) has size {actual}, "
@@ -113,16 +117,10 @@ def y(x, w, b):
         and isinstance(w, torch.Tensor)
         and isinstance(b, torch.Tensor)
         and x.dim() == 4
-        and w.dim() == 4
-        and b.dim() == 1
-        and x.layout == torch.strided
-        and w.layout == torch.strided
-        and b.layout == torch.strided
+        and x.layout == w.layout == b.layout == torch.strided
         and x.is_floating_point()
-        and w.dtype == x.dtype
-        and w.device == x.device
-        and b.dtype == x.dtype
-        and b.device == x.device
+        and x.dtype == w.dtype == b.dtype
+        and x.device == w.device == b.device
     ):
         _check_arguments('y', (('x', x, ('n', 'c', 'i1', 'i2')), ('w', w, ('d', 'c', 'k1', 'k2')), ('b', b, ('d',))))
     n = x.shape[0]  # index n, bound at call time

@@ -87,9 +87,13 @@ def _check_arguments(function, arguments):
 
 
 def _check_shapes(function, arguments):
-    """Each axis has the size the file gives its index (or that an earlier argument bound): the first that does not
-    is named."""
+    """Each argument has the declared rank (the fast check leaves a rank to this one where nothing reads the axes
+    before), and each axis the size the file gives its index (or that an earlier argument bound): the first that
+    does not is named."""
     for name, value, layout, expected in arguments:
+        if value.dim() != len(layout):
+            raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
+                             f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
         for axis, (index, actual, size) in enumerate(zip(layout, value.shape, expected)):
             if actual != size:
                 raise ValueError(f"{function}(): argument {name!r} axis {axis} ({index}) has size {actual}, "
@@ -122,16 +126,10 @@ def y(x, w, b):
         and isinstance(w, torch.Tensor)
         and isinstance(b, torch.Tensor)
         and x.dim() == 4
-        and w.dim() == 4
-        and b.dim() == 1
-        and x.layout == torch.strided
-        and w.layout == torch.strided
-        and b.layout == torch.strided
+        and x.layout == w.layout == b.layout == torch.strided
         and x.is_floating_point()
-        and w.dtype == x.dtype
-        and w.device == x.device
-        and b.dtype == x.dtype
-        and b.device == x.device
+        and x.dtype == w.dtype == b.dtype
+        and x.device == w.device == b.device
     ):
         _check_arguments(
             'y',
@@ -182,16 +180,10 @@ def top(x, w, b):
         and isinstance(w, torch.Tensor)
         and isinstance(b, torch.Tensor)
         and x.dim() == 4
-        and w.dim() == 4
-        and b.dim() == 1
-        and x.layout == torch.strided
-        and w.layout == torch.strided
-        and b.layout == torch.strided
+        and x.layout == w.layout == b.layout == torch.strided
         and x.is_floating_point()
-        and w.dtype == x.dtype
-        and w.device == x.device
-        and b.dtype == x.dtype
-        and b.device == x.device
+        and x.dtype == w.dtype == b.dtype
+        and x.device == w.device == b.device
     ):
         _check_arguments(
             'top',
@@ -245,16 +237,10 @@ def even(x, w, b):
         and isinstance(w, torch.Tensor)
         and isinstance(b, torch.Tensor)
         and x.dim() == 4
-        and w.dim() == 4
-        and b.dim() == 1
-        and x.layout == torch.strided
-        and w.layout == torch.strided
-        and b.layout == torch.strided
+        and x.layout == w.layout == b.layout == torch.strided
         and x.is_floating_point()
-        and w.dtype == x.dtype
-        and w.device == x.device
-        and b.dtype == x.dtype
-        and b.device == x.device
+        and x.dtype == w.dtype == b.dtype
+        and x.device == w.device == b.device
     ):
         _check_arguments(
             'even',
@@ -315,16 +301,10 @@ def last(x, w, b):
         and isinstance(w, torch.Tensor)
         and isinstance(b, torch.Tensor)
         and x.dim() == 4
-        and w.dim() == 4
-        and b.dim() == 1
-        and x.layout == torch.strided
-        and w.layout == torch.strided
-        and b.layout == torch.strided
+        and x.layout == w.layout == b.layout == torch.strided
         and x.is_floating_point()
-        and w.dtype == x.dtype
-        and w.device == x.device
-        and b.dtype == x.dtype
-        and b.device == x.device
+        and x.dtype == w.dtype == b.dtype
+        and x.device == w.device == b.device
     ):
         _check_arguments(
             'last',
@@ -388,12 +368,10 @@ def gw(x, grad_y):
         isinstance(x, torch.Tensor)
         and isinstance(grad_y, torch.Tensor)
         and x.dim() == 4
-        and grad_y.dim() == 4
-        and x.layout == torch.strided
-        and grad_y.layout == torch.strided
+        and x.layout == grad_y.layout == torch.strided
         and x.is_floating_point()
-        and grad_y.dtype == x.dtype
-        and grad_y.device == x.device
+        and x.dtype == grad_y.dtype
+        and x.device == grad_y.device
     ):
         _check_arguments('gw', (('x', x, ('n', '(g c)', 'i1', 'i2')), ('grad_y', grad_y, ('n', '(g d)', 'o1', 'o2'))))
     n = x.shape[0]  # index n, bound at call time
@@ -436,12 +414,10 @@ def gw_rows(x, grad_y):
         isinstance(x, torch.Tensor)
         and isinstance(grad_y, torch.Tensor)
         and x.dim() == 4
-        and grad_y.dim() == 4
-        and x.layout == torch.strided
-        and grad_y.layout == torch.strided
+        and x.layout == grad_y.layout == torch.strided
         and x.is_floating_point()
-        and grad_y.dtype == x.dtype
-        and grad_y.device == x.device
+        and x.dtype == grad_y.dtype
+        and x.device == grad_y.device
     ):
         _check_arguments(
             'gw_rows',
@@ -489,13 +465,11 @@ def gx(w, grad_y):
     if not (
         isinstance(w, torch.Tensor)
         and isinstance(grad_y, torch.Tensor)
-        and w.dim() == 4
         and grad_y.dim() == 4
-        and w.layout == torch.strided
-        and grad_y.layout == torch.strided
+        and w.layout == grad_y.layout == torch.strided
         and w.is_floating_point()
-        and grad_y.dtype == w.dtype
-        and grad_y.device == w.device
+        and w.dtype == grad_y.dtype
+        and w.device == grad_y.device
     ):
         _check_arguments('gx', (('w', w, ('(g d)', 'c', 'k1', 'k2')), ('grad_y', grad_y, ('n', '(g d)', 'o1', 'o2'))))
     n = grad_y.shape[0]  # index n, bound at call time
@@ -543,13 +517,11 @@ def gx_crop(w, grad_y):
     if not (
         isinstance(w, torch.Tensor)
         and isinstance(grad_y, torch.Tensor)
-        and w.dim() == 4
         and grad_y.dim() == 4
-        and w.layout == torch.strided
-        and grad_y.layout == torch.strided
+        and w.layout == grad_y.layout == torch.strided
         and w.is_floating_point()
-        and grad_y.dtype == w.dtype
-        and grad_y.device == w.device
+        and w.dtype == grad_y.dtype
+        and w.device == grad_y.device
     ):
         _check_arguments(
             'gx_crop',
@@ -600,12 +572,10 @@ def masked(x, w):
         isinstance(x, torch.Tensor)
         and isinstance(w, torch.Tensor)
         and x.dim() == 4
-        and w.dim() == 4
-        and x.layout == torch.strided
-        and w.layout == torch.strided
+        and x.layout == w.layout == torch.strided
         and x.is_floating_point()
-        and w.dtype == x.dtype
-        and w.device == x.device
+        and x.dtype == w.dtype
+        and x.device == w.device
     ):
         _check_arguments('masked', (('x', x, ('n', '(g c)', 'i1', 'i2')), ('w', w, ('(g d)', 'c', 'k1', 'k2'))))
     n = x.shape[0]  # index n, bound at call time

@@ -35,9 +35,13 @@ def _check_arguments(function, arguments):
 
 
 def _check_shapes(function, arguments):
-    """Each axis has the size the file gives its index (or that an earlier argument bound): the first that does not
-    is named."""
+    """Each argument has the declared rank (the fast check leaves a rank to this one where nothing reads the axes
+    before), and each axis the size the file gives its index (or that an earlier argument bound): the first that
+    does not is named."""
     for name, value, layout, expected in arguments:
+        if value.dim() != len(layout):
+            raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
+                             f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
         for axis, (index, actual, size) in enumerate(zip(layout, value.shape, expected)):
             if actual != size:
                 raise ValueError(f"{function}(): argument {name!r} axis {axis} ({index}) has size {actual}, "
@@ -69,16 +73,10 @@ def y(x, w, b):
         and isinstance(w, torch.Tensor)
         and isinstance(b, torch.Tensor)
         and x.dim() == 2
-        and w.dim() == 2
-        and b.dim() == 1
-        and x.layout == torch.strided
-        and w.layout == torch.strided
-        and b.layout == torch.strided
+        and x.layout == w.layout == b.layout == torch.strided
         and x.is_floating_point()
-        and w.dtype == x.dtype
-        and w.device == x.device
-        and b.dtype == x.dtype
-        and b.device == x.device
+        and x.dtype == w.dtype == b.dtype
+        and x.device == w.device == b.device
     ):
         _check_arguments('y', (('x', x, ('n', 'c')), ('w', w, ('d', 'c')), ('b', b, ('d',))))
     n = x.shape[0]  # index n, bound at call time
@@ -108,13 +106,11 @@ def gx(w, grad_y):
     if not (
         isinstance(w, torch.Tensor)
         and isinstance(grad_y, torch.Tensor)
-        and w.dim() == 2
         and grad_y.dim() == 2
-        and w.layout == torch.strided
-        and grad_y.layout == torch.strided
+        and w.layout == grad_y.layout == torch.strided
         and w.is_floating_point()
-        and grad_y.dtype == w.dtype
-        and grad_y.device == w.device
+        and w.dtype == grad_y.dtype
+        and w.device == grad_y.device
     ):
         _check_arguments('gx', (('w', w, ('d', 'c')), ('grad_y', grad_y, ('n', 'd'))))
     n = grad_y.shape[0]  # index n, bound at call time
@@ -141,12 +137,10 @@ def gw(x, grad_y):
         isinstance(x, torch.Tensor)
         and isinstance(grad_y, torch.Tensor)
         and x.dim() == 2
-        and grad_y.dim() == 2
-        and x.layout == torch.strided
-        and grad_y.layout == torch.strided
+        and x.layout == grad_y.layout == torch.strided
         and x.is_floating_point()
-        and grad_y.dtype == x.dtype
-        and grad_y.device == x.device
+        and x.dtype == grad_y.dtype
+        and x.device == grad_y.device
     ):
         _check_arguments('gw', (('x', x, ('n', 'c')), ('grad_y', grad_y, ('n', 'd'))))
     n = x.shape[0]  # index n, bound at call time

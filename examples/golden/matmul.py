@@ -35,9 +35,13 @@ def _check_arguments(function, arguments):
 
 
 def _check_shapes(function, arguments):
-    """Each axis has the size the file gives its index (or that an earlier argument bound): the first that does not
-    is named."""
+    """Each argument has the declared rank (the fast check leaves a rank to this one where nothing reads the axes
+    before), and each axis the size the file gives its index (or that an earlier argument bound): the first that
+    does not is named."""
     for name, value, layout, expected in arguments:
+        if value.dim() != len(layout):
+            raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
+                             f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
         for axis, (index, actual, size) in enumerate(zip(layout, value.shape, expected)):
             if actual != size:
                 raise ValueError(f"{function}(): argument {name!r} axis {axis} ({index}) has size {actual}, "
@@ -59,13 +63,10 @@ def c(a, b):
     if not (
         isinstance(a, torch.Tensor)
         and isinstance(b, torch.Tensor)
-        and a.dim() == 2
-        and b.dim() == 2
-        and a.layout == torch.strided
-        and b.layout == torch.strided
+        and a.layout == b.layout == torch.strided
         and a.is_floating_point()
-        and b.dtype == a.dtype
-        and b.device == a.device
+        and a.dtype == b.dtype
+        and a.device == b.device
     ):
         _check_arguments('c', (('a', a, ('r', 's')), ('b', b, ('s', 't'))))
     if a.shape != (8, 12) or b.shape != (12, 10):
@@ -91,12 +92,10 @@ def bc(u, v):
         isinstance(u, torch.Tensor)
         and isinstance(v, torch.Tensor)
         and u.dim() == 3
-        and v.dim() == 3
-        and u.layout == torch.strided
-        and v.layout == torch.strided
+        and u.layout == v.layout == torch.strided
         and u.is_floating_point()
-        and v.dtype == u.dtype
-        and v.device == u.device
+        and u.dtype == v.dtype
+        and u.device == v.device
     ):
         _check_arguments('bc', (('u', u, ('batch', 'r', 's')), ('v', v, ('batch', 's', 't'))))
     batch = u.shape[0]  # index batch, bound at call time

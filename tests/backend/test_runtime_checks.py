@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 
+import tncompiler
 from tests import cases
 
 CONV = """
@@ -75,6 +76,17 @@ RANK_CASES = {
 @pytest.mark.parametrize(("changes", "fragments"), [(c, f) for c, *f in RANK_CASES.values()], ids=list(RANK_CASES))
 def test_wrong_rank(changes: dict[str, object], fragments: list[str]) -> None:
     raises_naming(cases.load(CONV).z, conv_arguments(**changes), "z()", *fragments)
+
+
+def test_the_fast_check_tests_a_rank_only_where_an_axis_is_read_before_the_shapes() -> None:
+    """x's batch is read from its axis 0 before the shape check, so its rank is tested first; w's and b's whole
+    shapes are compared, so a wrong rank there is found by that comparison (test_wrong_rank: the same message).
+    Layouts, dtypes and devices are each one chained comparison."""
+    text = tncompiler.compile_source(CONV)
+    fast = text[text.index("    if not (") : text.index("_check_arguments(\n")]
+    assert "x.dim() == 4" in fast and "w.dim()" not in fast and "b.dim()" not in fast
+    assert "x.layout == w.layout == b.layout == torch.strided" in fast
+    assert "x.dtype == w.dtype == b.dtype" in fast and "x.device == w.device == b.device" in fast
 
 
 SIZE_CASES = {

@@ -207,9 +207,13 @@ def _check_size(function: str, argument: str, axis: int, index: str, actual: int
 def _check_shapes(
     function: str, arguments: Iterable[tuple[str, torch.Tensor, Sequence[str], Sequence[int]]]
 ) -> None:
-    """Each axis has the size the file gives its index (or that an earlier argument bound): the first that does not
-    is named."""
+    """Each argument has the declared rank (the fast check leaves a rank to this one where nothing reads the axes
+    before), and each axis the size the file gives its index (or that an earlier argument bound): the first that
+    does not is named."""
     for name, value, layout, expected in arguments:
+        if value.dim() != len(layout):
+            raise ValueError(f"{function}(): argument {name!r} must have {len(layout)} axes "
+                             f"[{', '.join(layout)}], got shape {tuple(value.shape)}")
         for axis, (index, actual, size) in enumerate(zip(layout, value.shape, expected)):
             if actual != size:
                 raise ValueError(f"{function}(): argument {name!r} axis {axis} ({index}) has size {actual}, "

@@ -17,6 +17,7 @@ from tncompiler.schedule.ops import (
     BinOp,
     Branch,
     Call,
+    Chain,
     ClassDef,
     Comment,
     Effect,
@@ -132,6 +133,9 @@ class _Printer:
         parts += [f"{op} {self.wrapped(operand, strength + 1)}" for op, operand in operands[1:]]
         return " ".join(parts), strength
 
+    def chain(self, expr: Chain) -> Printed:
+        return f" {expr.op} ".join(self.wrapped(item, _COMPARE + 1) for item in expr.items), _COMPARE
+
     def unary(self, expr: Unary) -> Printed:
         if expr.op == "not":
             return f"not {self.wrapped(expr.operand, _NOT)}", _NOT
@@ -157,6 +161,7 @@ _NODES: dict[type, Callable[[_Printer, Any], Printed]] = {
     Index: _Printer.index,
     Tuple: _Printer.tuple_,
     BinOp: _Printer.binop,
+    Chain: _Printer.chain,
     Unary: _Printer.unary,
     IfExp: _Printer.ifexp,
     Lambda: _Printer.lambda_,

@@ -20,6 +20,7 @@ from tncompiler.schedule.ops import (
     Attr,
     BinOp,
     Branch,
+    Chain,
     Effect,
     Expr,
     Index,
@@ -71,25 +72,41 @@ def _balanced(op: str, conditions: list[Expr]) -> Expr:
 
 def _arguments(ctx: Context) -> None:
     """Type, rank, a dense layout, one real floating dtype, one device: tested in one condition, diagnosed by
-    `_check_arguments`."""
+    `_check_arguments`. The layouts, dtypes and devices are chained comparisons (each read once), and a rank is
+    tested here only where something reads the argument's axes before the shape check compares its whole shape
+    (`_check_shapes` diagnoses a wrong rank too): 0.2 us of the 1.4 us a tiny convolution's checks took."""
     arguments = ctx.diagram.arguments
     if not arguments:
         return
     params = [Name(ctx.args[a.name]) for a in arguments]
-    first = params[0]
+    first, compared = params[0], _compared(ctx)
     conditions: list[Expr] = [call("isinstance", p, Attr(Name("torch"), "Tensor")) for p in params]
-    conditions += [BinOp("==", method(p, "dim"), Lit(len(a.layout.axes))) for p, a in zip(params, arguments)]
+    conditions += [
+        BinOp("==", method(p, "dim"), Lit(len(a.layout.axes)))
+        for p, a in zip(params, arguments)
+        if a.name not in compared
+    ]
     # a sparse tensor passes every other test and fails inside a kernel
-    conditions += [BinOp("==", Attr(p, "layout"), Attr(Name("torch"), "strided")) for p in params]
+    conditions.append(Chain("==", (*(Attr(p, "layout") for p in params), Attr(Name("torch"), "strided"))))
     conditions.append(method(first, "is_floating_point"))
-    for p in params[1:]:
-        conditions += [
-            BinOp("==", Attr(p, "dtype"), Attr(first, "dtype")),
-            BinOp("==", Attr(p, "device"), Attr(first, "device")),
-        ]
+    if len(params) > 1:
+        conditions += [Chain("==", tuple(Attr(p, "dtype") for p in params))]
+        conditions += [Chain("==", tuple(Attr(p, "device") for p in params))]
     described = Tuple(tuple(Tuple((Lit(a.name), p, _axes_text(a))) for p, a in zip(params, arguments)))
     diagnose = Effect(call(ctx.helper("_check_arguments"), Lit(ctx.name), described), "check")
     ctx.emit(Branch(((Unary("not", _all(conditions)), (diagnose,)),), "check"))
+
+
+def _compared(ctx: Context) -> set[str]:
+    """Arguments whose whole shape `_shapes` compares and whose axes no binding reads before it."""
+    read = {s.argument for s in ctx.binding.steps if isinstance(s, AxisSize)}
+    return {a.name for a in _checked(ctx)} - read
+
+
+def _checked(ctx: Context) -> list[Argument]:
+    """The arguments whose shape `_shapes` compares: those with an axis the binding checks."""
+    steps = ctx.binding.steps
+    return [a for a in ctx.diagram.arguments if any(isinstance(s, CheckAxis) and s.argument == a.name for s in steps)]
 
 
 def _axes_text(argument: Argument) -> Tuple:
@@ -98,10 +115,7 @@ def _axes_text(argument: Argument) -> Tuple:
 
 def _shapes(ctx: Context) -> None:
     """Every argument's whole shape against its sizes, once all are bound; `_check_shapes` names the axis."""
-    arguments = ctx.diagram.arguments
-    checked = [
-        a for a in arguments if any(isinstance(s, CheckAxis) and s.argument == a.name for s in ctx.binding.steps)
-    ]
+    checked = _checked(ctx)
     if not checked:
         return
     expected = {

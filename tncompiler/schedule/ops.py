@@ -27,6 +27,7 @@ __all__ = [
     "Slice",
     "Tuple",
     "BinOp",
+    "Chain",
     "Unary",
     "IfExp",
     "Lambda",
@@ -133,6 +134,15 @@ class BinOp:
 
 
 @dataclass(frozen=True)
+class Chain:
+    """`a op b op c ...`, Python's chained comparison: each middle operand is read once (`x.dtype == w.dtype ==
+    b.dtype` loads three attributes where two `==` joined by `and` load four)."""
+
+    op: str
+    items: tuple[Expr, ...]
+
+
+@dataclass(frozen=True)
 class Unary:
     """`not operand` or `-operand`."""
 
@@ -156,7 +166,7 @@ class Lambda:
     body: Expr
 
 
-Expr: TypeAlias = Name | Lit | SizeOf | Call | Method | Attr | Index | Tuple | BinOp | Unary | IfExp | Lambda
+Expr: TypeAlias = Name | Lit | SizeOf | Call | Method | Attr | Index | Tuple | BinOp | Chain | Unary | IfExp | Lambda
 Entries: TypeAlias = sympy.Expr | int | None  # a number of tensor entries, in the call-time sizes (None: none)
 
 
