@@ -1,11 +1,14 @@
 """The one cost model: the call-time sizes at which compile-time choices are priced, the multiply-adds of a kernel
 and of a lowered network, and the constants measured on PyTorch's kernels that tip a choice one way. Every pass
-that weighs two forms asks here (share, fuse, lower); the planner (`order.py`) applies the measured step order."""
+that weighs two forms asks here (share, fuse, lower); the planner (`order.py`) applies the measured step order.
+The entries a lowered network moves and a time model (`Machine`, fitted by bench/cost_model.py) are for `tnc
+explain` only: no pass decides by them."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import sympy
 
@@ -13,10 +16,14 @@ from tncompiler.ir.network import Network
 from tncompiler.ir.values import ConvPattern, NativeConv, Sampler, Size, SizeRule, kept_symbol, out_size
 
 __all__ = [
+    "MACHINE",
     "REGIMES",
     "SKINNY",
     "WITHOUT_RULES",
+    "Kind",
+    "Machine",
     "Regimes",
+    "bytes_moved",
     "evaluate",
     "expected_sizes",
     "fewer",
@@ -25,6 +32,8 @@ __all__ = [
     "lowered_cost",
     "masks_sampled",
     "native_flops",
+    "predicted_seconds",
+    "seconds",
     "symbols_of",
 ]
 
@@ -84,10 +93,16 @@ class Regimes:
 WITHOUT_RULES = Regimes()  # for networks whose open sizes are all independent
 
 
-def expected_sizes(samplers: Iterable[Sampler]) -> dict[sympy.Symbol, int]:
+def expected_sizes(
+    samplers: Iterable[Sampler], at: Mapping[sympy.Symbol, int] | None = None
+) -> dict[sympy.Symbol, int]:
     """The kept entries of each sampled index of known size, at their expected value: plans are priced there, so that
-    the choice never depends on the data."""
-    return {kept_symbol(s.index): max(1, round(s.p * int(s.size))) for s in samplers if isinstance(s.size, int)}
+    the choice never depends on the data. Given call-time sizes `at`, those of open size too (estimates only)."""
+    return {
+        kept_symbol(s.index): s.count or max(1, round(s.p * evaluate(s.size, at or {})))
+        for s in samplers
+        if isinstance(s.size, int) or at is not None
+    }
 
 
 def fewer(a: sympy.Expr, b: sympy.Expr, regimes: Regimes) -> bool:
@@ -96,9 +111,9 @@ def fewer(a: sympy.Expr, b: sympy.Expr, regimes: Regimes) -> bool:
     return evaluate(a, at) < evaluate(b, at)
 
 
-def native_flops(term: Network, native: NativeConv) -> sympy.Expr:
-    """Multiply-adds of a direct convolution (all three kinds): every leg but the pattern's i legs, multiplied. A
-    sampled leg that is masked rather than tiled costs its full size: the kernel runs over every position."""
+def _kernel_sizes(term: Network, native: NativeConv) -> dict[str, Size]:
+    """The legs a kernel runs over, with their sizes but the pattern's i legs: a sampled leg that is masked rather
+    than tiled counts its full size, since the kernel runs over every position."""
     legs = set().union(*(term.factors[k].legs for k in (native.data, native.other, *native.patterns)))
     inputs = {term.factors[k].legs[0] for k in native.patterns}
     full = {
@@ -106,13 +121,72 @@ def native_flops(term: Network, native: NativeConv) -> sympy.Expr:
         for f in (term.factors[k] for k in native.patterns)
         if isinstance(f.pattern, ConvPattern) and f.legs[1] in native.masked
     }
-    return sympy.Mul(*[full.get(leg, term.size(leg)) for leg in sorted(legs - inputs)])
+    return {leg: full.get(leg, term.size(leg)) for leg in sorted(legs - inputs)}
+
+
+def native_flops(term: Network, native: NativeConv) -> sympy.Expr:
+    """Multiply-adds of a direct convolution (all three kinds): every leg it runs over, multiplied."""
+    return sympy.Mul(*_kernel_sizes(term, native).values())
 
 
 def flops(lowered: Network) -> sympy.Expr:
     """Multiply-adds per call of a lowered network: its kernel's, or its cheapest plan's."""
     native = lowered.lowering.native
     return native_flops(lowered, native) if native is not None else lowered.lowering.plans[0].flops
+
+
+def bytes_moved(lowered: Network) -> sympy.Expr:
+    """Entries read and written per call of a lowered network (times `Machine.entry_bytes` for bytes): a kernel's
+    operands and result (a masked leg at its full size), or each step of its cheapest plan's operands and result (a
+    window view counted as the windows it reads); a network without steps (a permuted copy) reads its factors."""
+    native, plans = lowered.lowering.native, lowered.lowering.plans
+    tensors = [f.legs for f in lowered.factors]
+    full = _kernel_sizes(lowered, native) if native is not None else {}
+    if native is not None:
+        read = [tensors[native.data], tensors[native.other], lowered.outputs]
+    elif plans and plans[0].steps:
+        read = []
+        for step in plans[0].steps:
+            read += [tensors[k] for k in step.operands] + [step.legs]
+            tensors.append(step.legs)
+    else:
+        read = [*tensors, lowered.outputs]
+    return sympy.Add(*[sympy.Mul(*[full.get(leg, lowered.size(leg)) for leg in legs]) for legs in read])
+
+
+Kind = Literal["kernel", "contract"]
+
+
+@dataclass(frozen=True)
+class Machine:
+    """A roofline with a fixed cost per call: seconds = max(multiply-adds / rate, bytes / bandwidth) + overhead, for
+    PyTorch's convolution kernels ("kernel") and for tensordot, einsum and matrix products ("contract"). Defaults:
+    fitted by `python -m bench.cost_model --all` on one thread of this project's CPU, float32 (bench/README.md):
+    predicted / measured has median 0.98 and 90th percentile 1.66 over the suite's and three small calls' 180
+    functions."""
+
+    kernel_rate: float = 7.3e10  # multiply-adds per second
+    contract_rate: float = 4.0e10
+    bandwidth: float = 1.1e10  # bytes per second
+    kernel_overhead: float = 3.7e-5  # seconds per call, as timed by bench/measure.py (its own cost included)
+    contract_overhead: float = 1.4e-5
+    entry_bytes: int = 4  # float32
+
+
+MACHINE = Machine()
+
+
+def seconds(flops: float, entries: float, kind: Kind, machine: Machine = MACHINE) -> float:
+    """The time model: the slower of the arithmetic and the memory traffic, plus a fixed cost per call."""
+    rate, overhead = (machine.kernel_rate, machine.kernel_overhead) if kind == "kernel" else (
+        machine.contract_rate, machine.contract_overhead)  # fmt: skip
+    return max(flops / rate, entries * machine.entry_bytes / machine.bandwidth) + overhead
+
+
+def predicted_seconds(lowered: Network, at: Mapping[sympy.Symbol, int], machine: Machine = MACHINE) -> float:
+    """One lowered network's predicted time at call-time sizes `at` (a CPU estimate: see `Machine`)."""
+    kind: Kind = "kernel" if lowered.lowering.native is not None else "contract"
+    return seconds(evaluate(flops(lowered), at), evaluate(bytes_moved(lowered), at), kind, machine)
 
 
 def lowered_cost(net: Network, regimes: Regimes) -> float:

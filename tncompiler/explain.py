@@ -1,13 +1,14 @@
 """`tnc explain`: per diagram, the rewrites applied, then the ops the generated function runs, each with its kind
 and, for contractions and kernels, how it is computed and its multiply-adds; then the total and the largest
-intermediate. The ops are the schedule the printer writes, so explain can never disagree with the code."""
+intermediate, the entries its networks move and the time `cost.Machine` predicts for them. The ops are the schedule
+the printer writes, so explain can never disagree with the code."""
 
 from __future__ import annotations
 
 import sympy
 
 from tncompiler.backend.printer import expr_text, op_lines
-from tncompiler.cost import Regimes, evaluate
+from tncompiler.cost import MACHINE, Regimes, bytes_moved, evaluate, expected_sizes, predicted_seconds, symbols_of
 from tncompiler.driver import Compilation
 from tncompiler.ir.network import Diagram
 from tncompiler.schedule.contract import step_kind
@@ -30,6 +31,7 @@ def explain_diagram(compilation: Compilation, built: Diagram) -> str:
     lines.append("  ops:")
     lines += _ops(function.body, function, "    ")
     lines += _totals(function, Regimes(built.size_rules))
+    lines += _traffic(compilation.optimised(built), Regimes(built.size_rules))
     return "\n".join(lines)
 
 
@@ -93,3 +95,21 @@ def _totals(function: Function, regimes: Regimes) -> list[str]:
         at = regimes.middle(set().union(*(sympy.sympify(s).free_symbols for s in sizes)))
         largest = f"; largest intermediate: {max(sizes, key=lambda s: evaluate(s, at))} entries"
     return [f"  total: {total} multiply-adds{largest}"]
+
+
+def _traffic(optimised: Diagram, regimes: Regimes) -> list[str]:
+    """The entries the diagram's networks read and write, and the time the model predicts at the middle regime."""
+    networks = optimised.networks()
+    moved = sympy.Add(*[bytes_moved(net) for net in networks])
+    sizes = [size for net in networks for size in net.sizes.values()] + [s.size for s in optimised.samplers]
+    at = regimes.middle(symbols_of(*sizes))
+    at |= expected_sizes(optimised.samplers, at)
+    shown = ", ".join(f"{s}={n}" for s, n in sorted(at.items(), key=str)) or "all sizes known"
+    estimate, megabytes = (
+        sum(predicted_seconds(net, at) for net in networks),
+        evaluate(moved, at) * MACHINE.entry_bytes / 1e6,
+    )
+    return [
+        f"  moved: {moved} entries read and written ({megabytes:.3g} MB of float32 at {shown})",
+        f"  estimated time: {estimate * 1e3:.3g} ms (a CPU estimate, one thread: cost.Machine, at {shown})",
+    ]
