@@ -1,9 +1,12 @@
-"""Sampled training steps: `python -m bench.sampled_model [--rounds 25] [--tree DIR] [--routes [--profile]]`.
+"""Sampled training steps: `python -m bench.sampled_model [--rounds 25] [--device cpu|cuda] [--tree DIR] [--routes
+[--profile]]`.
 
 Whole models (float32, CPU, one thread, the process's CPU time): the forward and the backward pass of a training step
 (cross-entropy) with the exact gradients and inside `tncompiler.sampled(model, p, over)`, each divided by the exact
 step's own in the same round (every setting's block of steps timed in turn, in an order that rotates from round to
-round; medians of the per-round ratios, after a warm-up). Two CNNs:
+round; medians of the per-round ratios, after a warm-up). `--device cuda`: the models and data on the GPU
+(`sampled`'s draws on the host, as with generator=None), TF32 off, wall time with `torch.cuda.synchronize()` before
+and after each forward and backward pass (what `ratios`, which bench/gpu_check.py calls, measures there). Two CNNs:
 
 - cifar: bench.models.cnn (three Conv2d, one of them without an input gradient, average pooling, one Linear) on
   3x32x32 images, batch 64;
@@ -37,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["cifar_cnn", "digits_cnn", "main"]
+__all__ = ["cifar_cnn", "digits_cnn", "goals", "main", "ratios"]
 
 Tensor = torch.Tensor
 Thunk = Callable[[], object]
@@ -54,6 +57,7 @@ SETTINGS: list[tuple[str, float, str]] = [
 ]
 WARMUP = 20  # steps per setting before timing
 GOALS = {"p=1": 1.05, "p=0.5": 0.8, "p=0.25 positions": 0.65, "forward": 1.02}
+Table = dict[str, tuple[float, float, float, float]]  # setting -> (fwd ms, bwd ms, fwd / exact, bwd / exact)
 
 
 def cifar_cnn() -> nn.Module:
@@ -80,20 +84,39 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], int]] = {
     "cifar": (cifar_cnn, (64, 3, 32, 32), 2),
     "digits": (digits_cnn, (512, 1, 8, 8), 20),
 }
+CUDA_STEPS = 20  # a GPU step takes a millisecond or two: blocks of at least this many steps there
+
+
+def _steps(name: str, device: torch.device) -> int:
+    return MODELS[name][2] if device.type == "cpu" else max(MODELS[name][2], CUDA_STEPS)
+
+
+def _clock(device: torch.device) -> Callable[[], float]:
+    """The process's CPU time on the CPU; on a GPU, wall time once the device has finished the work queued so far
+    (the kernels run asynchronously: the CPU time of the host thread would only count their launches)."""
+    if device.type == "cpu":
+        return time.process_time
+
+    def clock() -> float:
+        torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    return clock
 
 
 # --- whole models --------------------------------------------------------------------------------------------------
 
 
 def _block(model: nn.Module, x: Tensor, labels: Tensor, steps: int) -> tuple[float, float]:
-    """CPU seconds of the forward passes and of the backward passes of `steps` training steps."""
+    """Seconds (`_clock`'s) of the forward passes and of the backward passes of `steps` training steps."""
+    clock = _clock(x.device)
     forward = backward = 0.0
     for _ in range(steps):
-        start = time.process_time()
+        start = clock()
         loss = F.cross_entropy(model(x), labels)
-        middle = time.process_time()
+        middle = clock()
         loss.backward()
-        end = time.process_time()
+        end = clock()
         model.zero_grad(set_to_none=True)
         del loss  # the step's graph is freed here, not in the next forward's time
         forward += middle - start
@@ -106,17 +129,20 @@ def _setting_block(
 ) -> tuple[float, float]:
     if not over:
         return _block(model, x, labels, steps)
-    with tncompiler.sampled(model, p=p, over=over, generator=torch.Generator().manual_seed(0)):  # type: ignore[attr-defined]
+    generator = torch.Generator().manual_seed(0)  # host draws, as with generator=None: a device one would sync
+    with tncompiler.sampled(model, p=p, over=over, generator=generator):  # type: ignore[attr-defined]
         return _block(model, x, labels, steps)
 
 
-def time_model(tncompiler: object, name: str, rounds: int) -> dict[str, tuple[float, float, float, float]]:
+def time_model(tncompiler: object, name: str, rounds: int, device: str = "cpu") -> Table:
     """Per setting: (forward ms, backward ms, forward / exact forward, backward / exact backward), medians."""
-    build, shape, steps = MODELS[name]
-    model = build()
-    generator = torch.Generator().manual_seed(1)
-    x = torch.randn(shape, generator=generator)
-    labels = torch.randint(0, 10, (shape[0],), generator=generator)
+    build, shape, _ = MODELS[name]
+    where = torch.device(device)
+    steps = _steps(name, where)
+    model = build().to(where)
+    generator = torch.Generator().manual_seed(1)  # the same data on every device
+    x = torch.randn(shape, generator=generator).to(where)
+    labels = torch.randint(0, 10, (shape[0],), generator=generator).to(where)
     settings = []
     for setting in SETTINGS:  # warm up: the kernels' primitives for the shapes the draws give, plans
         try:
@@ -140,9 +166,9 @@ def time_model(tncompiler: object, name: str, rounds: int) -> dict[str, tuple[fl
     return table
 
 
-def entry_cost(tncompiler: object, name: str, calls: int = 200) -> float:
+def entry_cost(tncompiler: object, name: str, calls: int = 200, device: str = "cpu") -> float:
     """Microseconds to enter and leave `sampled(model, p=0.5)` (median of `calls`)."""
-    model = MODELS[name][0]()
+    model = MODELS[name][0]().to(device)
     times = []
     for _ in range(calls):
         start = time.perf_counter()
@@ -156,32 +182,60 @@ def _load() -> tuple[float, float]:
     return os.getloadavg()[0], float(os.cpu_count() or 1)
 
 
-def print_models(tncompiler: object, rounds: int) -> None:
+def print_models(tncompiler: object, rounds: int, device: str = "cpu") -> dict[str, Table]:
+    """Times and prints both models' tables (`time_model`) on `device`; returns them by model."""
     load, cores = _load()
     print(f"tncompiler from {tncompiler.__file__}")  # type: ignore[attr-defined]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), load average {load:.1f}, {cores:.0f} cores")
+    if device == "cpu":
+        threads = f"{torch.get_num_threads()} thread(s)"
+    else:
+        threads = f"{torch.cuda.get_device_name(device)}, wall time, TF32 {_tf32()}"
+    print(f"torch {torch.__version__}, {threads}, load average {load:.1f}, {cores:.0f} cores")
+    tables = {}
     for name in MODELS:
         start = time.perf_counter()
-        table = time_model(tncompiler, name, rounds)
-        _, shape, steps = MODELS[name]
+        tables[name] = table = time_model(tncompiler, name, rounds, device)
+        shape, steps = MODELS[name][1], _steps(name, torch.device(device))
         print(f"\n{name} (batch {shape[0]}), {rounds} rounds x {steps} steps, {time.perf_counter() - start:.0f} s")
         print(f"{'setting':<18} {'fwd ms':>8} {'bwd ms':>8} {'fwd/exact':>10} {'bwd/exact':>10}  goal")
         for label, (forward, backward, forward_ratio, backward_ratio) in table.items():
             row = f"{label:<18} {forward:8.2f} {backward:8.2f} {forward_ratio:10.2f} {backward_ratio:10.2f}"
             print(f"{row}  {_goal(label)}")
-        print(f"entering and leaving sampled(): {entry_cost(tncompiler, name):.1f} us")
+        print(f"entering and leaving sampled(): {entry_cost(tncompiler, name, device=device):.1f} us")
     load, _ = _load()
     print(f"\nload average at the end: {load:.1f}")
+    return tables
+
+
+def _tf32() -> str:
+    on = torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
+    return "on" if on else "off"
+
+
+def ratios(device: str = "cpu", rounds: int = 25) -> dict[str, Table]:
+    """The models' tables on `device` (printed as they come; TF32 turned off on a GPU), by model: per setting
+    (fwd ms, bwd ms, fwd / exact, bwd / exact). Check them against their goals with `goals`."""
+    import tncompiler
+
+    if device != "cpu":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return print_models(tncompiler, rounds, device)
+
+
+def goals(label: str) -> list[tuple[str, float]]:
+    """The goals of a setting: (which ratio, "bwd" or "fwd", and the bound it should not exceed)."""
+    if label == "exact" or label.startswith("p->0"):
+        return []
+    if label.startswith("p=1 "):
+        return [("bwd", GOALS["p=1"]), ("fwd", GOALS["forward"])]
+    if label.startswith("p=0.5"):
+        return [("bwd", GOALS["p=0.5"])]
+    return [("bwd", GOALS["p=0.25 positions"])] if "positions" in label else []
 
 
 def _goal(label: str) -> str:
-    if label == "exact" or label.startswith("p->0"):
-        return ""
-    if label.startswith("p=1 "):
-        return f"bwd <= {GOALS['p=1']}, fwd <= {GOALS['forward']}"
-    if label.startswith("p=0.5"):
-        return f"bwd <= {GOALS['p=0.5']}"
-    return f"bwd <= {GOALS['p=0.25 positions']}" if "positions" in label else ""
+    return ", ".join(f"{ratio} <= {bound}" for ratio, bound in goals(label))
 
 
 # --- routes per layer type -------------------------------------------------------------------------------------------
@@ -345,16 +399,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tree", help="import tncompiler from this checkout instead")
     parser.add_argument("--routes", action="store_true", help="time the routes per layer type instead")
     parser.add_argument("--profile", action="store_true", help="with --routes: torch.profiler's table per route")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the models run (not --routes)")
     args = parser.parse_args(argv)
     if args.tree:
         sys.path.insert(0, os.path.abspath(args.tree))
+    if args.device == "cuda" and (args.routes or not torch.cuda.is_available()):
+        parser.error("--device cuda needs a CUDA device, and --routes runs on the CPU only")
     torch.set_num_threads(1)
-    import tncompiler
-
     if args.routes:
         print_routes(args.rounds, args.profile)
     else:
-        print_models(tncompiler, args.rounds)
+        ratios(args.device, args.rounds)
 
 
 if __name__ == "__main__":
