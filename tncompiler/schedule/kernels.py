@@ -95,6 +95,10 @@ class _Kernel:
         """The entries of these legs together."""
         return SizeOf(sympy.Mul(*[sympy.sympify(self.net.size(leg)) for leg in legs]))
 
+    def entries(self, channels: tuple[str, ...], *spatial: Size | sympy.Expr) -> sympy.Expr:
+        """The entries of a [batch, channels, *spatial] tensor of this kernel call (an operand, its output)."""
+        return entries_of([self.product(self.m.batch).expr, self.product(channels).expr, *spatial])
+
     def spatial(self, position: int) -> tuple[str, ...]:
         return tuple(p.legs[position] for p in self.patterns)
 
@@ -164,7 +168,7 @@ class _Kernel:
                     (row if end is None else end) + sum(max(n, 0) if isinstance(n, int) else 0 for n in pair)
                     for row, end, pair in zip(self.rows, ends, pads, strict=True)
                 ]  # a right-hand padding known only at call time is not counted, as other call-time sizes are not
-                padded = entries_of([self.product(m.batch).expr, self.product(m.groups + m.data_channels).expr, *rows])
+                padded = self.entries(m.groups + m.data_channels, *rows)
                 data = ctx.assign(f"{self.var}_in", pad(ctx, data, list(pads)), "view", "padded", entries=padded)
             return data, None, False
         if any(crop):
@@ -225,8 +229,7 @@ class _Kernel:
         else:  # the last axis: index_select copies single entries slowly
             value = call(self.ctx.helper("_take"), data, dim, clamped)
         self.rows[axis] = sympy.sympify(self.net.size(self.patterns[axis].legs[1])) * p.kernel_size
-        copied = entries_of([self.product(self.m.batch).expr, self.product(self.m.groups + self.m.data_channels).expr,
-                             *self.rows])  # fmt: skip
+        copied = self.entries(self.m.groups + self.m.data_channels, *self.rows)
         gathered = self.ctx.assign(f"{self.var}_in", value, "view", "", True, copied)
         if outside is not None:
             self.zero_padding(gathered, axis, p, outside)
@@ -287,8 +290,7 @@ class _Kernel:
         extra = [_output_padding(p) for p in self.conv]
         function = f"torch.nn.functional.conv_transpose{self.d}d"
         m, cost = self.m, native_flops(self.net, self.m)
-        output = entries_of([self.product(m.batch).expr, self.product(m.groups + m.other_channels).expr,
-                             *(p.in_size for p in self.conv)])  # fmt: skip
+        output = self.entries(m.groups + m.other_channels, *(p.in_size for p in self.conv))
         if all(e is not None for e in extra):
             options = self.options(
                 _ints([p.pad_left for p in self.conv], 0), output_padding=_sizes([e for e in extra if e is not None], 0)
@@ -313,8 +315,7 @@ class _Kernel:
             return sympy.Integer(0)
         channels = m.other_channels if m.role == "transpose" else m.data_channels
         positions = [self.net.size(p.legs[1]) for p in self.patterns]  # the kept windows where sampled
-        unfolded = entries_of([self.product(m.batch).expr, self.product(channels).expr,
-                               *(p.kernel_size for p in written), *positions])  # fmt: skip
+        unfolded = self.entries(channels, *(p.kernel_size for p in written), *positions)
         return unfolded + (output if self._groups() is not None else 0)
 
     def scatter_windows(self, ops: list[Op], out: str, data: Expr) -> None:
@@ -359,8 +360,7 @@ class _Kernel:
         whole = {self.patterns[axis].legs[1]: self.written[axis].out_size for axis in self.masked}
         grad = self.arrange("grad", m.other, _axes(m.batch, m.groups + m.other_channels, self.spatial(1)), whole)
         for axis, index in self.masked.items():
-            full = entries_of([self.product(m.batch).expr, self.product(m.groups + m.other_channels).expr,
-                               *(p.out_size for p in self.written)])  # fmt: skip
+            full = self.entries(m.groups + m.other_channels, *(p.out_size for p in self.written))
             grad = ctx.assign(f"{self.var}_grad", BinOp("*", grad, self.row_mask(axis, index, grad)), "view",
                               "the dropped rows zeroed", entries=full)  # fmt: skip
         weight = [self.product(m.groups + m.other_channels), self.product(m.data_channels)]
@@ -448,11 +448,7 @@ def _edge_rows(p: ConvPattern) -> tuple[int, int]:
     window o with o·S < P_left at the start, and for each window that may read past I - 1 at the end (for sizes
     bound at call time, at most ceil(P_right / S) of them, by the size rule)."""
     first = -(-max(p.pad_left, 0) // p.stride)
-    if isinstance(p.in_size, int) and isinstance(p.out_size, int):
-        overhang = max(0, int(p.last_read()) - (p.in_size - 1))
-    else:
-        overhang = max(0, p.pad_right)
-    return first * p.kernel_size, -(-overhang // p.stride) * p.kernel_size
+    return first * p.kernel_size, -(-max(0, _overhang(p)) // p.stride) * p.kernel_size
 
 
 def _reads_padding(p: ConvPattern) -> bool:
