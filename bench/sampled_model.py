@@ -61,7 +61,8 @@ Table = dict[str, tuple[float, float, float, float]]  # setting -> (fwd ms, bwd 
 
 
 def cifar_cnn() -> nn.Module:
-    """bench.models.cnn: the CIFAR-sized CNN of the KFAC benchmark."""
+    """bench.models.cnn: the CIFAR-sized CNN of the KFAC benchmark (a copy: importing bench.models imports tncompiler
+    before `--tree` can point it at another checkout)."""
     torch.manual_seed(0)
     return nn.Sequential(
         nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
@@ -71,7 +72,8 @@ def cifar_cnn() -> nn.Module:
 
 
 def digits_cnn() -> nn.Module:
-    """The CNN of examples/train_kfac_digits.py and examples/train_sampled_digits.py."""
+    """The CNN of examples/train_kfac_digits.py and examples/train_sampled_digits.py (a copy, for the same reason:
+    that script imports tncompiler)."""
     torch.manual_seed(0)
     return nn.Sequential(
         nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2), nn.ReLU(), nn.Flatten(),
